@@ -1,0 +1,81 @@
+"""Shared by the benchmark scripts: describe the machine and write JSON + Markdown results."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    info: dict[str, Any] = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "platform": platform.platform(),
+    }
+    return info
+
+
+def timed(fn, repeat: int = 3, warmup: int = 1) -> float:
+    """Best wall time of ``repeat`` calls after ``warmup`` calls (seconds)."""
+    for _ in range(warmup):
+        fn()
+    best = float("inf")
+    for _ in range(repeat):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def write_results(name: str, rows: list[dict[str, Any]], columns: list[str], extra: dict[str, Any] | None = None,
+                  title: str | None = None) -> tuple[Path, Path]:
+    """Write ``results/<name>.json`` and ``results/<name>.md`` (a table of ``columns``)."""
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    payload = {"benchmark": name, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine(),
+               "rows": rows, **(extra or {})}
+    jpath = RESULTS_DIR / f"{name}.json"
+    jpath.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    m = payload["machine"]
+    lines = [f"# {title or name}", "",
+             f"Machine: {m['cpu']}, {m['cores']} cores ({m['torch_threads']} torch threads), "
+             f"torch {m['torch']}, CUDA: {m['cuda'] or 'none'}. Created {payload['created']}.", "",
+             "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for r in rows:
+        lines.append("| " + " | ".join(_fmt(r.get(c)) for c in columns) + " |")
+    for k, v in (extra or {}).items():
+        if isinstance(v, (str, int, float, bool)):
+            lines.append(f"\n{k}: {v}")
+    mpath = RESULTS_DIR / f"{name}.md"
+    mpath.write_text("\n".join(lines) + "\n")
+    return jpath, mpath
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "" if v is None else str(v)

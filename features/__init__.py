@@ -1,0 +1,1 @@
+"""Stage 1: datasets, frozen encoders and the HDF5 feature store."""
