@@ -62,12 +62,16 @@ def main(argv: list[str] | None = None) -> None:
     except click_exc.UsageError as exc:
         cmd = exc.ctx.command_path if exc.ctx is not None else "probe"
         _fail(f"{exc.format_message()} (see `{cmd} --help`)", 2, prefix=cmd)
-    except click_exc.Exit as exc:
+    except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except (click_exc.Abort, KeyboardInterrupt):
+    except (typer.Abort, KeyboardInterrupt):
         _fail("interrupted", 130)
     except click_exc.ClickException as exc:
         _fail(exc.format_message(), exc.exit_code)
+    except BrokenPipeError:
+        # `probe report ... | head`: the reader went away; not an error of ours.
+        sys.stderr.close()
+        sys.exit(0)
     sys.exit(code if isinstance(code, int) else 0)
 
 
@@ -76,6 +80,3 @@ def _fail(message: str, code: int, prefix: str = "probe") -> None:
     print(f"{prefix}: error: {' '.join(message.split())}", file=sys.stderr)
     sys.exit(code)
 
-
-if __name__ == "__main__":
-    main()
