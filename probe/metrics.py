@@ -1,0 +1,175 @@
+"""Group-aware accuracy metrics, computed once here and used by every writer.
+
+All values are fractions in [0, 1]. Keys (see the README's metric table):
+    acc                 plain accuracy over the split's samples
+    acc_train_weighted  sum_g acc_g * n_g(train) / N(train)  (the Waterbirds "average");
+                        groups with no rows in the split, or none in train, are left out
+                        and the remaining train weights renormalised
+    acc_group_mean      (1/G') sum_g acc_g over the G' groups that have samples
+    wga                 min_g acc_g over groups that have samples
+    per_group           group name -> {"acc": float | None, "n": int}
+
+A split with no rows gives ``None`` for every metric (the run folder stores the
+whole split as null); a group with no rows in a split has ``"acc": None``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+METRIC_KEYS = ("acc", "acc_train_weighted", "acc_group_mean", "wga")
+
+
+def correct_by_group(
+    pred: torch.Tensor, y: torch.Tensor, group: torch.Tensor, num_groups: int
+) -> torch.Tensor:
+    """Count correct predictions per group for H heads at once.
+
+    pred: (H, N) or (N,) class indices; y, group: (N,). Returns (H, num_groups)
+    (or (num_groups,)) float64 counts on pred's device.
+    """
+    squeeze = pred.dim() == 1
+    pred2 = pred.unsqueeze(0) if squeeze else pred
+    y = y.to(pred2.device)
+    group = group.to(device=pred2.device, dtype=torch.long)
+    hit = (pred2 == y.unsqueeze(0)).to(torch.float64)
+    out = torch.zeros(pred2.shape[0], num_groups, dtype=torch.float64, device=pred2.device)
+    out.index_add_(1, group, hit)
+    return out[0] if squeeze else out
+
+
+def group_sizes(group: torch.Tensor | np.ndarray, num_groups: int) -> np.ndarray:
+    """Rows per group, shape (num_groups,) int64; groups with no rows count 0."""
+    g = group.detach().cpu().numpy() if isinstance(group, torch.Tensor) else np.asarray(group)
+    g = g.astype(np.int64).reshape(-1)
+    # Out-of-range indices mean the group names and the group column disagree;
+    # dropping them silently would skew every metric.
+    if g.size and (g.min() < 0 or g.max() >= num_groups):
+        raise ValueError(f"group index out of range [0, {num_groups}): {g.min()}..{g.max()}")
+    return np.bincount(g, minlength=num_groups).astype(np.int64)
+
+
+def worst_group_accuracy(correct: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
+    """Min over groups with samples of correct/total; correct is (..., G), total (G,).
+
+    Returns NaN where no group has samples (an empty split), so callers can test
+    ``isnan`` instead of catching an error.
+    """
+    total = total.to(correct.device)
+    present = total > 0
+    if not bool(present.any()):
+        return torch.full(correct.shape[:-1], float("nan"), dtype=correct.dtype, device=correct.device)
+    acc = correct[..., present] / total[present].to(correct.dtype)
+    return acc.min(dim=-1).values
+
+
+def metrics_from_counts(
+    correct: Sequence[float] | np.ndarray,
+    total: Sequence[int] | np.ndarray,
+    train_total: Sequence[int] | np.ndarray,
+    group_names: Sequence[str],
+) -> dict[str, Any]:
+    """The metric dictionary for one head on one split, from per-group counts."""
+    correct = np.asarray(correct, dtype=np.float64).reshape(-1)
+    total = np.asarray(total, dtype=np.int64).reshape(-1)
+    train_total = np.asarray(train_total, dtype=np.int64).reshape(-1)
+    sizes = {len(correct), len(total), len(train_total), len(group_names)}
+    if len(sizes) != 1:
+        raise ValueError(
+            f"per-group lengths disagree: correct {len(correct)}, total {len(total)}, "
+            f"train_total {len(train_total)}, group_names {len(group_names)}"
+        )
+    present = total > 0
+    acc_g = np.full(len(total), np.nan)
+    acc_g[present] = correct[present] / total[present]
+    n = int(total.sum())
+    return {
+        "acc": float(correct.sum() / n) if n else None,
+        "acc_train_weighted": _train_weighted(acc_g, train_total),
+        "acc_group_mean": float(acc_g[present].mean()) if present.any() else None,
+        "wga": float(acc_g[present].min()) if present.any() else None,
+        "per_group": {
+            str(name): {"acc": (float(acc_g[i]) if present[i] else None), "n": int(total[i])}
+            for i, name in enumerate(group_names)
+        },
+    }
+
+
+def _train_weighted(acc_g: np.ndarray, train_total: np.ndarray) -> float | None:
+    # Groups with no rows in this split cannot be scored; weight the rest by
+    # their train sizes (renormalised) rather than silently counting them as 0.
+    usable = ~np.isnan(acc_g) & (train_total > 0)
+    if not usable.any():
+        return None
+    w = train_total[usable].astype(np.float64)
+    return float((acc_g[usable] * w).sum() / w.sum())
+
+
+def split_metrics(
+    pred: np.ndarray | torch.Tensor,
+    y: np.ndarray | torch.Tensor,
+    group: np.ndarray | torch.Tensor,
+    group_names: Sequence[str],
+    train_total: Sequence[int] | np.ndarray,
+) -> dict[str, Any]:
+    """Metrics for one head's predictions (N,) on one split."""
+    pred_t, y_t, g_t = (v if isinstance(v, torch.Tensor) else torch.as_tensor(np.asarray(v)) for v in (pred, y, group))
+    num_groups = len(group_names)
+    correct = correct_by_group(pred_t.long(), y_t.long(), g_t.long(), num_groups).cpu().numpy()
+    return metrics_from_counts(correct, group_sizes(g_t, num_groups), train_total, group_names)
+
+
+def _stats(values: Sequence[float]) -> dict[str, float | None]:
+    if not values:
+        return {"mean": None, "std": None}
+    arr = np.asarray(values, dtype=np.float64)
+    std = float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
+    return {"mean": float(arr.mean()), "std": std if math.isfinite(std) else None}
+
+
+def mean_std(runs: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
+    """Mean and standard deviation of each metric over seeds.
+
+    ``runs`` are one split's metric dictionaries, one per seed (``None`` for a
+    split with no rows is skipped). Uses the sample standard deviation (ddof=1)
+    when there are two or more values, as papers report; 0.0 for a single one.
+    Returns ``{"n_seeds": len(runs), key: {"mean", "std"} for key in METRIC_KEYS}``.
+    """
+    out: dict[str, Any] = {"n_seeds": len(runs)}
+    for key in METRIC_KEYS:
+        out[key] = _stats([r[key] for r in runs if r is not None and r.get(key) is not None])
+    return out
+
+
+def per_group_mean_std(runs: Sequence[dict[str, Any] | None]) -> dict[str, dict[str, Any]]:
+    """Per group, the mean and std over seeds of its accuracy, and its row count n.
+
+    Returns ``{group: {"mean", "std", "n"}}`` in the first run's group order.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for r in runs:
+        for name, g in ((r or {}).get("per_group") or {}).items():
+            out.setdefault(name, {"vals": [], "n": g.get("n")})
+            if g.get("acc") is not None:
+                out[name]["vals"].append(g["acc"])
+    return {name: {**_stats(d["vals"]), "n": d["n"]} for name, d in out.items()}
+
+
+def mean_metrics(runs: Sequence[dict[str, Any] | None]) -> dict[str, Any] | None:
+    """One split's metric dictionary averaged over seeds (same keys as one run).
+
+    ``None`` when every run's split is ``None`` (a split with no rows).
+    """
+    present = [r for r in runs if r is not None]
+    if not present:
+        return None
+    ms = mean_std(present)
+    pg = per_group_mean_std(present)
+    out: dict[str, Any] = {key: ms[key]["mean"] for key in METRIC_KEYS}
+    out["per_group"] = {name: {"acc": d["mean"], "n": d["n"]} for name, d in pg.items()}
+    return out
