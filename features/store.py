@@ -1,0 +1,239 @@
+"""The HDF5 feature file (schema ``probe-features/1``): the contract between stages.
+
+Datasets (all of length N):
+    features  (N, D) float32 or float16, chunked by rows
+    y         (N,) int64   class index into ``class_names``
+    a         (N,) int64   spurious attribute, -1 where unknown
+    group     (N,) int64   group index into ``group_names``
+    split     (N,) int8    0 train, 1 val, 2 test
+    id        (N,) UTF-8   the source row, path or index
+
+Root attributes: schema, dataset, encoder, weights, preprocess, class_names and
+group_names (JSON lists), created, probe_version, complete (false until the last
+row is written), rows_written, and source (JSON: where the data came from).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from probe.errors import UserError
+
+SCHEMA = "probe-features/1"
+SPLITS = {"train": 0, "val": 1, "test": 2}
+SPLIT_NAMES = {v: k for k, v in SPLITS.items()}
+LABEL_DATASETS = ("y", "a", "group", "split", "id")
+# Attributes that identify what produced the features: resuming or merging
+# files that differ in any of them would silently mix incompatible features.
+IDENTITY_ATTRS = ("schema", "dataset", "encoder", "weights", "preprocess")
+
+
+@dataclass
+class FeatureSet:
+    """Everything stage 2 needs from a feature file, in memory."""
+
+    features: np.ndarray  # (N, D) float32
+    y: np.ndarray  # (N,) int64
+    a: np.ndarray  # (N,) int64
+    group: np.ndarray  # (N,) int64
+    split: np.ndarray  # (N,) int8
+    ids: np.ndarray  # (N,) object (str)
+    class_names: list[str]
+    group_names: list[str]
+    attrs: dict[str, Any] = field(default_factory=dict)
+    path: str = ""
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def num_groups(self) -> int:
+        return len(self.group_names)
+
+    def split_mask(self, name: str) -> np.ndarray:
+        return self.split == SPLITS[name]
+
+    def provenance(self) -> dict[str, Any]:
+        """What produced these features, for every result that uses them."""
+        keys = ("schema", "dataset", "encoder", "weights", "preprocess", "created", "probe_version", "source")
+        prov = {k: self.attrs[k] for k in keys if k in self.attrs}
+        prov["path"] = self.path
+        prov["rows"] = int(len(self.y))
+        prov["dim"] = int(self.features.shape[1])
+        return prov
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def read_attrs(h5: h5py.File) -> dict[str, Any]:
+    attrs: dict[str, Any] = {k: _decode(v) for k, v in h5.attrs.items()}
+    for key in ("class_names", "group_names", "source"):
+        if isinstance(attrs.get(key), str):
+            try:
+                attrs[key] = json.loads(attrs[key])
+            except json.JSONDecodeError:
+                pass
+    return attrs
+
+
+def open_feature_file(path: str | Path) -> h5py.File:
+    """Open ``path`` read-only, turning every way it can fail into a UserError."""
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"{p}: no such file; check the path (features are written by `probe extract`)")
+    if p.is_dir():
+        raise UserError(f"{p}: is a folder, not a feature file; pass the .h5 file written by `probe extract`")
+    try:
+        with open(p, "rb") as fh:
+            fh.read(1)
+    except OSError as exc:
+        raise UserError(f"{p}: cannot be read ({exc.strerror}); check its permissions") from exc
+    if not h5py.is_hdf5(p):
+        raise UserError(f"{p}: not an HDF5 file; pass the .h5 file written by `probe extract`")
+    try:
+        return h5py.File(p, "r")
+    except OSError as exc:
+        raise UserError(f"{p}: HDF5 file is truncated or corrupted ({exc}); extract it again") from exc
+
+
+def check_schema(h5: h5py.File, path: str | Path) -> dict[str, Any]:
+    attrs = read_attrs(h5)
+    schema = attrs.get("schema")
+    if schema != SCHEMA:
+        found = f"schema {schema!r}" if schema is not None else "no 'schema' attribute"
+        raise UserError(
+            f"{path}: HDF5 file has {found}, not {SCHEMA!r}; only files written by `probe extract` can be read"
+        )
+    return attrs
+
+
+@contextlib.contextmanager
+def malformed_is_user_error(path: str | Path) -> Iterator[None]:
+    """Turn what h5py/numpy raise on a damaged or hand-edited file into one UserError.
+
+    A corrupted file can fail anywhere (reading an attribute, a chunk, decoding a
+    string); the user's remedy is the same in every case.
+    """
+    try:
+        yield
+    except UserError:
+        raise
+    except (OSError, KeyError, ValueError, TypeError, RuntimeError, IndexError, UnicodeDecodeError) as exc:
+        reason = " ".join(str(exc).split())[:160] or type(exc).__name__
+        raise UserError(f"{path}: HDF5 file is corrupted or malformed ({reason}); extract it again") from exc
+
+
+def read_features(path: str | Path, allow_incomplete: bool = False) -> FeatureSet:
+    """Load and validate a feature file; every problem is a one-line UserError."""
+    with open_feature_file(path) as h5, malformed_is_user_error(path):
+        return _read_features(h5, path, allow_incomplete)
+
+
+def _read_features(h5: h5py.File, path: str | Path, allow_incomplete: bool) -> FeatureSet:
+    attrs = check_schema(h5, path)
+    if not bool(attrs.get("complete", False)) and not allow_incomplete:
+        written = attrs.get("rows_written", "?")
+        raise UserError(
+            f"{path}: extraction is incomplete ({written} rows written); rerun the same "
+            "`probe extract` command to finish it, or pass --allow-incomplete"
+        )
+    missing = [k for k in ("features", *LABEL_DATASETS) if k not in h5]
+    if missing:
+        raise UserError(f"{path}: missing dataset(s) {', '.join(missing)}; extract the file again")
+    # An incomplete file (allowed explicitly) holds only its first rows_written rows.
+    n_rows = int(attrs.get("rows_written", h5["y"].shape[0])) if not attrs.get("complete") else None
+    sl = slice(None) if n_rows is None else slice(0, n_rows)
+    feats = np.asarray(h5["features"][sl], dtype=np.float32)
+    data = {k: h5[k][sl] for k in LABEL_DATASETS}
+    lengths = {"features": feats.shape[0], **{k: len(v) for k, v in data.items()}}
+    if len(set(lengths.values())) != 1:
+        desc = ", ".join(f"{k}={v}" for k, v in lengths.items())
+        raise UserError(f"{path}: datasets have different lengths ({desc}); the file is corrupted, extract it again")
+    if feats.ndim != 2:
+        raise UserError(f"{path}: 'features' must be 2-D (rows x dims), found shape {feats.shape}")
+    bad = ~np.isfinite(feats).all(axis=1)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise UserError(
+            f"{path}: features contain NaN or infinity in {int(bad.sum())} row(s) (first: row {row}); "
+            "re-extract those rows or drop them"
+        )
+    class_names = _name_list(path, attrs, "class_names")
+    group_names = _name_list(path, attrs, "group_names")
+    y = np.asarray(data["y"], dtype=np.int64)
+    group = np.asarray(data["group"], dtype=np.int64)
+    split = np.asarray(data["split"], dtype=np.int8)
+    _check_codes(path, "y", y, len(class_names), "class_names")
+    _check_codes(path, "group", group, len(group_names), "group_names")
+    bad_split = ~np.isin(split, list(SPLITS.values()))
+    if bad_split.any():
+        row = int(np.flatnonzero(bad_split)[0])
+        raise UserError(f"{path}: split code {int(split[row])} at row {row} is not 0 (train), 1 (val) or 2 (test)")
+    ids = np.array([_decode(i) for i in data["id"]], dtype=object)
+    return FeatureSet(
+        features=feats,
+        y=y,
+        a=np.asarray(data["a"], dtype=np.int64),
+        group=group,
+        split=split,
+        ids=ids,
+        class_names=class_names,
+        group_names=group_names,
+        attrs=attrs,
+        path=str(path),
+    )
+
+
+def _name_list(path: str | Path, attrs: dict[str, Any], key: str) -> list[str]:
+    names = attrs.get(key)
+    if not isinstance(names, list) or not names:
+        raise UserError(f"{path}: attribute {key} must be a non-empty JSON list of names; extract the file again")
+    return [str(n) for n in names]
+
+
+def _check_codes(path: str | Path, name: str, values: np.ndarray, n: int, names_attr: str) -> None:
+    if n == 0:
+        raise UserError(f"{path}: attribute {names_attr} is empty or missing; extract the file again")
+    bad = (values < 0) | (values >= n)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise UserError(
+            f"{path}: {name}={int(values[row])} at row {row} is outside {names_attr} (0..{n - 1}); the labels "
+            "do not match the class list"
+        )
+
+
+def summarize(path: str | Path) -> dict[str, Any]:
+    """What `probe info` shows: provenance and rows per split and group."""
+    with open_feature_file(path) as h5, malformed_is_user_error(path):
+        attrs = check_schema(h5, path)
+        n = int(h5["y"].shape[0]) if "y" in h5 else 0
+        split = h5["split"][:] if "split" in h5 else np.zeros(0, np.int8)
+        group = h5["group"][:] if "group" in h5 else np.zeros(0, np.int64)
+        dim = int(h5["features"].shape[1]) if "features" in h5 else 0
+        dtype = str(h5["features"].dtype) if "features" in h5 else "?"
+    group_names = [str(g) for g in attrs.get("group_names", [])]
+    counts: dict[str, dict[str, int]] = {}
+    for code, sname in SPLIT_NAMES.items():
+        in_split = split == code
+        counts[sname] = {
+            (group_names[g] if 0 <= g < len(group_names) else str(g)): int(((group == g) & in_split).sum())
+            for g in range(max(len(group_names), 1))
+        }
+    return {"path": str(path), "rows": n, "dim": dim, "dtype": dtype, "attrs": attrs, "counts": counts}
+
