@@ -1,0 +1,110 @@
+"""Model selection and the run folder (docs/results-format.md)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from probe import __version__
+from probe.errors import UserError
+from probe.io import atomic_path, check_writable_dir, write_json_atomic, write_jsonl_atomic
+from probe.metrics import mean_metrics, mean_std
+
+SELECT_KEYS = {"val_wga": "wga", "val_acc": "acc"}
+
+
+def prepare_run_dir(out: Path, overwrite: bool) -> None:
+    """Refuse to clobber a previous run unless asked; create the folder otherwise."""
+    check_writable_dir(out.parent if str(out.parent) else Path("."), "--out parent")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a folder for the run")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise UserError(f"--out {out} already holds a run; pass --overwrite to replace it or choose another folder")
+    out.mkdir(exist_ok=True)
+    (out / "heads").mkdir(exist_ok=True)
+
+
+def _config_key(hparams: dict[str, Any]) -> str:
+    return json.dumps({k: v for k, v in hparams.items() if k != "seed"}, sort_keys=True)
+
+
+def select(rows: list[dict[str, Any]], select_by: str = "val_wga") -> dict[str, Any] | None:
+    """Group configurations by hyperparameters without the seed; pick the best mean
+    validation score (ties: the earlier configuration)."""
+    metric = SELECT_KEYS[select_by]
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        if r["status"] == "ok" and r["metrics"].get("val"):
+            groups.setdefault(_config_key(r["hparams"]), []).append(r)
+    best, best_score = None, -1.0
+    for members in groups.values():
+        vals = [m["metrics"]["val"][metric] for m in members if m["metrics"]["val"][metric] is not None]
+        score = sum(vals) / len(vals) if vals else -1.0
+        if score > best_score:
+            best, best_score = members, score
+    if best is None:
+        return None
+    return {"members": best, "score": best_score}
+
+
+def summarize_method(rows: list[dict[str, Any]], select_by: str) -> dict[str, Any]:
+    chosen = select(rows, select_by)
+    n_div = sum(r["status"] == "diverged" for r in rows)
+    if chosen is None:
+        return {"selected": None, "metrics": None, "seeds": None, "head": None, "n_configs": len(rows),
+                "n_diverged": n_div}
+    members = chosen["members"]
+    hp = {k: v for k, v in members[0]["hparams"].items() if k != "seed"}
+    splits = ("train", "val", "test")
+    return {
+        "selected": {"hparams": hp, "run_ids": [m["run_id"] for m in members]},
+        "metrics": {s: mean_metrics([m["metrics"].get(s) for m in members]) for s in splits},
+        "seeds": {s: mean_std([m["metrics"].get(s) for m in members if m["metrics"].get(s)]) for s in splits},
+        "head": None,
+        "n_configs": len(rows),
+        "n_diverged": n_div,
+    }
+
+
+def provenance(fs_prov: dict[str, Any], device: str, select_by: str) -> dict[str, Any]:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                                cwd=Path(__file__).resolve().parent).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {"features": fs_prov, "probe_version": __version__, "git_commit": commit, "torch": torch.__version__,
+            "device": device, "command": " ".join(["probe", *sys.argv[1:]]),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "selection": select_by}
+
+
+def write_run(out: Path, rows_by_method: dict[str, list[dict[str, Any]]], fs, prov: dict[str, Any],
+              select_by: str) -> dict[str, Any]:
+    """Write heads, results.jsonl and summary.json (in that order, each atomically)."""
+    methods = {}
+    for method, rows in rows_by_method.items():
+        summ = summarize_method(rows, select_by)
+        if summ["selected"] is not None:
+            first = next(r for r in rows if r["run_id"] == summ["selected"]["run_ids"][0])
+            tensors = {"theta": first["_theta"].contiguous(),
+                       **{f"pre.{k}": v.contiguous() for k, v in first["_pre"].items()}}
+            meta = {"config": json.dumps(first["hparams"]), "method": method,
+                    "provenance": json.dumps(prov, default=str)}
+            head = out / "heads" / f"{method}.safetensors"
+            with atomic_path(head) as tmp:
+                save_file(tensors, str(tmp), metadata=meta)
+            summ["head"] = f"heads/{method}.safetensors"
+        methods[method] = summ
+    public = [{k: v for k, v in r.items() if not k.startswith("_")} for rows in rows_by_method.values()
+              for r in rows]
+    write_jsonl_atomic(out / "results.jsonl", public)
+    summary = {"provenance": prov, "group_names": fs.group_names, "class_names": fs.class_names,
+               "methods": methods}
+    write_json_atomic(out / "summary.json", summary)
+    return summary
