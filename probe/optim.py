@@ -40,18 +40,21 @@ class BatchedOptimizer:
 
     @torch.no_grad()
     def step(self, grad: torch.Tensor, active: torch.Tensor) -> None:
-        """Update the heads where ``active`` is True; the others stay frozen."""
+        """Update the heads where ``active`` is True; the others stay where they are.
+
+        A head leaves the active set for good (diverged or stopped early), so its
+        moments may keep changing harmlessly; only its parameters are frozen.
+        """
         act = active.to(self.param.dtype).view_as(self.t)
-        g = grad + self.wd * self.decay_mask * self.param
+        g = grad.add(self.param * self.decay_mask * self.wd)
         if self.kind == "sgd":
-            self.m.mul_(1 - act * (1 - self.momentum)).add_(act * g)
+            self.m.mul_(self.momentum).add_(g)
             self.param.sub_(act * self.lr * self.m)
             return
         b1, b2 = self.betas
-        self.t.add_(act)
-        t = self.t.clamp(min=1)
-        self.m.copy_(torch.where(act > 0, b1 * self.m + (1 - b1) * g, self.m))
-        self.v.copy_(torch.where(act > 0, b2 * self.v + (1 - b2) * g * g, self.v))
-        mhat = self.m / (1 - b1**t)
-        vhat = self.v / (1 - b2**t)
-        self.param.sub_(act * self.lr * mhat / (vhat.sqrt() + self.eps))
+        self.t.add_(1.0)
+        self.m.mul_(b1).add_(g, alpha=1 - b1)
+        self.v.mul_(b2).addcmul_(g, g, value=1 - b2)
+        step = self.lr * act / (1 - b1**self.t)
+        denom = (self.v / (1 - b2**self.t)).sqrt_().add_(self.eps)
+        self.param.addcdiv_(self.m * step, denom, value=-1.0)

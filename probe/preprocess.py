@@ -47,6 +47,32 @@ class Preprocessor:
             self.state.update({"mean": Z.mean(0), "scale": Z.std(0).clamp_min(1e-6)})
         return self
 
+    def fit_rows(self, source: torch.Tensor, rows: torch.Tensor, y: torch.Tensor, a: torch.Tensor,
+                 dtype: torch.dtype, chunk: int = 65536) -> Preprocessor:
+        """Fit on ``source[rows]`` without materialising it for the cheap kinds.
+
+        none/l2 need nothing and standardize needs two moments, accumulated in
+        chunks (float64); pca and isr-mean take one copy of the training rows.
+        """
+        if self.kind in ("pca", "isr-mean"):
+            return self.fit(source[rows].to(dtype), y[rows], a[rows])
+        if self.kind == "standardize":
+            total = torch.zeros(source.shape[1], dtype=torch.float64, device=source.device)
+            total_sq = torch.zeros_like(total)
+            for i in range(0, len(rows), chunk):
+                block = source[rows[i: i + chunk]].to(torch.float64)
+                total += block.sum(0)
+                total_sq += (block * block).sum(0)
+            n = len(rows)
+            mean = total / n
+            var = (total_sq - n * mean * mean).clamp_min(0) / max(n - 1, 1)
+            self.state = {"mean": mean.to(dtype), "scale": var.sqrt().clamp_min(1e-6).to(dtype)}
+            return self
+        return self.fit(source[rows[:1]].to(dtype), y[rows[:1]], a[rows[:1]])
+
+    def out_dim(self, d: int) -> int:
+        return self.state["proj"].shape[1] if "proj" in self.state else d
+
     def _project(self, X: torch.Tensor) -> torch.Tensor:
         if "spurious" in self.state:
             Q = self.state["spurious"]

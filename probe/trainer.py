@@ -49,10 +49,28 @@ class Settings:
 
 @dataclass
 class Split:
-    X: torch.Tensor
+    """One split's rows. Features are read from the shared matrix and preprocessed
+    on demand (a batch, or a chunk at evaluation), so the feature matrix is never
+    copied whole: peak memory stays close to the matrix itself at CelebA scale."""
+
+    source: torch.Tensor  # the full (N, d) feature matrix, shared by all splits
+    rows: torch.Tensor  # (n,) indices into source
     y: torch.Tensor
     group: torch.Tensor
     domain: torch.Tensor
+    pre: Preprocessor
+    dtype: torch.dtype
+
+    def X(self, idx: torch.Tensor | None = None) -> torch.Tensor:
+        rows = self.rows if idx is None else self.rows[idx]
+        return self.pre.transform(self.source[rows].to(self.dtype))
+
+    def predict(self, theta: torch.Tensor, chunk: int = 16384) -> torch.Tensor:
+        """(G, n) predicted classes, computed in row chunks."""
+        parts = [moments.logits(theta, self.X(torch.arange(i, min(i + chunk, len(self.rows)),
+                                                           device=self.rows.device))).argmax(-1)
+                 for i in range(0, len(self.rows), chunk)]
+        return torch.cat(parts, dim=-1)
 
 
 def validate_for_fit(fs: FeatureSet, domain: str) -> None:
@@ -141,15 +159,16 @@ def fit_method(fs: FeatureSet, method: str, configs: list[dict[str, Any]], setti
 
 def prepare(fs: FeatureSet, cohort: dict[str, Any], settings: Settings) -> tuple[dict[str, Split], Preprocessor]:
     dev, dt = settings.device, settings.dtype
-    train = fs.split == SPLITS["train"]
-    pre = Preprocessor(cohort["preprocess"], settings.pca_dim).fit(
-        _to(fs.features[train], dev, dt), _to(fs.y[train], dev), _to(fs.a[train], dev))
+    source = torch.as_tensor(fs.features, device=dev)  # no copy on the CPU
+    train_rows = torch.as_tensor(np.flatnonzero(fs.split == SPLITS["train"]), device=dev)
+    pre = Preprocessor(cohort["preprocess"], settings.pca_dim).fit_rows(
+        source, train_rows, _to(fs.y, dev), _to(fs.a, dev), dt)
     dom_col = {"group": fs.group, "a": fs.a, "y": fs.y}[settings.domain]
     splits = {}
     for name, code in SPLITS.items():
-        m = fs.split == code
-        splits[name] = Split(pre.transform(_to(fs.features[m], dev, dt)), _to(fs.y[m], dev),
-                             _to(fs.group[m], dev), _to(np.maximum(dom_col[m], 0), dev))
+        rows = np.flatnonzero(fs.split == code)
+        splits[name] = Split(source, _to(rows, dev), _to(fs.y[rows], dev), _to(fs.group[rows], dev),
+                             _to(np.maximum(dom_col[rows], 0), dev), pre, dt)
     return splits, pre
 
 
@@ -159,7 +178,7 @@ def _fit_cohort(fs: FeatureSet, method: str, configs: list[dict[str, Any]], coho
     splits, pre = prepare(fs, cohort, settings)
     tr, va = splits["train"], splits["val"]
     cls = OBJECTIVES[method]
-    G, C, D = len(configs), fs.num_classes, tr.X.shape[1] + 1
+    G, C, D = len(configs), fs.num_classes, pre.out_dim(fs.features.shape[1]) + 1
     K = int(tr.domain.max().item()) + 1
     share = torch.bincount(tr.domain, minlength=K).to(dt) / len(tr.domain)
 
@@ -177,6 +196,7 @@ def _fit_cohort(fs: FeatureSet, method: str, configs: list[dict[str, Any]], coho
     best_theta, best_step = theta.clone(), torch.zeros(G, dtype=torch.long, device=dev)
     since_best = torch.zeros(G, dtype=torch.long, device=dev)
     val_total = torch.as_tensor(group_sizes(va.group, fs.num_groups), device=dev)
+    val_X = va.X()  # evaluated every eval_every steps: preprocess once
     sampler = BalancedSampler(tr.domain.cpu().numpy(), K, settings.batch_size, int(cohort["seed"]))
     hist: dict[str, list] = {"step": [], "loss": [], "val_wga": [], "val_acc": []}
     steps_run = torch.zeros(G, dtype=torch.long, device=dev)
@@ -185,24 +205,26 @@ def _fit_cohort(fs: FeatureSet, method: str, configs: list[dict[str, Any]], coho
         if bool(switching.any()):
             opt.reset(switching)  # as IRM, Fishr and the CMA authors do
         idx = torch.as_tensor(sampler.next(), device=dev)
-        batch = Batch(tr.X[idx], tr.y[idx], tr.domain[idx], K, share)
+        batch = Batch(tr.X(idx), tr.y[idx], tr.domain[idx], K, share)
         th = theta.detach().requires_grad_(True)
         loss, logs = objective.loss(th, batch, step >= anneal)
         finite = torch.isfinite(loss)
         (grad,) = torch.autograd.grad(torch.where(finite, loss, torch.zeros_like(loss)).sum(), th)
-        finite &= torch.isfinite(grad).flatten(1).all(1)
+        if not bool(finite.all()):
+            grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
         diverged |= active & ~finite
         active &= finite
-        opt.step(torch.nan_to_num(grad), active)
+        opt.step(grad, active)
         steps_run += active.long()
-        if not bool(torch.isfinite(theta).flatten(1).all(1)[active].all()):
+        last = step == settings.steps - 1
+        if (step + 1) % settings.eval_every == 0 or last:
+            # A finite loss can still come with an overflowing step; catch it here,
+            # once per evaluation rather than once per step.
             bad = active & ~torch.isfinite(theta).flatten(1).all(1)
             diverged |= bad
             active &= ~bad
-        last = step == settings.steps - 1
-        if (step + 1) % settings.eval_every == 0 or last:
             with torch.no_grad():
-                pred = moments.logits(torch.nan_to_num(theta), va.X).argmax(-1)
+                pred = moments.logits(torch.nan_to_num(theta), val_X).argmax(-1)
                 correct = correct_by_group(pred, va.y, va.group, fs.num_groups)
                 present = val_total > 0
                 wga = (correct[:, present] / val_total[present]).min(-1).values
@@ -241,7 +263,7 @@ def _result_rows(fs, method, configs, settings, splits, pre, best_theta, best_st
     per_split = {}
     with torch.no_grad():
         for name, sp in splits.items():
-            pred = moments.logits(best_theta, sp.X).argmax(-1)
+            pred = sp.predict(best_theta)
             per_split[name] = correct_by_group(pred, sp.y, sp.group, fs.num_groups).cpu().numpy()
     rows = []
     for g, cfg in enumerate(configs):
