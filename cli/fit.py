@@ -38,7 +38,8 @@ class _Progress:
 def fit(
     features: Annotated[Path, typer.Argument(help="Feature file written by `probe extract` (.h5).")],
     method: Annotated[str, typer.Option(help="Comma list of methods: erm, cma, reweight, irm, vrex, fishr, "
-                                             "groupdro. Each gets its own grid.")] = "erm,cma",
+                                             "groupdro, dfr (Deep Feature Reweighting: L1 logistic regression "
+                                             "on group-balanced validation subsets). Each gets its own grid.")] = "erm,cma",
     out: Annotated[Path | None, typer.Option(help="Run folder to write (results.jsonl, summary.json, heads/). "
                                                   "Default: runs/<feature file name>.")] = None,
     alpha: Annotated[str | None, typer.Option(help=f"CMA gradient-variance weight α. {G} Default 1e2,1e3,1e4.")] = None,

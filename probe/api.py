@@ -11,12 +11,15 @@ import torch
 from features.store import SPLITS, FeatureSet, read_features
 from probe import moments
 from probe.device import resolve_device
+from probe.dfr import fit_dfr
 from probe.errors import UserError
 from probe.grid import expand
 from probe.objectives import OBJECTIVES
 from probe.runs import prepare_run_dir, provenance, write_run
 from probe.trainer import Settings, fit_method, validate_for_fit
 
+#: every method `probe fit --method` accepts: the gradient-trained objectives and DFR
+METHODS = [*sorted(OBJECTIVES), "dfr"]
 #: per-head hyperparameters every method takes (the method's own come from its class)
 COMMON = {"lr": [1e-2], "weight_decay": [1e-4], "anneal": [0], "seed": [0], "preprocess": ["standardize"]}
 #: small default grids so `probe fit` without flags is useful and quick
@@ -48,22 +51,25 @@ def fit_grid(features: FeatureSet | str | Path, methods: list[str], grid: dict[s
     Returns ``{"summary": ..., "rows": {method: [result rows]}}``. On Ctrl-C the
     configurations already finished are written before KeyboardInterrupt propagates.
     """
-    unknown = [m for m in methods if m not in OBJECTIVES]
+    unknown = [m for m in methods if m not in METHODS]
     if unknown:
-        raise UserError(f"--method: unknown method {unknown[0]!r}; choose from {', '.join(sorted(OBJECTIVES))}")
+        raise UserError(f"--method: unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}")
     fs = features if isinstance(features, FeatureSet) else read_features(features, allow_incomplete)
     st = Settings(device=resolve_device(device), dtype=getattr(torch, dtype), **settings)
     validate_for_fit(fs, st.domain)
     out_path = Path(out) if out is not None else None
     if out_path is not None:
         prepare_run_dir(out_path, overwrite)
-    configs = {m: method_grid(m, grid or {}) for m in methods}
+    configs = {m: method_grid(m, grid or {}) for m in methods if m != "dfr"}
     if progress is not None:
         progress.total(sum(len({(c["seed"], c["preprocess"]) for c in cs}) for cs in configs.values()) * st.steps)
     rows: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
     prov = provenance(fs.provenance(), str(st.device), st.select)
     try:
         for m in methods:
+            if m == "dfr":  # sklearn-based: one head per seed, C tuned inside
+                rows[m].extend(_dfr_rows(fs, (grid or {}).get("seed") or COMMON["seed"]))
+                continue
             fit_method(fs, m, configs[m], st, on_step=progress.advance if progress else None, results=rows[m])
     except KeyboardInterrupt:
         if out_path is not None and any(rows.values()):
@@ -71,6 +77,15 @@ def fit_grid(features: FeatureSet | str | Path, methods: list[str], grid: dict[s
         raise
     summary = write_run(out_path, rows, fs, prov, st.select) if out_path is not None else None
     return {"summary": summary, "rows": rows}
+
+
+def _dfr_rows(fs: FeatureSet, seeds: list[int]) -> list[dict[str, Any]]:
+    rows = []
+    for i, s in enumerate(seeds):
+        row = fit_dfr(fs, seed=int(s))
+        row["run_id"] = f"dfr-{i:04d}"
+        rows.append(row)
+    return rows
 
 
 class LinearHead:
