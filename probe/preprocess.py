@@ -48,7 +48,7 @@ class Preprocessor:
         return self
 
     def fit_rows(self, source: torch.Tensor, rows: torch.Tensor, y: torch.Tensor, a: torch.Tensor,
-                 dtype: torch.dtype, chunk: int = 65536) -> Preprocessor:
+                 dtype: torch.dtype, chunk: int = 8192) -> Preprocessor:
         """Fit on ``source[rows]`` without materialising it for the cheap kinds.
 
         none/l2 need nothing and standardize needs two moments, accumulated in
