@@ -11,6 +11,14 @@ Datasets (all of length N):
 Root attributes: schema, dataset, encoder, weights, preprocess, class_names and
 group_names (JSON lists), created, probe_version, complete (false until the last
 row is written), rows_written, and source (JSON: where the data came from).
+
+Written by `probe extract` beside those (readers may ignore them):
+    index     (N,) int64   the row's position in the dataset before sharding and
+                           skipping; `probe merge` orders rows by it
+    attributes: rows_sha256 (fingerprint of the dataset's ids, labels and names,
+    so a resume or merge cannot mix rows), total_rows, batch_size, batches_done,
+    shard ("i/N", "" when unsharded), shard_rows (JSON [start, stop)), skipped
+    (JSON list of ids dropped by --skip-bad), modality, precision, device.
 """
 
 from __future__ import annotations
@@ -237,3 +245,164 @@ def summarize(path: str | Path) -> dict[str, Any]:
         }
     return {"path": str(path), "rows": n, "dim": dim, "dtype": dtype, "attrs": attrs, "counts": counts}
 
+
+
+# ---------------------------------------------------------------------------
+# Writer side: used by `probe extract` and `probe merge`.
+
+# Attributes stored as JSON strings because HDF5 attributes hold no lists or dicts.
+JSON_ATTRS = ("class_names", "group_names", "source", "skipped", "shard_rows")
+# Rows per HDF5 chunk of the label datasets; features get chunks of about 512 KiB.
+_LABEL_CHUNK = 4096
+
+
+def encode_attr(key: str, value: Any) -> Any:
+    if key in JSON_ATTRS or isinstance(value, (list, dict, tuple)):
+        return json.dumps(value, default=str)
+    if value is None:
+        return ""
+    return value
+
+
+def decode_json_attr(value: Any, default: Any) -> Any:
+    """Read one of the JSON attributes (``skipped``, ``shard_rows``) whatever form it arrived in."""
+    value = _decode(value)
+    if isinstance(value, str):
+        try:
+            return json.loads(value) if value else default
+        except json.JSONDecodeError:
+            return default
+    return default if value is None else value
+
+
+# What must agree before rows of an existing file are resumed, reused or merged:
+# the producer (IDENTITY_ATTRS), the rows (fingerprint), the shard and the stored dtype.
+WRITE_IDENTITY = (*IDENTITY_ATTRS, "rows_sha256", "shard", "features_dtype")
+
+
+def written_identity(h5: h5py.File) -> dict[str, Any]:
+    """The file's attributes plus ``features_dtype``, for :func:`identity_difference`."""
+    found = read_attrs(h5)
+    found["features_dtype"] = str(h5["features"].dtype) if "features" in h5 else None
+    return found
+
+
+def identity_difference(found: dict[str, Any], expected: dict[str, Any],
+                        keys: tuple[str, ...] = IDENTITY_ATTRS) -> str | None:
+    """Describe the first attribute in ``keys`` that differs, or None when all agree."""
+    for key in keys:
+        a, b = found.get(key), expected.get(key)
+        if a != b:
+            return f"{key} {_shown(a)} (this run: {_shown(b)})"
+    return None
+
+
+def _shown(value: Any, limit: int = 90) -> str:
+    if value is None:
+        return "(none)"
+    text = str(value)
+    return repr(text if len(text) <= limit else text[: limit - 3] + "...")
+
+
+def _open_for_writing(path: Path, mode: str) -> h5py.File:
+    """h5py.File, falling back to no file locking where the filesystem has none (NFS, Lustre)."""
+    try:
+        return h5py.File(path, mode)
+    except OSError as exc:
+        text = str(exc)
+        if "lock" in text.lower() and ("errno = 38" in text or "not implemented" in text.lower()):
+            return h5py.File(path, mode, locking=False)
+        raise
+
+
+class FeatureWriter:
+    """Append rows to a feature file; ``commit`` makes them count, ``finish`` marks it complete.
+
+    Rows become part of the file only at ``commit`` (``rows_written`` is the
+    promise a resume relies on); anything past it is overwritten on resume.
+    """
+
+    def __init__(self, h5: h5py.File, path: Path) -> None:
+        self.h5 = h5
+        self.path = path
+        self._end: int | None = None  # rows appended so far, committed or not
+
+    @classmethod
+    def create(cls, path: str | Path, attrs: dict[str, Any], dim: int, dtype: str = "float32") -> FeatureWriter:
+        path = Path(path)
+        h5 = _open_for_writing(path, "w")
+        try:
+            itemsize = np.dtype(dtype).itemsize
+            feat_rows = max(1, min(4096, (512 * 1024) // max(1, dim * itemsize)))
+            h5.create_dataset("features", shape=(0, dim), maxshape=(None, dim), dtype=dtype,
+                              chunks=(feat_rows, max(1, dim)))
+            for key, dt in (("y", np.int64), ("a", np.int64), ("group", np.int64), ("split", np.int8),
+                            ("index", np.int64)):
+                h5.create_dataset(key, shape=(0,), maxshape=(None,), dtype=dt, chunks=(_LABEL_CHUNK,))
+            h5.create_dataset("id", shape=(0,), maxshape=(None,), dtype=h5py.string_dtype("utf-8"),
+                              chunks=(_LABEL_CHUNK,))
+            writer = cls(h5, path)
+            writer.set_attrs({**attrs, "schema": SCHEMA, "complete": False, "rows_written": 0})
+            h5.flush()
+        except BaseException:
+            h5.close()
+            raise
+        return writer
+
+    @classmethod
+    def reopen(cls, path: str | Path) -> FeatureWriter:
+        """Open an unfinished file to continue it; OSError if HDF5 cannot open it."""
+        path = Path(path)
+        return cls(_open_for_writing(path, "r+"), path)
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return read_attrs(self.h5)
+
+    @property
+    def rows_written(self) -> int:
+        return int(_decode(self.h5.attrs.get("rows_written", 0)))
+
+    def set_attrs(self, attrs: dict[str, Any]) -> None:
+        for key, value in attrs.items():
+            self.h5.attrs[key] = encode_attr(key, value)
+
+    def truncate(self, rows: int) -> None:
+        """Drop rows past ``rows`` (left by an interrupted commit)."""
+        self._end = rows
+        for key in ("features", *LABEL_DATASETS, "index"):
+            ds = self.h5[key]
+            if ds.shape[0] != rows:
+                ds.resize(rows, axis=0)
+
+    def append(self, rows: dict[str, np.ndarray]) -> None:
+        """Write ``rows`` (features, y, a, group, split, id, index) after the committed ones."""
+        start = self.rows_written if self._end is None else self._end
+        n = len(rows["id"])
+        if n == 0:
+            return
+        for key, value in rows.items():
+            ds = self.h5[key]
+            ds.resize(start + n, axis=0)
+            ds[start:start + n] = value
+        self._end = start + n
+
+    def commit(self, **attrs: Any) -> None:
+        """Flush the appended rows, then advance ``rows_written`` (and ``attrs``) and flush again.
+
+        Two flushes so that a kill between them leaves the old, still true, rows_written.
+        """
+        self.h5.flush()
+        rows = self.rows_written if self._end is None else self._end
+        self.set_attrs({**attrs, "rows_written": rows})
+        self.h5.flush()
+
+    def finish(self, **attrs: Any) -> None:
+        self.commit(**attrs)
+        self.h5.attrs["complete"] = True
+        self.h5.flush()
+        self.close()
+
+    def close(self) -> None:
+        if self.h5.id.valid:
+            self.h5.close()

@@ -1,0 +1,174 @@
+"""`probe merge`: join the shards of one extraction into the file an unsharded run writes.
+
+Shards are checked before anything is written: same producer and rows (the write
+identity), all complete, numbered i/N with every i present once, and together
+covering every row exactly once. Rows are written in the unsharded order (by the
+``index`` dataset), into a temporary file renamed over OUT at the end.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from features.store import (
+    LABEL_DATASETS,
+    WRITE_IDENTITY,
+    FeatureWriter,
+    decode_json_attr,
+    identity_difference,
+    malformed_is_user_error,
+    open_feature_file,
+    written_identity,
+)
+from probe.errors import UserError
+from probe.io import atomic_path
+
+COPY_ROWS = 65536  # rows copied per step: bounded memory whatever the shard size
+
+
+@dataclass
+class MergeResult:
+    path: Path
+    rows: int
+    shards: int
+    skipped: list[str]
+    seconds: float
+
+
+@dataclass
+class _Shard:
+    path: Path
+    attrs: dict[str, Any]
+    index: int
+    count: int
+    start: int
+    stop: int
+    rows: int
+    dim: int
+    skipped: list[str]
+
+
+def _inspect(path: Path) -> _Shard:
+    with open_feature_file(path) as h5, malformed_is_user_error(path):
+        attrs = written_identity(h5)
+        if attrs.get("schema") is None or "features" not in h5 or "index" not in h5:
+            raise UserError(f"{path}: not a shard written by `probe extract --shard i/N`")
+        if not bool(attrs.get("complete", False)):
+            raise UserError(f"{path}: shard is incomplete ({attrs.get('rows_written', '?')} rows written); rerun "
+                            "its `probe extract` command to finish it")
+        shard = str(attrs.get("shard") or "")
+        try:
+            i_text, n_text = shard.split("/")
+            index, count = int(i_text), int(n_text)
+        except ValueError:
+            raise UserError(f"{path}: is not a shard (no 'i/N' shard attribute); merge only files written "
+                            "with --shard") from None
+        start, stop = (int(v) for v in decode_json_attr(attrs.get("shard_rows"), [0, 0]))
+        rows = int(h5["features"].shape[0])
+        idx = h5["index"][:]
+        skipped = [str(s) for s in decode_json_attr(attrs.get("skipped"), [])]
+        if len(idx) != rows or any(h5[k].shape[0] != rows for k in LABEL_DATASETS):
+            raise UserError(f"{path}: datasets have different lengths; extract this shard again")
+        if rows and (np.any(np.diff(idx) <= 0) or idx[0] < start or idx[-1] >= stop):
+            raise UserError(f"{path}: row indices are not increasing inside its rows {start}..{stop - 1}; "
+                            "extract this shard again")
+        if rows + len(skipped) != stop - start:
+            raise UserError(f"{path}: holds {rows} rows + {len(skipped)} skipped, but its shard spans "
+                            f"{stop - start}; extract this shard again")
+        return _Shard(path, attrs, index, count, start, stop, rows, int(h5["features"].shape[1]), skipped)
+
+
+def _check(shards: list[_Shard]) -> None:
+    first = shards[0]
+    keys = tuple(k for k in WRITE_IDENTITY if k != "shard") + ("total_rows", "batch_size")
+    for sh in shards[1:]:
+        diff = identity_difference(sh.attrs, first.attrs, keys)
+        if diff is not None:
+            diff = diff.replace("(this run:", f"({first.path.name}:")
+            raise UserError(f"{sh.path}: cannot be merged with {first.path}: different {diff}")
+        if sh.count != first.count:
+            raise UserError(f"{sh.path}: is shard {sh.index}/{sh.count} but {first.path} is "
+                            f"{first.index}/{first.count}; merge shards of one split into N")
+    seen: dict[int, Path] = {}
+    for sh in shards:
+        if sh.index in seen:
+            raise UserError(f"{sh.path}: is shard {sh.index}/{sh.count}, like {seen[sh.index]}; pass each shard once")
+        seen[sh.index] = sh.path
+    missing = [i for i in range(first.count) if i not in seen]
+    if missing:
+        listed = ", ".join(f"{i}/{first.count}" for i in missing[:5])
+        raise UserError(f"missing shard(s) {listed}; extract them with --shard and pass every shard to merge")
+    expect = 0
+    for sh in sorted(shards, key=lambda s: s.index):
+        if sh.start != expect:
+            raise UserError(f"{sh.path}: starts at row {sh.start}, expected {expect}; the shards do not tile "
+                            "the dataset (extracted with different batch sizes?)")
+        expect = sh.stop
+    total = int(first.attrs.get("total_rows", -1))
+    if expect != total:
+        raise UserError(f"shards cover rows 0..{expect - 1} of {total}; extract the rest")
+
+
+def merge(out: str | Path, shard_paths: Sequence[str | Path], *, overwrite: bool = False,
+          quiet: bool = False) -> MergeResult:
+    t0 = time.perf_counter()
+    out = Path(out)
+    paths = [Path(p) for p in shard_paths]
+    if not paths:
+        raise UserError("probe merge needs the shard files to join: probe merge OUT.h5 SHARD.h5 ...")
+    if out.is_dir():
+        raise UserError(f"{out}: is a folder; give the merged file's name, e.g. {out / 'features.h5'}")
+    if any(p.resolve() == out.resolve() for p in paths if p.exists()) and out.exists():
+        raise UserError(f"{out}: is also one of the shards; write the merged file under another name")
+    if out.exists() and not overwrite:
+        raise UserError(f"{out}: already exists; pass --overwrite to replace it")
+    shards = sorted((_inspect(p) for p in paths), key=lambda s: s.index)
+    _check(shards)
+    first = shards[0]
+    skipped = [s for sh in shards for s in sh.skipped]
+    attrs = {k: v for k, v in first.attrs.items()
+             if k not in ("features_dtype", "schema", "complete", "rows_written")}
+    attrs.update(shard="", shard_rows=[0, int(first.attrs["total_rows"])], skipped=skipped,
+                 batches_done=sum(int(sh.attrs.get("batches_done", 0)) for sh in shards),
+                 created=min(str(sh.attrs.get("created", "")) for sh in shards),
+                 merged_from=[sh.path.name for sh in shards])
+    dtype = str(first.attrs["features_dtype"])
+    rows = 0
+    progress = _progress(quiet)
+    with progress, atomic_path(out) as tmp:
+        task = progress.add_task(f"merging into {out.name}", total=sum(sh.rows for sh in shards))
+        writer = FeatureWriter.create(tmp, attrs, first.dim, dtype)
+        try:
+            for sh in shards:
+                with h5py.File(sh.path, "r") as h5, malformed_is_user_error(sh.path):
+                    for s in range(0, sh.rows, COPY_ROWS):
+                        e = min(s + COPY_ROWS, sh.rows)
+                        block = {k: h5[k][s:e] for k in ("features", *LABEL_DATASETS, "index")}
+                        block["id"] = np.asarray([v.decode("utf-8") if isinstance(v, bytes) else v
+                                                  for v in block["id"]], dtype=object)
+                        writer.append(block)
+                        writer.commit()
+                        rows += e - s
+                        progress.advance(task, e - s)
+            writer.finish()
+        finally:
+            writer.close()
+    seconds = time.perf_counter() - t0
+    if not quiet:
+        progress.console.print(f"merged {len(shards)} shards, {rows} rows, into {out} in {seconds:.1f} s")
+    return MergeResult(out, rows, len(shards), skipped, seconds)
+
+
+def _progress(quiet: bool) -> Any:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    console=Console(stderr=True, highlight=False), disable=quiet)
