@@ -218,3 +218,81 @@ def test_good_file_fits(workdir: Path) -> None:
     res = run_cli("fit", workdir / "good.h5", "--method", "erm", "--out", workdir / "run", "--overwrite", *FAST)
     assert res.code == 0, res.stderr
     assert "previous" not in (workdir / "run" / "summary.json").read_text()
+
+
+def _rewrite_csv(path: Path, edit) -> None:
+    import csv
+
+    with open(path, newline="") as fh:
+        rows = list(csv.reader(fh))
+    rows = edit(rows)
+    with open(path, "w", newline="") as fh:
+        csv.writer(fh).writerows(rows)
+
+
+def test_metadata_missing_column(tmp_path: Path) -> None:
+    from tests.fixtures import formats
+
+    built = formats.waterbirds(tmp_path / "data")
+    _rewrite_csv(built.files["metadata"], lambda rows: [r[:3] + r[4:] for r in rows])  # drop `split`
+    existing = tmp_path / "wb.h5"
+    existing.write_bytes(b"previous result")
+    res = run_cli("extract", "waterbirds", "--root", built.root, "--encoder", "efficientnet-lite0",
+                  "--out", existing, "--overwrite", "--quiet")
+    assert_user_error(res, "metadata.csv", "split")
+    assert existing.read_bytes() == b"previous result"
+
+
+def test_metadata_unknown_split_code(tmp_path: Path) -> None:
+    from tests.fixtures import formats
+
+    built = formats.waterbirds(tmp_path / "data")
+
+    def bad_split(rows):
+        rows[3][3] = "7"
+        return rows
+
+    _rewrite_csv(built.files["metadata"], bad_split)
+    res = run_cli("extract", "waterbirds", "--root", built.root, "--encoder", "efficientnet-lite0",
+                  "--out", tmp_path / "wb.h5", "--quiet")
+    assert_user_error(res, "metadata.csv", "split", "7")
+    assert not (tmp_path / "wb.h5").exists()
+
+
+def test_sigint_during_grid_fit_keeps_finished_configurations(tmp_path: Path) -> None:
+    """Ctrl-C in the middle of a grid: exit 130, one line, and whatever was written is
+    exactly the cohorts that finished (each seed is a cohort, fitted in order)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import REPO
+
+    write_feature_file(tmp_path / "good.h5", toy_arrays(40, 8))
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cli", "fit", str(tmp_path / "good.h5"), "--method", "erm", "--out", str(run),
+         "--seed", "0:39:40", "--steps", "100", "--batch-size", "16", "--quiet"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    # Wait until the run folder exists (the fit has started), then a little longer.
+    while not run.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    time.sleep(6.0)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, (proc.returncode, err)
+    assert "Traceback" not in err
+    assert len([ln for ln in err.splitlines() if ln.strip()]) == 1, err
+    results = run / "results.jsonl"
+    assert results.exists(), "no finished configuration was kept (the machine may be very slow)"
+    import json
+
+    rows = [json.loads(line) for line in results.read_text().splitlines()]
+    seeds = [r["hparams"]["seed"] for r in rows]
+    assert 0 < len(seeds) < 40 and seeds == list(range(len(seeds)))
+    assert all(r["status"] == "ok" for r in rows)
+    assert json.loads((run / "summary.json").read_text())["methods"]["erm"]["selected"] is not None
+    assert not list(run.glob("*.tmp")) and not list(run.glob(".*.tmp"))
