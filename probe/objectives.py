@@ -26,6 +26,26 @@ class Batch:
     domain_share: torch.Tensor  # (K,)
 
 
+@dataclass
+class Forward:
+    """What the closed-form penalties need from one forward pass of the grid."""
+
+    z: torch.Tensor  # (G, B, C) logits
+    residual: torch.Tensor  # (G, B, C) p - onehot(y): per-sample dCE/dlogits
+    W: torch.Tensor  # (B, K') 1/n_e domain weights over present domains
+    ids: torch.Tensor  # (K',) present domain ids
+    losses: torch.Tensor  # (G, K') per-domain mean CE
+
+
+def forward(theta: torch.Tensor, batch: Batch) -> Forward:
+    z = moments.logits(theta, batch.X)
+    W = moments.domain_weights(batch.domains, dtype=theta.dtype)
+    logp = torch.log_softmax(z, -1)
+    nll = -logp.gather(-1, batch.y.expand(z.shape[0], -1).unsqueeze(-1)).squeeze(-1)
+    residual = logp.exp() - F.one_hot(batch.y, z.shape[-1]).to(z.dtype)
+    return Forward(z, residual, W, moments.present_domains(batch.domains), nll @ W)
+
+
 OBJECTIVES: dict[str, type[Objective]] = {}
 
 
@@ -105,17 +125,11 @@ class IRM(Objective):
     penalized = True
 
     def loss(self, theta, batch, penalty_on):
-        z = moments.logits(theta, batch.X)  # (G, B, C)
-        W = moments.domain_weights(batch.domains, dtype=theta.dtype)  # (B, K')
-        ids = moments.present_domains(batch.domains)
-        logp = torch.log_softmax(z, -1)
-        nll = -logp.gather(-1, batch.y.expand(z.shape[0], -1).unsqueeze(-1)).squeeze(-1)  # (G, B)
-        losses = nll @ W
-        r = torch.softmax(z, -1) - F.one_hot(batch.y, z.shape[-1]).to(z.dtype)
-        dw = ((r * z).sum(-1)) @ W  # d CE_e(w z)/dw at w = 1, per domain
+        f = forward(theta, batch)
+        dw = (f.residual * f.z).sum(-1) @ f.W  # d CE_e(w z)/dw at w = 1, per domain
         pen = (dw**2).sum(-1)
-        ce = self.cross_entropy(losses, batch, ids)
-        return ce + penalty_on.to(z.dtype) * self.hp["lam"] * pen, {"ce": ce, "irm": pen}
+        ce = self.cross_entropy(f.losses, batch, f.ids)
+        return ce + penalty_on.to(theta.dtype) * self.hp["lam"] * pen, {"ce": ce, "irm": pen}
 
 
 @register
@@ -147,19 +161,15 @@ class Fishr(Objective):
     penalized = True
 
     def loss(self, theta, batch, penalty_on):
-        z = moments.logits(theta, batch.X)
+        f = forward(theta, batch)
         Xt = moments.augment(batch.X)
-        W = moments.domain_weights(batch.domains, dtype=theta.dtype)
-        ids = moments.present_domains(batch.domains)
-        r = torch.softmax(z, -1) - F.one_hot(batch.y, z.shape[-1]).to(z.dtype)
-        mean_g = torch.einsum("nk,gnc,nd->gkcd", W, r, Xt)
-        mean_g2 = torch.einsum("nk,gnc,nd->gkcd", W, r * r, Xt * Xt)
+        r = f.residual
+        mean_g = torch.einsum("nk,gnc,nd->gkcd", f.W, r, Xt)
+        mean_g2 = torch.einsum("nk,gnc,nd->gkcd", f.W, r * r, Xt * Xt)
         var = mean_g2 - mean_g**2
         pen = ((var - var.mean(1, keepdim=True)) ** 2).sum((2, 3)).mean(1)
-        logp = torch.log_softmax(z, -1)
-        nll = -logp.gather(-1, batch.y.expand(z.shape[0], -1).unsqueeze(-1)).squeeze(-1)
-        ce = self.cross_entropy(nll @ W, batch, ids)
-        return ce + penalty_on.to(z.dtype) * self.hp["lam"] * pen, {"ce": ce, "fishr": pen}
+        ce = self.cross_entropy(f.losses, batch, f.ids)
+        return ce + penalty_on.to(theta.dtype) * self.hp["lam"] * pen, {"ce": ce, "fishr": pen}
 
 
 @register
