@@ -26,6 +26,7 @@ install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
 demo: install
+	mkdir -p $(DEMO_DIR)
 	$(BIN)/probe extract demo --out $(DEMO_DIR)/demo.h5
 	$(BIN)/probe fit $(DEMO_DIR)/demo.h5 --method erm,cma --out $(DEMO_DIR)/run --overwrite
 	$(BIN)/probe report $(DEMO_DIR)/run --format markdown --out $(DEMO_DIR)/run/report.md --plots $(DEMO_DIR)/run
