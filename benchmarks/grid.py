@@ -24,7 +24,7 @@ import time
 import numpy as np
 import torch
 
-from benchmarks._common import write_results
+from benchmarks._common import RESULTS_DIR, write_results
 from features.store import FeatureSet
 from probe.trainer import Settings, fit_method
 
@@ -112,20 +112,37 @@ def run_celeba(steps: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="300 steps for (a), extrapolated to 3,000")
+    ap.add_argument("--parts", default="throughput,celeba,waterbirds",
+                    help="which measurements to (re)run; rows of the other parts are kept from results/grid.json")
     ap.add_argument("--celeba-child", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.celeba_child is not None:
         _celeba_child(args.celeba_child)
         return
     torch.manual_seed(0)
-    # One seed of the authors' grid is one cohort: the unit the trainer batches.
-    rows = [run_throughput(75, 40 if args.quick else 100), run_celeba(200 if args.quick else 1000),
-            run_waterbirds(300 if args.quick else 3000, 3000)]
+    parts = args.parts.split(",")
+    runners = {
+        # One seed of the authors' grid is one cohort: the unit the trainer batches.
+        "throughput": lambda: run_throughput(75, 40 if args.quick else 100),
+        "celeba": lambda: run_celeba(200 if args.quick else 1000),
+        "waterbirds": lambda: run_waterbirds(300 if args.quick else 3000, 3000),
+    }
+    previous = {}
+    old = RESULTS_DIR / "grid.json"
+    if old.exists():
+        previous = {r["part"]: r for r in json.loads(old.read_text())["rows"] if "part" in r}
+    rows = []
+    for part, run in runners.items():
+        if part in parts:
+            rows.append({"part": part, "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **run()})
+        elif part in previous:
+            rows.append(previous[part])
     for r in rows:
         print(json.dumps(r))
-    write_results("grid", rows, ["case", "configs", "steps", "wall_s", "full_grid_s", "batched_s", "sequential_s",
+    write_results("grid", rows, ["case", "measured", "configs", "steps", "wall_s", "full_grid_s", "batched_s", "sequential_s",
                                  "ratio", "peak_MB", "features_MB", "target", "met"],
-                  extra={"command": "python -m benchmarks.grid" + (" --quick" if args.quick else "")},
+                  extra={"command": "python -m benchmarks.grid" + (" --quick" if args.quick else "")
+                           + ("" if args.parts == ap.get_default("parts") else f" --parts {args.parts}")},
                   title="Grid fitting: batched CMA grids (synthetic features at Waterbirds and CelebA scale)")
 
 
