@@ -56,9 +56,9 @@ def fit(
     preprocess: Annotated[str, typer.Option(help="Comma list of: none, standardize, l2, pca, isr-mean "
                                                  "(fitted on train).")] = "standardize",
     pca_dim: Annotated[int, typer.Option(help="Components kept by --preprocess pca.", min=1)] = 64,
-    steps: Annotated[str, typer.Option(help="Optimisation steps per configuration.")] = "1000",
-    batch_size: Annotated[str, typer.Option(help="Rows per domain-balanced minibatch; 0 or ≥ train rows "
-                                                 "means full batch.")] = "512",
+    steps: Annotated[str, typer.Option(help="Optimisation steps per configuration (one value).")] = "1000",
+    batch_size: Annotated[str, typer.Option(help="Rows per domain-balanced minibatch (one value); 0 or ≥ "
+                                                 "train rows means full batch.")] = "512",
     optimizer: Annotated[str, typer.Option(help="adam or sgd (momentum 0.9).")] = "adam",
     eval_every: Annotated[int, typer.Option(help="Evaluate validation every N steps (checkpoint kept per "
                                                  "head: best validation score).", min=1)] = 50,
@@ -99,6 +99,9 @@ def fit(
     grid["preprocess"] = [p.strip() for p in preprocess.split(",") if p.strip()]
     n_steps = parse_values("--steps", steps, int, 1)
     n_batch = parse_values("--batch-size", batch_size, int, 0)
+    for flag, vals in (("--steps", n_steps), ("--batch-size", n_batch)):
+        if len(vals) != 1:  # they shape the batch stream, which a cohort shares
+            raise UserError(f"{flag} takes one value per call, got {len(vals)}; run probe fit once per value")
     _choice("--optimizer", optimizer, ("adam", "sgd"))
     _choice("--select", select, ("val_wga", "val_acc"))
     _choice("--normalize", normalize, ("none", "dC"))

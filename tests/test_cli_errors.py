@@ -163,6 +163,7 @@ def test_unknown_method(workdir: Path) -> None:
     ("--beta", "ten", "--beta"),
     ("--steps", "-5", "--steps"),
     ("--anneal", "0:x:3", "--anneal"),
+    ("--steps", "10,20", "--steps"),
 ])
 def test_bad_hyperparameter(workdir: Path, flag: str, value: str, fragment: str) -> None:
     before = _digest(workdir)
