@@ -8,9 +8,6 @@ import typer
 
 from cli.main import app
 
-# Dataset options handed to the adapters as keyword arguments, only when given.
-_DATASET_OPTIONS = ("target", "spurious", "metadata", "image_col", "text_col", "label_col", "attr_col",
-                    "group_col", "split_col", "text_source")
 _TEXT_DATASETS = ("multinli",)
 
 
@@ -109,8 +106,11 @@ def extract_cmd(
         tune_cpu_allocator()
     if root is not None and not root.exists():
         raise UserError(f"--root {root}: no such folder")
-    given = locals()
-    options = {k: given[k] for k in _DATASET_OPTIONS if given[k] is not None}
+    # Dataset options reach the adapter as keyword arguments, only those given.
+    given = {"target": target, "spurious": spurious, "metadata": metadata, "image_col": image_col,
+             "text_col": text_col, "label_col": label_col, "attr_col": attr_col, "group_col": group_col,
+             "split_col": split_col, "text_source": text_source}
+    options = {k: v for k, v in given.items() if v is not None}
     if encoder is None:
         if dataset == "demo":
             encoder = "efficientnet-lite0"

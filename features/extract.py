@@ -387,10 +387,13 @@ def _version() -> str:
 
 # Niceness of DataLoader workers when the model runs on the CPU. The workers then
 # share cores with torch's intra-op threads, whose parallel regions all wait for
-# their slowest thread: a worker holding a core stalls every region. At low priority
-# the kernel hands the core back to a waking torch thread at once, and the workers
-# still get all the time the model leaves idle (and all of it while it waits for them).
-CPU_WORKER_NICE = 19
+# their slowest thread: a worker holding a core stalls every region of the forward
+# pass. At a lower priority the kernel hands the core back to a waking torch thread
+# sooner, and the workers still get the time the model leaves idle. Not the lowest
+# priority (19): with other processes busy on the machine the workers would starve
+# and the model wait for them (measured on 2 cores: 19 collapses under outside load,
+# 5-10 holds up, 0 loses most of the overlap).
+CPU_WORKER_NICE = 10
 
 
 class _WorkerInit:
