@@ -306,12 +306,15 @@ def _shown(value: Any, limit: int = 90) -> str:
 
 def _open_for_writing(path: Path, mode: str) -> h5py.File:
     """h5py.File, falling back to no file locking where the filesystem has none (NFS, Lustre)."""
+    # New files use the HDF5 1.8 format or later: attributes over 64 KiB (a long
+    # `skipped` list) need its dense attribute storage; every HDF5 since 2008 reads it.
+    kw: dict[str, Any] = {"libver": ("v108", "latest")} if mode == "w" else {}
     try:
-        return h5py.File(path, mode)
+        return h5py.File(path, mode, **kw)
     except OSError as exc:
         text = str(exc)
         if "lock" in text.lower() and ("errno = 38" in text or "not implemented" in text.lower()):
-            return h5py.File(path, mode, locking=False)
+            return h5py.File(path, mode, locking=False, **kw)
         raise
 
 

@@ -161,3 +161,24 @@ def test_unreadable_items_are_reported(effnet, tmp_path: Path) -> None:
         out = effnet.prepare(str(item))
         assert isinstance(out, BadItem) and out.what == str(item) and out.reason
     assert isinstance(effnet.prepare(np.zeros(3)), BadItem)
+
+
+@pytest.mark.slow
+def test_pretrained_tag_offline_is_one_line(tmp_path: Path) -> None:
+    """A hub tag cannot be fetched offline: the user is told to pass a local file instead."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    code = ("from features.encoders import load_encoder\n"
+            "from probe.errors import UserError\n"
+            "try:\n    load_encoder('open_clip:RN50', weights='openai', device='cpu')\n"
+            "except UserError as e:\n    print(e)\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO,
+                         timeout=120)
+    lines = res.stdout.strip().splitlines()
+    assert len(lines) == 1, res.stdout + res.stderr
+    assert "--weights openai" in lines[0] and "local file" in lines[0]

@@ -141,3 +141,14 @@ def test_json_attrs_decode(tmp_path: Path) -> None:
         assert int(h5.attrs["batches_done"]) > 0
     assert decode_json_attr("", []) == [] and decode_json_attr("[1, 2]", None) == [1, 2]
     assert decode_json_attr("[1, 2", "bad") == "bad"
+
+
+def test_long_skipped_list_fits(tmp_path: Path) -> None:
+    # Over HDF5's 64 KiB compact-attribute limit: thousands of unreadable rows must still be recorded.
+    arrays = toy_arrays()
+    path = tmp_path / "f.h5"
+    w = FeatureWriter.create(path, ATTRS, arrays["features"].shape[1])
+    w.append(_rows(arrays, 0, len(arrays["y"])))
+    skipped = [f"images/some/long/folder/name/img{i:06d}.jpg" for i in range(5000)]
+    w.finish(skipped=skipped)
+    assert decode_json_attr(read_features(path).attrs["skipped"], []) == skipped
