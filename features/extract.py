@@ -75,6 +75,24 @@ def tune_cpu_allocator(mmap_threshold_mb: int = 256, trim_threshold_mb: int = 10
         return False
 
 
+def _trim_heap() -> None:
+    """Return freed heap memory to the OS before forking workers (glibc only).
+
+    Forked workers share the parent's pages copy-on-write; every page the model then
+    writes to is copied once. With a large retained heap (see tune_cpu_allocator)
+    that cost ~0.5 s on the first batch; trimmed, the model gets fresh pages instead.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if name and sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(name).malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
+
+
 def default_workers() -> int:
     return min(4, os.cpu_count() or 1)
 
@@ -464,6 +482,8 @@ def _run(spec: DatasetSpec, encoder: Encoder, partial: Path, bounds: list[tuple[
     # Start the workers before opening the file: a forked worker would inherit the
     # HDF5 file lock and, if this process is killed, hold it until it notices (~5 s),
     # refusing the rerun that should resume.
+    if workers > 0 and todo:
+        _trim_heap()
     batches = iter(loader)
     writer = FeatureWriter.reopen(partial)
     with _progress(quiet, console) as progress:

@@ -1,13 +1,23 @@
-"""Deep Feature Reweighting (Kirichenko, Izmailov & Wilson, 2023), last-layer retraining.
+"""Deep Feature Reweighting, DFR(Val) (Kirichenko, Izmailov & Wilson, ICLR 2023):
+last-layer retraining on group-balanced validation data.
 
-As in the authors' `dfr_evaluate_spurious.py`: features are standardized with a
-scaler fitted on the validation set; the L1 strength C is chosen from
-{1, 0.7, 0.3, 0.1, 0.07, 0.03, 0.01} by worst-group accuracy on one random half
-of validation after training on group-balanced subsets of the other half; the
-final head is the average of the coefficients of `n_retrains` L1 logistic
-regressions (liblinear) each fitted on a group-balanced subset of the whole
-validation set. DFR trains on validation data, so its validation metrics are
-in-sample; only test numbers are comparable with the other methods.
+Follows the authors' `dfr_evaluate_spurious.py` (functions `dfr_on_validation_tune`
+and `dfr_on_validation_eval`, with their defaults: balanced validation, no
+training rows added):
+
+* tuning: validation is shuffled and split in halves; one half, subsampled so
+  every group has as many rows as its smallest group, is standardized (scaler
+  fitted on that subset) and fits one L1 logistic regression (liblinear) per C in
+  {1, 0.7, 0.3, 0.1, 0.07, 0.03, 0.01}; C is chosen by worst-group accuracy on
+  the other half (ties: the first, i.e. the largest C);
+* final head: the scaler is fitted on the *training* split; 20 L1 logistic
+  regressions at the chosen C, each on a fresh group-balanced subsample of the
+  whole validation set, and their coefficients and intercepts are averaged.
+
+DFR trains on validation data, so its validation metrics are in-sample; only
+its test numbers compare with the other methods. It is scikit-learn based, not
+gradient based, so it sits beside the objectives registry and writes the same
+result rows.
 """
 
 from __future__ import annotations
@@ -41,46 +51,66 @@ def _fit(X: np.ndarray, y: np.ndarray, c: float, seed: int) -> LogisticRegressio
     return LogisticRegression(C=c, solver="liblinear", random_state=seed, **_L1).fit(X, y)
 
 
+def _scaler(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    # StandardScaler: population std, constant features left unscaled.
+    std = X.std(0)
+    return X.mean(0), np.where(std > 0, std, 1.0)
+
+
 def _wga(pred: np.ndarray, y: np.ndarray, group: np.ndarray) -> float:
     return min(float((pred[group == g] == y[group == g]).mean()) for g in np.unique(group))
+
+
+def tune_c(fs: FeatureSet, rng: np.random.Generator, seed: int,
+           c_options: tuple[float, ...] = C_OPTIONS) -> tuple[float, dict[float, float]]:
+    """The L1 strength C chosen on one half of validation (module docstring)."""
+    val = np.flatnonzero(fs.split == SPLITS["val"])
+    perm = rng.permutation(val)
+    held, fit_half = perm[: len(perm) // 2], perm[len(perm) // 2:]
+    sub = _balanced(fit_half, fs.group, rng)
+    mean, scale = _scaler(fs.features[sub])
+    Xs, Xh = (fs.features[sub] - mean) / scale, (fs.features[held] - mean) / scale
+    scores = {}
+    for c in c_options:
+        model = _fit(Xs, fs.y[sub], c, seed)
+        scores[c] = _wga(model.predict(Xh), fs.y[held], fs.group[held])
+    best = max(c_options, key=lambda c: (scores[c], -c_options.index(c)))
+    return best, scores
 
 
 def fit_dfr(fs: FeatureSet, seed: int = 0, n_retrains: int = N_RETRAINS,
             c_options: tuple[float, ...] = C_OPTIONS) -> dict[str, Any]:
     """One DFR head for one seed, as a result row in the trainer's format."""
     rng = np.random.default_rng(seed)
+    best_c, scores = tune_c(fs, rng, seed, c_options)
     val = np.flatnonzero(fs.split == SPLITS["val"])
-    mean = fs.features[val].mean(0)
-    scale = fs.features[val].std(0).clip(1e-6)
-    Z = (fs.features - mean) / scale
-    perm = rng.permutation(val)
-    tune, held = perm[: len(perm) // 2], perm[len(perm) // 2:]
-    scores = {}
-    for c in c_options:
-        sub = _balanced(tune, fs.group, rng)
-        model = _fit(Z[sub], fs.y[sub], c, seed)
-        scores[c] = _wga(model.predict(Z[held]), fs.y[held], fs.group[held])
-    best_c = max(c_options, key=lambda c: (scores[c], -c_options.index(c)))
+    train = fs.split == SPLITS["train"]
+    mean, scale = _scaler(fs.features[train])
     coefs, intercepts = [], []
     for _ in range(n_retrains):
         sub = _balanced(val, fs.group, rng)
-        model = _fit(Z[sub], fs.y[sub], best_c, seed)
+        model = _fit((fs.features[sub] - mean) / scale, fs.y[sub], best_c, seed)
         coef, icpt = model.coef_, model.intercept_
-        if fs.num_classes == 2:  # binary LR: logit of class 1; as a 2-row softmax head
+        if fs.num_classes == 2:  # binary LR: the logit of class 1; as a 2-row softmax head
             coef, icpt = np.vstack([np.zeros_like(coef), coef]), np.concatenate([[0.0], icpt])
         coefs.append(coef)
         intercepts.append(icpt)
     theta = np.concatenate([np.mean(coefs, 0), np.mean(intercepts, 0)[:, None]], axis=1)
-    pred = (np.concatenate([Z, np.ones((len(Z), 1))], 1) @ theta.T).argmax(1)
-    train_total = group_sizes(fs.group[fs.split == SPLITS["train"]], fs.num_groups)
+    Z = (fs.features - mean) / scale
+    pred = (Z @ theta[:, :-1].T + theta[:, -1]).argmax(1)
+    train_total = group_sizes(fs.group[train], fs.num_groups)
     metrics = {name: split_metrics(pred[fs.split == code], fs.y[fs.split == code], fs.group[fs.split == code],
                                    fs.group_names, train_total) for name, code in SPLITS.items()}
     return {
         "method": "dfr",
-        "hparams": {"C": best_c, "seed": seed, "n_retrains": n_retrains, "tuning_wga": scores,
-                    "preprocess": "standardize (fitted on val)"},
+        # C is tuned inside each seed, so it is not a hyperparameter of the configuration:
+        # seeds with different C still form one configuration for selection and reports.
+        "hparams": {"seed": seed, "n_retrains": n_retrains, "c_options": list(c_options),
+                    "preprocess": "standardize (fitted on train)"},
+        "tuned": {"C": best_c, "tuning_wga": {f"{c:g}": s for c, s in scores.items()}},
         "status": "ok", "steps_run": 0, "best_step": 0, "metrics": metrics,
         "history": {"step": [], "loss": [], "val_wga": [], "val_acc": [], "penalty": {}},
         "_theta": torch.as_tensor(theta, dtype=torch.float32),
-        "_pre": {"mean": torch.as_tensor(mean), "scale": torch.as_tensor(scale)},
+        "_pre": {"mean": torch.as_tensor(mean, dtype=torch.float32),
+                 "scale": torch.as_tensor(scale, dtype=torch.float32)},
     }

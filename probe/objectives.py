@@ -1,8 +1,21 @@
 """Training objectives for a grid of linear heads, one small class each (DomainBed style).
 
-An objective turns a batch into a per-head loss ``(G,)``. Hyperparameters are
+An objective turns a batch into a per-head loss ``(G,)``; hyperparameters are
 ``(G,)`` tensors, one value per head, so a whole grid trains as one computation.
 ``penalty_on`` is a ``(G,)`` bool mask: False while a head is still annealing.
+Register a new objective with ``@register``; its ``hparams`` (name -> default)
+become grid flags of `probe fit`.
+
+Cross-entropy weighting (``ce``), the same for every objective but GroupDRO:
+
+* ``"pooled"``: the natural-distribution mean CE. Minibatches are domain-balanced,
+  so each domain's mean CE is weighted by its share of the training rows
+  (importance weights); the expectation equals the plain mean over training rows.
+  Default of erm, cma, irm, vrex and fishr.
+* ``"domain"``: the mean of the per-domain mean CEs (every domain weighs the same).
+  Default of reweight (group-balanced ERM).
+
+GroupDRO replaces the CE by its own robust weighting of the domain losses.
 """
 
 from __future__ import annotations
@@ -11,39 +24,49 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 
 from probe import moments
+
+CE_WEIGHTINGS = ("pooled", "domain")
 
 
 @dataclass
 class Batch:
-    X: torch.Tensor  # (B, d)
-    y: torch.Tensor  # (B,)
+    """One minibatch, with what every head of the cohort shares about it."""
+
+    X: torch.Tensor  # (B, d) preprocessed features
+    y: torch.Tensor  # (B,) int64
     domains: torch.Tensor  # (B,) ids in 0..K-1
-    num_domains: int
-    # Weight of each domain in the natural (pooled) CE: its share of the training rows.
-    domain_share: torch.Tensor  # (K,)
+    num_domains: int  # K
+    domain_share: torch.Tensor  # (K,) each domain's share of the training rows
+    W: torch.Tensor | None = None  # (B, K') 1/n_e weights over the present domains
+    ids: torch.Tensor | None = None  # (K',) ids of the present domains
+
+    def __post_init__(self) -> None:
+        if self.W is None:
+            self.W = moments.domain_weights(self.domains, self.num_domains, dtype=self.X.dtype)
+        if self.ids is None:
+            self.ids = moments.present_domains(self.domains, self.num_domains)
 
 
 @dataclass
 class Forward:
-    """What the closed-form penalties need from one forward pass of the grid."""
+    """One logits pass of the grid, and what the closed-form penalties need from it."""
 
     z: torch.Tensor  # (G, B, C) logits
+    p: torch.Tensor  # (G, B, C) probabilities
     residual: torch.Tensor  # (G, B, C) p - onehot(y): per-sample dCE/dlogits
-    W: torch.Tensor  # (B, K') 1/n_e domain weights over present domains
-    ids: torch.Tensor  # (K',) present domain ids
     losses: torch.Tensor  # (G, K') per-domain mean CE
 
 
 def forward(theta: torch.Tensor, batch: Batch) -> Forward:
     z = moments.logits(theta, batch.X)
-    W = moments.domain_weights(batch.domains, dtype=theta.dtype)
     logp = torch.log_softmax(z, -1)
-    nll = -logp.gather(-1, batch.y.expand(z.shape[0], -1).unsqueeze(-1)).squeeze(-1)
-    residual = logp.exp() - F.one_hot(batch.y, z.shape[-1]).to(z.dtype)
-    return Forward(z, residual, W, moments.present_domains(batch.domains), nll @ W)
+    nll = -logp.gather(-1, batch.y.view(1, -1, 1).expand(z.shape[0], -1, 1)).squeeze(-1)
+    p = logp.exp()
+    residual = p.scatter_add(-1, batch.y.view(1, -1, 1).expand(z.shape[0], -1, 1),
+                             torch.full_like(p[..., :1], -1.0))
+    return Forward(z, p, residual, nll @ batch.W)
 
 
 OBJECTIVES: dict[str, type[Objective]] = {}
@@ -58,31 +81,39 @@ class Objective:
     """Base: cross-entropy with a documented weighting, plus an optional penalty."""
 
     name: ClassVar[str]
-    #: hyperparameter -> default; the CLI exposes these as flags
+    #: method hyperparameter -> default; the CLI exposes each as a grid flag
     hparams: ClassVar[dict[str, float]] = {}
-    #: "pooled": natural-distribution mean CE (domain-balanced batches are
-    #: re-weighted by each domain's share of the training rows); "domain": mean
-    #: of per-domain mean CEs (group-balanced).
-    ce: ClassVar[str] = "pooled"
-    #: hyperparameters whose penalty waits for `anneal` steps
+    #: default CE weighting (module docstring); ``None``: the objective's own
+    ce_default: ClassVar[str | None] = "pooled"
+    #: has a penalty that `anneal` delays
     penalized: ClassVar[bool] = False
+    #: uses the Gram matrix X̃X̃ᵀ of the batch (the trainer may supply it precomputed)
+    uses_gram: ClassVar[bool] = False
+    #: names of the penalty terms it logs (history["penalty"])
+    penalty_names: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, hp: dict[str, torch.Tensor], normalize: str | None = None,
-                 hessian_method: str = "auto") -> None:
+                 hessian_method: str = "auto", ce: str | None = None) -> None:
+        if ce is not None and ce not in CE_WEIGHTINGS:
+            raise ValueError(f"ce={ce!r} is not one of {CE_WEIGHTINGS}")
         self.hp = hp
         self.normalize = normalize
         self.hessian_method = hessian_method
+        self.ce = ce if ce is not None and self.ce_default is not None else self.ce_default
 
-    def cross_entropy(self, losses: torch.Tensor, batch: Batch, ids: torch.Tensor) -> torch.Tensor:
+    def cross_entropy(self, losses: torch.Tensor, batch: Batch) -> torch.Tensor:
         if self.ce == "domain":
             return losses.mean(-1)
-        share = batch.domain_share[ids]
+        share = batch.domain_share[batch.ids]
         return (losses * share).sum(-1) / share.sum()
 
-    def loss(self, theta: torch.Tensor, batch: Batch, penalty_on: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        losses = moments.per_domain_losses(theta, batch.X, batch.y, batch.domains)
-        ids = moments.present_domains(batch.domains)
-        ce = self.cross_entropy(losses, batch, ids)
+    def _with_penalty(self, ce: torch.Tensor, weight: torch.Tensor, pen: torch.Tensor,
+                      penalty_on: torch.Tensor) -> torch.Tensor:
+        return ce + penalty_on.to(ce.dtype) * weight * pen
+
+    def loss(self, theta: torch.Tensor, batch: Batch, penalty_on: torch.Tensor,
+             gram: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        ce = self.cross_entropy(forward(theta, batch).losses, batch)
         return ce, {"ce": ce}
 
 
@@ -96,98 +127,119 @@ class Reweight(Objective):
     """Group-balanced ERM: every domain weighs the same in the loss."""
 
     name = "reweight"
-    ce = "domain"
+    ce_default = "domain"
+
+
+def _few_domains(losses: torch.Tensor) -> torch.Tensor:
+    return losses.sum(-1) * 0  # a zero penalty still attached to the graph
 
 
 @register
 class CMA(Objective):
-    """Closed-form Moment Alignment: CE + α R_g + β R_H (arXiv 2506.07378)."""
+    """Closed-form Moment Alignment: CE + α R_g + β R_H (arXiv 2506.07378), with R_g,
+    R_H the variances across domains of the per-domain gradients and Hessians
+    (``probe.moments``). α = 0 gives Hessian-only, β = 0 gradient-only alignment."""
 
     name = "cma"
     hparams = {"alpha": 1e3, "beta": 1e2}
     penalized = True
+    uses_gram = True
+    penalty_names = ("grad", "hess")
 
-    def loss(self, theta, batch, penalty_on):
+    def loss(self, theta, batch, penalty_on, gram=None):
         t = moments.penalty_terms(theta, batch.X, batch.y, batch.domains, normalize=self.normalize,
-                                  method=self.hessian_method, check=False)
-        ce = self.cross_entropy(t.losses, batch, t.domain_ids)
-        on = penalty_on.to(theta.dtype)
-        total = ce + on * (self.hp["alpha"] * t.grad_variance + self.hp["beta"] * t.hess_variance)
+                                  method=self.hessian_method, gram=gram, check=False)
+        ce = self.cross_entropy(t.losses, batch)
+        pen = self.hp["alpha"] * t.grad_variance + self.hp["beta"] * t.hess_variance
+        total = ce + penalty_on.to(ce.dtype) * pen
         return total, {"ce": ce, "grad": t.grad_variance, "hess": t.hess_variance}
 
 
 @register
 class IRM(Objective):
-    """IRMv1: squared gradient of each domain's CE w.r.t. a scalar logit scale at 1."""
+    """IRMv1 (Arjovsky et al. 2019) on the head, in closed form: the derivative of
+    domain e's mean CE w.r.t. a scalar multiplier w of the logits, at w = 1, is
+    (1/n_e) Σ_i (p_i − y_i)·z_i; the penalty is its square summed over domains."""
 
     name = "irm"
     hparams = {"lam": 1e2}
     penalized = True
+    penalty_names = ("irm",)
 
-    def loss(self, theta, batch, penalty_on):
+    def loss(self, theta, batch, penalty_on, gram=None):
         f = forward(theta, batch)
-        dw = (f.residual * f.z).sum(-1) @ f.W  # d CE_e(w z)/dw at w = 1, per domain
+        dw = (f.residual * f.z).sum(-1) @ batch.W  # (G, K')
         pen = (dw**2).sum(-1)
-        ce = self.cross_entropy(f.losses, batch, f.ids)
-        return ce + penalty_on.to(theta.dtype) * self.hp["lam"] * pen, {"ce": ce, "irm": pen}
+        ce = self.cross_entropy(f.losses, batch)
+        return self._with_penalty(ce, self.hp["lam"], pen, penalty_on), {"ce": ce, "irm": pen}
 
 
 @register
 class VREx(Objective):
-    """V-REx: variance across domains of the per-domain mean CE."""
+    """V-REx (Krueger et al. 2021): variance across domains of the per-domain mean CE."""
 
     name = "vrex"
     hparams = {"lam": 1e1}
     penalized = True
+    penalty_names = ("vrex",)
 
-    def loss(self, theta, batch, penalty_on):
-        losses = moments.per_domain_losses(theta, batch.X, batch.y, batch.domains)
-        ids = moments.present_domains(batch.domains)
-        pen = losses.var(-1, unbiased=False) if losses.shape[-1] > 1 else losses.sum(-1) * 0
-        ce = self.cross_entropy(losses, batch, ids)
-        return ce + penalty_on.to(ce.dtype) * self.hp["lam"] * pen, {"ce": ce, "vrex": pen}
+    def loss(self, theta, batch, penalty_on, gram=None):
+        losses = forward(theta, batch).losses
+        pen = losses.var(-1, unbiased=False) if losses.shape[-1] > 1 else _few_domains(losses)
+        ce = self.cross_entropy(losses, batch)
+        return self._with_penalty(ce, self.hp["lam"], pen, penalty_on), {"ce": ce, "vrex": pen}
 
 
 @register
 class Fishr(Objective):
-    """Fishr on the head: variance across domains of per-sample gradient variances.
-
-    Per-sample gradients of a linear head are (p_i - y_i) x̃_iᵀ, so the per-domain
-    (diagonal) gradient variance is E[r²] x̃² - (E[r x̃])², in closed form.
-    """
+    """Fishr (Ramé et al. 2022) on the head: variance across domains of the per-domain
+    (diagonal) variances of per-sample gradients. A linear head's per-sample gradient
+    is (p_i − y_i) x̃_iᵀ, so the variance is E_e[r²] x̃² − (E_e[r x̃])² in closed form
+    (no BackPACK); the penalty is (1/K') Σ_e ‖v_e − v̄‖²."""
 
     name = "fishr"
     hparams = {"lam": 1e2}
     penalized = True
+    penalty_names = ("fishr",)
 
-    def loss(self, theta, batch, penalty_on):
+    def loss(self, theta, batch, penalty_on, gram=None):
         f = forward(theta, batch)
         Xt = moments.augment(batch.X)
         r = f.residual
-        mean_g = torch.einsum("nk,gnc,nd->gkcd", f.W, r, Xt)
-        mean_g2 = torch.einsum("nk,gnc,nd->gkcd", f.W, r * r, Xt * Xt)
+        G, B, C = r.shape
+        K = batch.W.shape[1]
+        # Weighted sums over rows as matmuls: (G·C·K', B) @ (B, d̃); no (G, B, C, d̃) tensor.
+        rw = (r.permute(0, 2, 1).unsqueeze(2) * batch.W.T.unsqueeze(0).unsqueeze(0))  # (G, C, K', B)
+        mean_g = (rw.reshape(-1, B) @ Xt).view(G, C, K, -1)
+        mean_g2 = ((rw * r.permute(0, 2, 1).unsqueeze(2)).reshape(-1, B) @ (Xt * Xt)).view(G, C, K, -1)
         var = mean_g2 - mean_g**2
-        pen = ((var - var.mean(1, keepdim=True)) ** 2).sum((2, 3)).mean(1)
-        ce = self.cross_entropy(f.losses, batch, f.ids)
-        return ce + penalty_on.to(theta.dtype) * self.hp["lam"] * pen, {"ce": ce, "fishr": pen}
+        pen = ((var - var.mean(2, keepdim=True)) ** 2).sum((1, 3)).mean(1)
+        ce = self.cross_entropy(f.losses, batch)
+        return self._with_penalty(ce, self.hp["lam"], pen, penalty_on), {"ce": ce, "fishr": pen}
 
 
 @register
 class GroupDRO(Objective):
-    """GroupDRO: exponentiated-gradient weights q over domain losses (Sagawa et al.)."""
+    """GroupDRO (Sagawa et al. 2020): online exponentiated-gradient weights q over
+    the domain losses, q_e ← q_e·exp(η·L_e), renormalised; the loss is Σ_e q_e L_e.
+    ``q`` is per head, (G, K), and starts uniform."""
 
     name = "groupdro"
     hparams = {"eta": 1e-2}
+    ce_default = None
+    penalty_names = ("robust",)
 
-    def loss(self, theta, batch, penalty_on):
-        losses = moments.per_domain_losses(theta, batch.X, batch.y, batch.domains)
-        ids = moments.present_domains(batch.domains)
+    def loss(self, theta, batch, penalty_on, gram=None):
+        losses = forward(theta, batch).losses
+        ids = batch.ids
         if not hasattr(self, "q"):
             self.q = torch.full((theta.shape[0], batch.num_domains), 1.0 / batch.num_domains,
                                 dtype=theta.dtype, device=theta.device)
-        q = self.q[:, ids] * torch.exp(self.hp["eta"].unsqueeze(-1) * losses.detach())
-        self.q[:, ids] = q / q.sum(-1, keepdim=True) * self.q[:, ids].sum(-1, keepdim=True)
-        self.q = self.q / self.q.sum(-1, keepdim=True)
+        with torch.no_grad():
+            # Domains absent from the batch keep their mass; only present ones move.
+            present = self.q[:, ids]
+            q = present * torch.exp(self.hp["eta"].unsqueeze(-1) * losses.detach())
+            self.q[:, ids] = q / q.sum(-1, keepdim=True) * present.sum(-1, keepdim=True)
         w = self.q[:, ids]
         robust = (w * losses).sum(-1) / w.sum(-1)
         return robust, {"ce": losses.mean(-1), "robust": robust}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 import time
@@ -18,26 +19,38 @@ from probe.io import atomic_path, check_writable_dir, write_json_atomic, write_j
 from probe.metrics import mean_metrics, mean_std
 
 SELECT_KEYS = {"val_wga": "wga", "val_acc": "acc"}
+#: what marks a folder as holding a previous run
+RUN_FILES = ("results.jsonl", "summary.json")
+
+
+def holds_run(out: Path) -> bool:
+    return any((out / f).exists() for f in RUN_FILES) or any((out / "heads").glob("*.safetensors"))
 
 
 def prepare_run_dir(out: Path, overwrite: bool) -> None:
-    """Refuse to clobber a previous run unless asked; create the folder otherwise."""
+    """Refuse to replace a previous run unless asked; create the folder otherwise.
+
+    Nothing of a previous run is deleted here: it is replaced file by file when the
+    new results are written, so a fit that fails or is interrupted before its first
+    configuration finishes leaves the old run intact.
+    """
     check_writable_dir(out.parent if str(out.parent) else Path("."), "--out parent")
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give a folder for the run")
-    if out.exists() and any(out.iterdir()) and not overwrite:
+    if out.exists() and holds_run(out) and not overwrite:
         raise UserError(f"--out {out} already holds a run; pass --overwrite to replace it or choose another folder")
     out.mkdir(exist_ok=True)
     (out / "heads").mkdir(exist_ok=True)
 
 
 def _config_key(hparams: dict[str, Any]) -> str:
-    return json.dumps({k: v for k, v in hparams.items() if k != "seed"}, sort_keys=True)
+    return json.dumps({k: v for k, v in hparams.items() if k != "seed"}, sort_keys=True, default=str)
 
 
 def select(rows: list[dict[str, Any]], select_by: str = "val_wga") -> dict[str, Any] | None:
-    """Group configurations by hyperparameters without the seed; pick the best mean
-    validation score (ties: the earlier configuration)."""
+    """Group configurations by hyperparameters without the seed; pick the group with
+    the best mean validation score (ties: the earlier configuration). Only rows with
+    status "ok" take part."""
     metric = SELECT_KEYS[select_by]
     groups: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
@@ -73,32 +86,48 @@ def summarize_method(rows: list[dict[str, Any]], select_by: str) -> dict[str, An
     }
 
 
-def provenance(fs_prov: dict[str, Any], device: str, select_by: str) -> dict[str, Any]:
+def git_commit() -> str | None:
+    """The commit of probe's source tree, when it is a git checkout."""
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                                cwd=Path(__file__).resolve().parent).stdout.strip() or None
+        proc = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                              cwd=Path(__file__).resolve().parent)
     except (OSError, subprocess.SubprocessError):
-        commit = None
-    return {"features": fs_prov, "probe_version": __version__, "git_commit": commit, "torch": torch.__version__,
-            "device": device, "command": " ".join(["probe", *sys.argv[1:]]),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "selection": select_by}
+        return None
+    return proc.stdout.strip() or None if proc.returncode == 0 else None
+
+
+def provenance(fs_prov: dict[str, Any], device: str, select_by: str, *, command: str | None = None,
+               settings: dict[str, Any] | None = None, grid: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What produced a run: the features, probe and torch versions, the device, the
+    command line (``sys.argv`` unless given) and the fit's settings and grid."""
+    cmd = command if command is not None else shlex.join(["probe", *sys.argv[1:]])
+    return {"features": fs_prov, "probe_version": __version__, "git_commit": git_commit(),
+            "torch": torch.__version__, "device": device, "command": cmd,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "selection": select_by,
+            "settings": settings or {}, "grid": grid or {}}
 
 
 def write_run(out: Path, rows_by_method: dict[str, list[dict[str, Any]]], fs, prov: dict[str, Any],
               select_by: str) -> dict[str, Any]:
-    """Write heads, results.jsonl and summary.json (in that order, each atomically)."""
+    """Write heads, results.jsonl and summary.json (in that order, each atomically);
+    then drop head files a previous run left for methods this run did not select."""
     methods = {}
+    written = set()
     for method, rows in rows_by_method.items():
         summ = summarize_method(rows, select_by)
         if summ["selected"] is not None:
             first = next(r for r in rows if r["run_id"] == summ["selected"]["run_ids"][0])
             tensors = {"theta": first["_theta"].contiguous(),
                        **{f"pre.{k}": v.contiguous() for k, v in first["_pre"].items()}}
-            meta = {"config": json.dumps(first["hparams"]), "method": method,
+            config = {**first["hparams"], "method": method, "run_id": first["run_id"]}
+            if "tuned" in first:
+                config["tuned"] = first["tuned"]
+            meta = {"config": json.dumps(config, default=str), "method": method,
                     "provenance": json.dumps(prov, default=str)}
             head = out / "heads" / f"{method}.safetensors"
             with atomic_path(head) as tmp:
                 save_file(tensors, str(tmp), metadata=meta)
+            written.add(head.name)
             summ["head"] = f"heads/{method}.safetensors"
         methods[method] = summ
     public = [{k: v for k, v in r.items() if not k.startswith("_")} for rows in rows_by_method.values()
@@ -107,4 +136,7 @@ def write_run(out: Path, rows_by_method: dict[str, list[dict[str, Any]]], fs, pr
     summary = {"provenance": prov, "group_names": fs.group_names, "class_names": fs.class_names,
                "methods": methods}
     write_json_atomic(out / "summary.json", summary)
+    for stale in (out / "heads").glob("*.safetensors"):
+        if stale.name not in written:
+            stale.unlink(missing_ok=True)
     return summary
