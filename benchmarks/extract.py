@@ -29,15 +29,19 @@ from benchmarks._common import write_results  # noqa: E402
 from features.datasets.base import DatasetSpec  # noqa: E402
 from features.encoders import Encoder, load_encoder  # noqa: E402
 from features.extract import (  # noqa: E402
+    decode_threads,
     default_batch_size,
     default_workers,
     extract,
     tune_cpu_allocator,
 )
+from probe.device import resolve_device  # noqa: E402
 
 ENCODERS = {
     "efficientnet-lite0": {"name": "efficientnet-lite0"},
     "open_clip:ViT-S-32-alt": {"name": "open_clip:ViT-S-32-alt", "weights": "none"},
+    # CLIP's own ViT-B/32, the most used image encoder of this literature.
+    "open_clip:ViT-B-32": {"name": "open_clip:ViT-B-32", "weights": "none"},
 }
 
 
@@ -86,6 +90,12 @@ def extract_rate(enc: Encoder, spec: DatasetSpec, out: Path, batch_size: int, wo
     return len(spec) / (time.perf_counter() - t0)
 
 
+def loader_label(workers: int) -> str:
+    if workers:
+        return f"{workers} process{'es' if workers > 1 else ''}, overlapped"
+    return f"in-process, {decode_threads('image')} thread(s) between passes"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=300, help="JPEGs to generate (default 300)")
@@ -98,8 +108,9 @@ def main() -> None:
     args = ap.parse_args()
     if args.quick:
         args.n, args.repeat = 60, 2
+    device_type = resolve_device(args.device).type
     workers_list = ([int(w) for w in args.workers.split(",")] if args.workers
-                    else sorted({0, 1, default_workers()}))
+                    else sorted({0, 1, 2, default_workers(device_type)}))
     # As `probe extract` does on the CPU; both sides of the comparison run with it.
     allocator_tuned = tune_cpu_allocator() if args.device in ("auto", "cpu") and not torch.cuda.is_available() \
         else False
@@ -129,7 +140,8 @@ def main() -> None:
             for w in workers_list:
                 best_fwd, best = max(fwd[w]), max(e2e[w])
                 rows.append({
-                    "encoder": key, "device": str(enc.device), "batch": bs, "workers": w, "images": len(paths),
+                    "encoder": key, "device": str(enc.device), "batch": bs, "workers": w,
+                    "loader": loader_label(w), "images": len(paths),
                     "forward_img_s": best_fwd, "extract_img_s": best, "ratio_best": best / best_fwd,
                     "ratio": statistics.median(pair[w]), "pair_ratios": [round(v, 3) for v in pair[w]],
                     "forward_runs": [round(v, 2) for v in fwd[w]], "extract_runs": [round(v, 2) for v in e2e[w]],
@@ -137,10 +149,10 @@ def main() -> None:
                 print(f"{key:24s} bs={bs:<4d} workers={w}  forward {best_fwd:7.1f} img/s  extract {best:7.1f} "
                       f"img/s  ratio {rows[-1]['ratio']:.3f} (median of neighbours; best/best "
                       f"{best / best_fwd:.3f})", flush=True)
-    cols = ["encoder", "device", "batch", "workers", "images", "forward_img_s", "extract_img_s", "ratio",
+    cols = ["encoder", "device", "batch", "workers", "loader", "images", "forward_img_s", "extract_img_s", "ratio",
             "ratio_best"]
     extra = {"target": "extract/forward >= 0.85 at the default workers",
-             "default_workers": default_workers(), "repeat": args.repeat, "allocator_tuned": allocator_tuned,
+             "default_workers": default_workers(device_type), "repeat": args.repeat, "allocator_tuned": allocator_tuned,
              "note": "forward = encode() on pre-loaded tensors; extract = JPEG paths to a finished HDF5 file; "
                      "ratio = median over repetitions of extract / mean(forward just before, just after); "
                      "ratio_best = best extract / best forward"}

@@ -15,7 +15,7 @@ _TEXT_DATASETS = ("multinli",)
 def extract_cmd(
     dataset: str = typer.Argument(..., metavar="DATASET",
                                   help="demo (bundled, built from scikit-learn digits), waterbirds, celeba, "
-                                       "multinli or table (any CSV/Parquet table; see the column options)."),
+                                       "multinli or table (any CSV or TSV table; see the column options)."),
     out: Path = typer.Option(..., "--out", "-o", metavar="FILE.h5",
                              help="Feature file to write. Rows go to FILE.h5.partial first; rerunning the same "
                                   "command after an interruption resumes it. With --shard i/N the file is "
@@ -47,7 +47,9 @@ def extract_cmd(
                                           show_default=False),
     workers: int | None = typer.Option(None, "--workers", "-j", metavar="N",
                                        help="Processes that decode and preprocess (or tokenise) while the model "
-                                            "encodes; 0 does it in the main process. Default: min(4, CPU cores).",
+                                            "encodes. 0: in this process, each batch of images decoded by a "
+                                            "thread per core between forward passes (on a CPU the model needs "
+                                            "every core). Default: 0 on CPU, min(4, CPU cores) on CUDA.",
                                        show_default=False),
     device: str = typer.Option("auto", "--device", metavar="DEV",
                                help="auto (CUDA if available), cpu, cuda or cuda:N. CUDA runs in mixed "
@@ -68,7 +70,7 @@ def extract_cmd(
     spurious: str | None = typer.Option(None, "--spurious",
                                         help="celeba: spurious attribute (default Male).", show_default=False),
     metadata: str | None = typer.Option(None, "--metadata", metavar="FILE",
-                                        help="table: the CSV/Parquet table; other datasets: a metadata file name "
+                                        help="table: the CSV or TSV table; other datasets: a metadata file name "
                                              "overriding the standard one.", show_default=False),
     image_col: str | None = typer.Option(None, "--image-col", help="table: column of image paths.",
                                          show_default=False),
