@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import platform
+import resource
 import time
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,57 @@ def machine() -> dict[str, Any]:
         "platform": platform.platform(),
     }
     return info
+
+
+def rss_kb(field: str = "VmRSS") -> int | None:
+    """A memory field of /proc/self/status in KiB (None where there is no /proc)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def trim_heap() -> None:
+    """Hand freed heap pages back to the OS so earlier leftovers are not in a baseline."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+class PeakRSS:
+    """Peak resident memory above the resident memory at entry, in bytes.
+
+    Linux: the baseline is VmRSS at entry and the peak VmHWM at exit, after
+    resetting VmHWM through /proc/self/clear_refs. Elsewhere ru_maxrss's growth,
+    a lower bound (an earlier, higher peak hides part of it); ``note`` says which.
+    """
+
+    def __enter__(self) -> PeakRSS:
+        trim_heap()
+        self.base_kb = rss_kb("VmRSS")
+        self.exact = self.base_kb is not None and _reset_peak_rss()
+        if not self.exact:
+            self.base_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        peak_kb = rss_kb("VmHWM") if self.exact else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        self.bytes = max(0, (peak_kb or 0) - (self.base_kb or 0)) * 1024
+        self.note = "peak RSS - baseline RSS" if self.exact else "ru_maxrss delta (lower bound)"
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def timed(fn, repeat: int = 3, warmup: int = 1) -> float:

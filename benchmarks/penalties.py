@@ -30,12 +30,10 @@ Variants (float32, theta requires grad, the backward reaches theta):
 from __future__ import annotations
 
 import argparse
-import ctypes
 import gc
 import importlib
 import json
 import os
-import resource
 import subprocess
 import sys
 import warnings
@@ -47,7 +45,7 @@ import torch.nn.functional as F
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import timed, write_results  # noqa: E402
+from benchmarks._common import PeakRSS, timed, trim_heap, write_results  # noqa: E402
 from probe import moments  # noqa: E402
 from probe.device import resolve_device  # noqa: E402
 
@@ -95,34 +93,6 @@ def hutchinson_penalty(theta: torch.Tensor, X: torch.Tensor, y: torch.Tensor, do
     return (D - D.mean(0)).pow(2).sum() / K
 
 
-def _rss_kb(field: str) -> int | None:
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def _reset_peak_rss() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _trim_heap() -> None:
-    """Hand freed heap pages back to the OS so the warm-up's leftovers are not in the baseline."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
 def run_variant(spec: dict, device: torch.device, repeat: int, probes: int) -> dict:
     warnings.filterwarnings("ignore", category=FutureWarning)
     N, K, d, C, G, name = (spec[k] for k in ("N", "K", "d", "C", "G", "variant"))
@@ -166,7 +136,7 @@ def run_variant(spec: dict, device: torch.device, repeat: int, probes: int) -> d
 
     step()  # warm-up: one-time initialisation is not the penalty's memory
     gc.collect()
-    _trim_heap()
+    trim_heap()
     if device.type == "cuda":
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
@@ -176,16 +146,9 @@ def run_variant(spec: dict, device: torch.device, repeat: int, probes: int) -> d
         peak = torch.cuda.max_memory_allocated() - base
         mem_note = "cuda max_memory_allocated"
     else:
-        base_kb = _rss_kb("VmRSS")
-        if base_kb is not None and _reset_peak_rss():
+        with PeakRSS() as mem:
             value = step()
-            peak = (_rss_kb("VmHWM") - base_kb) * 1024
-            mem_note = "peak RSS - baseline RSS"
-        else:
-            base_max = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-            value = step()
-            peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base_max) * 1024
-            mem_note = "ru_maxrss delta (lower bound)"
+        peak, mem_note = mem.bytes, mem.note
     seconds = timed(step, repeat=repeat, warmup=0)
     return dict(time_ms=seconds * 1e3, peak_mem_MB=max(peak, 0) / 2**20, value=value,
                 method=method_used, mem_note=mem_note)
