@@ -200,17 +200,8 @@ def _command_line(features: Path, method: str, run_dir: Path, grid_values: dict[
 
 
 def _report(run_dir: Path, quiet: bool) -> None:
-    try:
-        from probe.report import print_fit_summary
-    except ImportError:  # the report module is optional for fitting
-        if not quiet:
-            import json
+    from probe.report import print_fit_summary
 
-            methods = json.loads((run_dir / "summary.json").read_text())["methods"]
-            for m, s in methods.items():
-                wga = {k: (s["metrics"] or {}).get(k, {}) or {} for k in ("val", "test")}
-                print(f"{m}: val WGA {wga['val'].get('wga')}, test WGA {wga['test'].get('wga')}")
-        return
     print_fit_summary(run_dir, quiet=quiet)
 
 
