@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,14 +23,56 @@ class CliResult:
     stderr: str
 
 
-def run_cli(*args: str | os.PathLike[str], cwd: Path | None = None, timeout: float = 300) -> CliResult:
-    """Run `probe ARGS...` in a fresh interpreter (as the console script would)."""
+def run_cli(*args: str | os.PathLike[str], cwd: Path | None = None, timeout: float = 300,
+            prefix: list[str] | None = None) -> CliResult:
+    """Run `probe ARGS...` in a fresh interpreter (as the console script would);
+    ``prefix`` (e.g. ``unprivileged_prefix()``) goes before the interpreter."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(REPO)}
     proc = subprocess.run(
-        [sys.executable, "-m", "cli", *map(str, args)],
+        [*(prefix or []), sys.executable, "-m", "cli", *map(str, args)],
         capture_output=True, text=True, cwd=cwd or REPO, env=env, timeout=timeout,
     )
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
+NOBODY = 65534
+
+
+@functools.cache
+def unprivileged_prefix() -> list[str] | None:
+    """A command prefix under which file permissions apply to the CLI.
+
+    Root reads and writes whatever the permissions say, so as root the CLI runs as
+    the user `nobody` through setpriv; [] when not root; None when that cannot be
+    arranged here (no setpriv, or `nobody` cannot run this interpreter, or is not
+    actually refused a file it has no permission for).
+    """
+    if not IS_ROOT:
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        return None
+    prefix = [setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--"]
+    with tempfile.TemporaryDirectory() as tmp:
+        os.chmod(tmp, 0o755)
+        locked = Path(tmp) / "locked"
+        locked.write_text("x")
+        locked.chmod(0)
+        probe = f"import h5py, torch, typer; open({str(locked)!r})"
+        try:
+            proc = subprocess.run([*prefix, sys.executable, "-c", probe], capture_output=True, text=True,
+                                  cwd=tmp, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+        except (OSError, subprocess.SubprocessError):
+            return None
+    return prefix if proc.returncode != 0 and "PermissionError" in proc.stderr else None
+
+
+def open_folder(prefix: str = "probe-perm-") -> Path:
+    """A temporary folder that `nobody` can enter and read (pytest's tmp_path is root-only)."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    folder.chmod(0o755)
+    return folder
 
 
 def assert_user_error(res: CliResult, *fragments: str) -> None:

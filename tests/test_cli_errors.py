@@ -8,15 +8,15 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.conftest import assert_user_error, run_cli
+from tests.conftest import assert_user_error, open_folder, run_cli, unprivileged_prefix
 from tests.h5craft import toy_arrays, write_feature_file
 
-IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 FAST = ["--steps", "20", "--quiet"]
 
 
@@ -52,12 +52,30 @@ def test_folder_instead_of_file(workdir: Path) -> None:
     _fit_fails(workdir, workdir / "run", "folder")
 
 
-@pytest.mark.skipif(IS_ROOT, reason="root reads files whatever their permissions")
-def test_unreadable_file(workdir: Path) -> None:
-    bad = workdir / "locked.h5"
-    shutil.copy(workdir / "good.h5", bad)
+@pytest.fixture
+def permdir() -> Iterator[tuple[Path, list[str]]]:
+    """A folder with a good feature file, and the prefix under which permissions apply
+    to the CLI (as root: run it as `nobody`)."""
+    prefix = unprivileged_prefix()
+    if prefix is None:
+        pytest.skip("running as root and cannot run the CLI as an unprivileged user here")
+    folder = open_folder()
+    try:
+        write_feature_file(folder / "good.h5").chmod(0o644)
+        yield folder, prefix
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_unreadable_file(permdir: tuple[Path, list[str]]) -> None:
+    folder, prefix = permdir
+    bad = folder / "locked.h5"
+    shutil.copy(folder / "good.h5", bad)
     bad.chmod(0)
-    _fit_fails(workdir, bad, "locked.h5", "cannot be read")
+    before = _digest(folder)
+    res = run_cli("fit", bad, "--method", "erm", "--out", folder / "run", *FAST, prefix=prefix, cwd=folder)
+    assert_user_error(res, "locked.h5", "read")
+    assert _digest(folder) == before
 
 
 def test_not_hdf5(workdir: Path) -> None:
@@ -187,13 +205,15 @@ def test_existing_run_needs_overwrite(workdir: Path) -> None:
     assert _digest(workdir) == before
 
 
-@pytest.mark.skipif(IS_ROOT, reason="root can write anywhere")
-def test_output_folder_not_writable(workdir: Path) -> None:
-    locked = workdir / "locked"
+def test_output_folder_not_writable(permdir: tuple[Path, list[str]]) -> None:
+    folder, prefix = permdir
+    locked = folder / "locked"
     locked.mkdir()
-    locked.chmod(0o500)
-    res = run_cli("fit", workdir / "good.h5", "--method", "erm", "--out", locked / "run", *FAST)
+    locked.chmod(0o555)
+    res = run_cli("fit", folder / "good.h5", "--method", "erm", "--out", locked / "run", *FAST, prefix=prefix,
+                  cwd=folder)
     assert_user_error(res, "not writable")
+    assert not (locked / "run").exists()
 
 
 def test_info_on_bad_inputs(workdir: Path) -> None:
