@@ -59,13 +59,15 @@ def unprivileged_prefix() -> list[str] | None:
         locked = Path(tmp) / "locked"
         locked.write_text("x")
         locked.chmod(0)
-        probe = f"import h5py, torch, typer; open({str(locked)!r})"
+        # Everything the CLI imports must load for `nobody`; only then may the file be refused.
+        probe = f"import cli.main, features.store, probe.api; print('imported', flush=True); open({str(locked)!r})"
         try:
             proc = subprocess.run([*prefix, sys.executable, "-c", probe], capture_output=True, text=True,
                                   cwd=tmp, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
         except (OSError, subprocess.SubprocessError):
             return None
-    return prefix if proc.returncode != 0 and "PermissionError" in proc.stderr else None
+    refused = proc.returncode != 0 and "PermissionError" in proc.stderr
+    return prefix if "imported" in proc.stdout and refused else None
 
 
 def open_folder(prefix: str = "probe-perm-") -> Path:
