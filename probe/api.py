@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from probe import moments
 from probe.device import resolve_device
 from probe.dfr import fit_dfr
 from probe.errors import UserError
-from probe.grid import COMMON_DEFAULTS, DEFAULT_GRIDS, expand
+from probe.grid import COMMON_DEFAULTS, DEFAULT_GRIDS, check_value, expand
 from probe.objectives import OBJECTIVES
 from probe.preprocess import CHOICES as PREPROCESS_CHOICES
 from probe.preprocess import Preprocessor
@@ -30,8 +29,6 @@ from probe.trainer import Settings, fit_method, plan, validate_for_fit
 
 #: every method `probe fit --method` accepts: the gradient-trained objectives and DFR
 METHODS = [*sorted(OBJECTIVES), "dfr"]
-#: back-compatible name of the common defaults
-COMMON = COMMON_DEFAULTS
 INT_HPARAMS = ("anneal", "seed")
 
 
@@ -56,11 +53,9 @@ def check_grid(grid: dict[str, list[Any]]) -> dict[str, list[Any]]:
                     raise UserError(f"--preprocess {v!r} is not one of: {', '.join(PREPROCESS_CHOICES)}")
         else:
             for v in values:
-                if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-                    raise UserError(f"{flag}: {v!r} is not allowed; values must be finite numbers >= 0")
-                if key in INT_HPARAMS and v != int(v):
-                    raise UserError(f"{flag}: {v!r} is not a whole number")
-            values = [int(v) if key in INT_HPARAMS else float(v) for v in values]
+                if isinstance(v, bool) or not isinstance(v, (int, float)):
+                    raise UserError(f"{flag}: {v!r} is not a number")
+            values = [check_value(flag, float(v), int if key in INT_HPARAMS else float) for v in values]
         out[key] = values
     return out
 

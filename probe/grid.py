@@ -64,17 +64,19 @@ def parse_values(flag: str, text: str | float | int, kind: Callable[[str], Any] 
             values.extend(_parse_range(flag, part))
         else:
             values.append(_number(flag, part))
-    out = []
-    for v in values:
-        if not math.isfinite(v) or v < minimum:
-            raise UserError(f"{flag}: {v:g} is not allowed; values must be finite and >= {minimum:g}")
-        if kind is int:
-            if abs(v - round(v)) > 1e-9 * max(1.0, abs(v)):
-                raise UserError(f"{flag}: {v:g} is not a whole number")
-            out.append(int(round(v)))
-        else:
-            out.append(float(v))
+    out = [check_value(flag, v, kind, minimum) for v in values]
     return list(dict.fromkeys(out))  # keep order, drop repeats
+
+
+def check_value(flag: str, v: float, kind: Callable[[str], Any] = float, minimum: float = 0.0) -> Any:
+    """One value of a grid flag: finite, >= minimum and, for ``kind=int``, whole."""
+    if not math.isfinite(v) or v < minimum:
+        raise UserError(f"{flag}: {v:g} is not allowed; values must be finite and >= {minimum:g}")
+    if kind is int:
+        if abs(v - round(v)) > 1e-9 * max(1.0, abs(v)):
+            raise UserError(f"{flag}: {v:g} is not a whole number")
+        return int(round(v))
+    return float(v)
 
 
 def _number(flag: str, text: str) -> float:

@@ -383,3 +383,20 @@ def test_linear_head_estimator() -> None:
     assert head.result_["best_step"] % 10 == 0
     with pytest.raises(ValueError, match="lam"):
         LinearHead("cma", lam=1.0, steps=2).fit(fs.features[tr], fs.y[tr], fs.group[tr])
+
+
+@pytest.mark.parametrize(("grid", "fragment"), [
+    ({"seed": [1.5]}, "--seed: 1.5 is not a whole number"),
+    ({"lr": [-1e-3]}, "--lr: -0.001 is not allowed"),
+    ({"alpha": ["big"]}, "--alpha: 'big' is not a number"),
+    ({"weight_decay": [float("nan")]}, "--weight-decay: nan is not allowed"),
+    ({"preprocess": ["whiten"]}, "--preprocess 'whiten'"),
+    ({"gamma": [1.0]}, "unknown hyperparameter 'gamma'"),
+])
+def test_fit_grid_checks_a_grid_given_in_python(tmp_path: Path, grid: dict, fragment: str) -> None:
+    import re
+
+    from probe.errors import UserError
+
+    with pytest.raises(UserError, match=re.escape(fragment)):
+        fit_grid(_fs(tmp_path), ["cma"], grid, None, steps=2)
