@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import platform
@@ -12,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from features.extract import trim_heap
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -48,14 +49,6 @@ def rss_kb(field: str = "VmRSS") -> int | None:
     except OSError:
         return None
     return None
-
-
-def trim_heap() -> None:
-    """Hand freed heap pages back to the OS so earlier leftovers are not in a baseline."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 class PeakRSS:

@@ -7,7 +7,7 @@ between two forward-only passes, so that load from other processes hits both ali
              write HDF5 in chunks, rename), same model and batch size
 and reports extract / forward throughput. Target: >= 0.85.
 
-    .venv/bin/python benchmarks/extract.py              # 300 images, both encoders
+    .venv/bin/python benchmarks/extract.py              # 300 images, every encoder below
     .venv/bin/python benchmarks/extract.py --quick      # a reduced check (60 images)
 """
 

@@ -45,7 +45,8 @@ import torch.nn.functional as F
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import PeakRSS, timed, trim_heap, write_results  # noqa: E402
+from benchmarks._common import PeakRSS, timed, write_results  # noqa: E402
+from features.extract import trim_heap  # noqa: E402
 from probe import moments  # noqa: E402
 from probe.device import resolve_device  # noqa: E402
 

@@ -75,13 +75,8 @@ def tune_cpu_allocator(mmap_threshold_mb: int = 256, trim_threshold_mb: int = 10
         return False
 
 
-def _trim_heap() -> None:
-    """Return freed heap memory to the OS before forking workers (glibc only).
-
-    Forked workers share the parent's pages copy-on-write; every page the model then
-    writes to is copied once. With a large retained heap (see tune_cpu_allocator)
-    that cost ~0.5 s on the first batch; trimmed, the model gets fresh pages instead.
-    """
+def trim_heap() -> None:
+    """Return freed heap memory to the OS (glibc's malloc_trim; a no-op elsewhere)."""
     import ctypes
     import ctypes.util
 
@@ -526,7 +521,10 @@ def _run(spec: DatasetSpec, encoder: Encoder, partial: Path, bounds: list[tuple[
     # HDF5 file lock and, if this process is killed, hold it until it notices (~5 s),
     # refusing the rerun that should resume.
     if workers > 0 and todo:
-        _trim_heap()
+        # Forked workers share this process's pages copy-on-write, and every page the
+        # model then writes to is copied once: with a large retained heap (see
+        # tune_cpu_allocator) ~0.5 s on the first batch. Trimmed, it gets fresh pages.
+        trim_heap()
     batches = iter(loader)
     writer = FeatureWriter.reopen(partial)
     with _progress(quiet, console) as progress:
