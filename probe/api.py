@@ -113,8 +113,10 @@ def fit_grid(features: FeatureSet | str | Path, methods: list[str] | str, grid: 
     if out_path is not None:
         prepare_run_dir(out_path, overwrite)
     configs = {m: method_grid(m, grid) for m in names if m != "dfr"}
+    # Planned once: the progress total and the fit then agree on the chunks.
+    chunks = {m: plan(fs, m, cs, st) for m, cs in configs.items()}
     if progress is not None:
-        progress.total(sum(len(plan(fs, m, cs, st)) for m, cs in configs.items()) * st.steps)
+        progress.total(sum(len(c) for c in chunks.values()) * st.steps)
     rows: dict[str, list[dict[str, Any]]] = {m: [] for m in names}
     prov = provenance(fs.provenance(), str(st.device), st.select, command=command, settings=st.public(),
                       grid=grid)
@@ -124,7 +126,8 @@ def fit_grid(features: FeatureSet | str | Path, methods: list[str] | str, grid: 
                 for i, s in enumerate(grid.get("seed") or COMMON_DEFAULTS["seed"]):
                     rows[m].append({**fit_dfr(fs, seed=int(s)), "run_id": f"dfr-{i:04d}"})
                 continue
-            fit_method(fs, m, configs[m], st, on_step=progress.advance if progress else None, results=rows[m])
+            fit_method(fs, m, configs[m], st, on_step=progress.advance if progress else None, results=rows[m],
+                       chunks=chunks[m])
     except KeyboardInterrupt as exc:
         if out_path is not None and any(rows.values()):
             write_run(out_path, {m: r for m, r in rows.items() if r}, fs, prov, st.select)

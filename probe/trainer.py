@@ -185,11 +185,6 @@ def available_memory(device: torch.device) -> int:
         return 4 * 1024**3
 
 
-def _batch_rows(fs: FeatureSet, settings: Settings) -> int:
-    n_train = int((fs.split == SPLITS["train"]).sum())
-    return n_train if settings.batch_size <= 0 else min(settings.batch_size, n_train)
-
-
 def memory_estimate(method: str, B: int, C: int, d: int, K: int, n_train: int, n_eval: int,
                     itemsize: int) -> tuple[int, int]:
     """(bytes shared by the chunk, bytes per head) of one training step plus an
@@ -215,8 +210,8 @@ def plan(fs: FeatureSet, method: str, configs: list[dict[str, Any]], settings: S
     cohorts: dict[tuple, list[int]] = {}
     for i, cfg in enumerate(configs):
         cohorts.setdefault(tuple(cfg[k] for k in COHORT_KEYS), []).append(i)
-    B = _batch_rows(fs, settings)
     n_train = int((fs.split == SPLITS["train"]).sum())
+    B = n_train if settings.batch_size <= 0 else min(settings.batch_size, n_train)
     n_eval = int((fs.split == SPLITS["val"]).sum())
     K = int({"group": fs.group, "a": fs.a, "y": fs.y}[settings.domain].max()) + 1
     item = torch.empty((), dtype=settings.dtype).element_size()
@@ -243,9 +238,11 @@ def plan(fs: FeatureSet, method: str, configs: list[dict[str, Any]], settings: S
 
 def fit_method(fs: FeatureSet, method: str, configs: list[dict[str, Any]], settings: Settings,
                on_step: Callable[[int], None] | None = None,
-               results: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+               results: list[dict[str, Any]] | None = None,
+               chunks: list[tuple[dict[str, Any], list[int]]] | None = None) -> list[dict[str, Any]]:
     """Fit every configuration of one method; returns one result row per configuration,
-    in the order of ``configs`` (run ids ``<method>-<index>``).
+    in the order of ``configs`` (run ids ``<method>-<index>``). ``chunks`` is
+    ``plan(fs, method, configs, settings)`` when the caller has it already.
 
     Rows are appended to ``results`` as each cohort (chunk) finishes, so a caller
     that catches KeyboardInterrupt still holds every finished configuration;
@@ -260,7 +257,7 @@ def fit_method(fs: FeatureSet, method: str, configs: list[dict[str, Any]], setti
     out = results if results is not None else []
     rows: dict[int, dict[str, Any]] = {}
     prepared: dict[tuple, tuple[dict[str, Split], Preprocessor]] = {}
-    for cohort, chunk in plan(fs, method, configs, settings):
+    for cohort, chunk in chunks if chunks is not None else plan(fs, method, configs, settings):
         key = tuple(cohort[k] for k in COHORT_KEYS)
         if key not in prepared:  # chunks of one cohort share its preprocessing
             prepared = {key: prepare(fs, cohort, settings)}
