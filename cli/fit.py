@@ -188,11 +188,11 @@ def fit(
 
 
 def _command_line(features: Path, method: str, run_dir: Path, grid_values: dict[str, str | None],
-                  preprocess: str, steps: int, batch_size: int) -> str:
-    """The command as typed when run as `probe fit ...`; otherwise (called in-process)
-    an equivalent one rebuilt from the main flags."""
+                  preprocess: str, steps: int, batch_size: int) -> str | None:
+    """None when run as `probe fit ...` (provenance then records the command as
+    typed); otherwise (called in-process) an equivalent one rebuilt from the main flags."""
     if sys.argv[1:2] == ["fit"]:
-        return shlex.join(["probe", *sys.argv[1:]])
+        return None
     args = ["probe", "fit", str(features), "--method", method, "--out", str(run_dir)]
     args += [x for flag, text in grid_values.items() if text is not None for x in (flag, text)]
     args += ["--preprocess", preprocess, "--steps", str(steps), "--batch-size", str(batch_size)]
