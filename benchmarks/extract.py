@@ -25,6 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from base.device import resolve_device  # noqa: E402
 from benchmarks._common import write_results  # noqa: E402
 from features.datasets.base import DatasetSpec  # noqa: E402
 from features.encoders import Encoder, load_encoder  # noqa: E402
@@ -35,7 +36,6 @@ from features.extract import (  # noqa: E402
     extract,
     tune_cpu_allocator,
 )
-from probe.device import resolve_device  # noqa: E402
 
 ENCODERS = {
     "efficientnet-lite0": {"name": "efficientnet-lite0"},

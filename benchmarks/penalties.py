@@ -45,10 +45,10 @@ import torch.nn.functional as F
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from base.device import resolve_device  # noqa: E402
 from benchmarks._common import PeakRSS, timed, write_results  # noqa: E402
 from features.extract import trim_heap  # noqa: E402
 from probe import moments  # noqa: E402
-from probe.device import resolve_device  # noqa: E402
 
 # Direct variants whose estimated peak exceeds this are skipped with a note.
 DIRECT_LIMIT = 8 * 1024**3

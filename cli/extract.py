@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from cli.main import app
+from cli.app import app
 
 _TEXT_DATASETS = ("multinli",)
 
@@ -87,12 +87,12 @@ def extract_cmd(
                                            help="multinli: where the raw text comes from.", show_default=False),
 ) -> None:
     """Encode a dataset with a frozen encoder into an HDF5 feature file (resumable, shardable)."""
+    from base.device import resolve_device
+    from base.errors import UserError
+    from base.io import check_writable_dir
     from features.datasets import ADAPTERS, load_dataset
     from features.encoders import load_encoder
     from features.extract import DTYPES, extract, parse_shard, shard_output_path, tune_cpu_allocator
-    from probe.device import resolve_device
-    from probe.errors import UserError
-    from probe.io import check_writable_dir
 
     if dataset not in ADAPTERS:
         raise UserError(f"unknown dataset {dataset!r}; choose one of: {', '.join(ADAPTERS)}")

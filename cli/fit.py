@@ -14,8 +14,8 @@ from typing import Annotated, Any
 
 import typer
 
-from cli.main import app
-from probe.errors import UserError
+from base.errors import UserError
+from cli.app import app
 from probe.grid import (
     COMMON_DEFAULTS,
     DEFAULT_BATCH_SIZE,

@@ -3,11 +3,17 @@
 Every user mistake surfaces as one line on stderr and exit code 2; a traceback
 means a bug in probe. Heavy imports (torch, transformers) happen inside the
 commands so that `probe --help` answers at once.
+
+Library errors name parameters in backquotes (`batch_size`); here each one that
+is a flag of the command that ran becomes that flag (``--batch-size``), so the
+API and the command line each speak their own names.
 """
 
 from __future__ import annotations
 
+import re
 import sys
+from collections.abc import Sequence
 
 import typer
 
@@ -16,47 +22,23 @@ try:  # typer >= 0.23 vendors click; its exceptions are not click's.
 except ImportError:  # pragma: no cover - older typer with real click
     from click import exceptions as click_exc
 
-from probe.errors import UserError
-
-app = typer.Typer(
-    name="probe",
-    help=(
-        "Linear probes on frozen embeddings for spurious-correlation and domain-generalization "
-        "research: `probe extract` caches embeddings to HDF5, `probe fit` fits CMA and baselines "
-        "as whole hyperparameter grids and reports worst-group accuracy."
-    ),
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
-
+from base.errors import UserError
+from cli import extract as _extract  # noqa: F401  (registers extract, info, merge)
+from cli import fit as _fit  # noqa: F401  (registers fit)
+from cli import report as _report  # noqa: F401  (registers report)
+from cli.app import app
 
 # click >= 8.2 raises this after printing help for a bare `probe`.
 _NO_ARGS_IS_HELP = getattr(click_exc, "NoArgsIsHelpError", ())
-
-
-@app.command("version")
-def version() -> None:
-    """Print probe's version."""
-    from probe import __version__
-
-    typer.echo(__version__)
-
-
-def _register() -> None:
-    # Each command lives in its own module; importing them registers the commands.
-    from cli import extract as _extract  # noqa: F401
-    from cli import fit as _fit  # noqa: F401
-    from cli import report as _report  # noqa: F401
+_PARAM = re.compile(r"`([A-Za-z_][A-Za-z0-9_]*)`")
 
 
 def main(argv: list[str] | None = None) -> None:
-    _register()
+    args = list(sys.argv[1:] if argv is None else argv)
     try:
-        code = app(args=argv, prog_name="probe", standalone_mode=False)
+        code = app(args=args, prog_name="probe", standalone_mode=False)
     except UserError as exc:
-        _fail(str(exc), exc.exit_code)
+        _fail(flag_names(str(exc), args), exc.exit_code)
     except _NO_ARGS_IS_HELP:
         sys.exit(0)
     except click_exc.UsageError as exc:
@@ -75,8 +57,29 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(code if isinstance(code, int) else 0)
 
 
+def command_flags(args: Sequence[str]) -> dict[str, str]:
+    """Parameter name -> long flag of the subcommand named in ``args`` (else of all)."""
+    group = typer.main.get_command(app)
+    commands = group.commands if hasattr(group, "commands") else {}
+    chosen = [commands[a] for a in args[:1] if a in commands] or list(commands.values())
+    flags: dict[str, str] = {}
+    for cmd in reversed(chosen):
+        for p in cmd.params:
+            longs = [o for o in getattr(p, "opts", []) if o.startswith("--")]
+            if longs and p.name:
+                flags[p.name] = max(longs, key=len)
+    return flags
+
+
+def flag_names(message: str, args: Sequence[str]) -> str:
+    """`name` -> --flag for every parameter of the command that is a flag."""
+    if "`" not in message:
+        return message
+    flags = command_flags(args)
+    return _PARAM.sub(lambda m: flags.get(m.group(1), m.group(0)), message)
+
+
 def _fail(message: str, code: int, prefix: str = "probe") -> None:
     # One line, always: flatten any newline a message may carry.
     print(f"{prefix}: error: {' '.join(message.split())}", file=sys.stderr)
     sys.exit(code)
-

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from cli.main import app
+from cli.app import app
 
 
 class Format(str, Enum):

@@ -27,8 +27,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from probe.device import resolve_device
-from probe.errors import UserError
+from base.device import resolve_device
+from base.errors import UserError
 
 ENCODER_FORMS = (
     "open_clip:<arch> (with --weights), hf:<model name or folder>, minilm, efficientnet-lite0"

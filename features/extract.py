@@ -29,6 +29,9 @@ from typing import Any
 import h5py
 import numpy as np
 
+from base.errors import UserError
+from base.io import check_writable_dir
+from base.version import code_version
 from features.datasets.base import DatasetSpec
 from features.encoders import BadItem, Encoder
 from features.store import (
@@ -40,8 +43,6 @@ from features.store import (
     open_feature_file,
     written_identity,
 )
-from probe.errors import UserError
-from probe.io import check_writable_dir
 
 DTYPES = ("float32", "float16")
 # Commit (flush + advance rows_written) at least this often, and whenever this many
@@ -376,7 +377,7 @@ def _open_partial(partial: Path, expected: dict[str, Any], ids: np.ndarray, boun
             return state
         partial.unlink()
     attrs = {k: v for k, v in expected.items() if k != "features_dtype"}
-    attrs.update(created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), probe_version=_version(),
+    attrs.update(created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), **code_version(),
                  skipped=[], batches_done=0)
     try:
         writer = FeatureWriter.create(partial, attrs, expected["dim"], expected["features_dtype"])
@@ -430,12 +431,6 @@ def _resume_state(partial: Path, expected: dict[str, Any], ids: np.ndarray, boun
         _warn(console, f"{partial} is damaged ({' '.join(str(exc).split())[:100]}); starting again from scratch")
         return None
     return writer, done, skipped
-
-
-def _version() -> str:
-    from probe import __version__
-
-    return __version__
 
 
 # Niceness of DataLoader workers when the model runs on the CPU. The workers then

@@ -17,6 +17,8 @@ from typing import Any
 import h5py
 import numpy as np
 
+from base.errors import UserError
+from base.io import atomic_path
 from features.store import (
     LABEL_DATASETS,
     WRITE_IDENTITY,
@@ -27,8 +29,6 @@ from features.store import (
     open_feature_file,
     written_identity,
 )
-from probe.errors import UserError
-from probe.io import atomic_path
 
 COPY_ROWS = 65536  # rows copied per step: bounded memory whatever the shard size
 

@@ -33,7 +33,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from probe.errors import UserError
+from base.errors import UserError
 
 SCHEMA = "probe-features/1"
 SPLITS = {"train": 0, "val": 1, "test": 2}

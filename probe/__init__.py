@@ -4,4 +4,6 @@ Stage 1 (``features``) writes embeddings to HDF5; stage 2 (``probe``) fits
 linear heads on them with CMA and the usual baselines.
 """
 
-__version__ = "0.1.0"
+from base import __version__
+
+__all__ = ["__version__"]

@@ -15,11 +15,11 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
 
+from base.device import resolve_device
+from base.errors import UserError
 from features.store import SPLITS, FeatureSet, read_features
 from probe import moments
-from probe.device import resolve_device
 from probe.dfr import fit_dfr
-from probe.errors import UserError
 from probe.grid import COMMON_DEFAULTS, DEFAULT_GRIDS, check_value, expand
 from probe.objectives import OBJECTIVES
 from probe.preprocess import CHOICES as PREPROCESS_CHOICES

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from probe.errors import UserError
+from base.errors import UserError
 
 RANGE_HELP = "a value, a comma list (1e2,1e3), or a range START:STOP:NUM (linear) / START:STOP:NUM:log"
 

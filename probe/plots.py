@@ -16,8 +16,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from probe.errors import UserError
-from probe.io import atomic_path
+from base.errors import UserError
+from base.io import atomic_path
 from probe.report import Config, MethodResult, Report, build_report, format_value, slug
 
 DPI = 120

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from probe.errors import UserError
+from base.errors import UserError
 
 CHOICES = ("none", "standardize", "l2", "pca", "isr-mean")
 

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from probe.errors import UserError
-from probe.io import write_text_atomic
+from base.errors import UserError
+from base.io import write_text_atomic
 from probe.metrics import METRIC_KEYS, mean_std, per_group_mean_std
 
 FORMATS = ("terminal", "markdown", "csv", "json", "latex")
@@ -753,7 +753,7 @@ def report_dict(report: Report) -> dict[str, Any]:
 
 
 def render_json(report: Report) -> str:
-    from probe.io import _json_default
+    from base.io import _json_default
 
     return json.dumps(report_dict(report), indent=2, default=_json_default) + "\n"
 

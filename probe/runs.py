@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -13,9 +12,9 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from probe import __version__
-from probe.errors import UserError
-from probe.io import atomic_path, check_writable_dir, write_json_atomic, write_jsonl_atomic
+from base.errors import UserError
+from base.io import atomic_path, check_writable_dir, write_json_atomic, write_jsonl_atomic
+from base.version import code_version
 from probe.metrics import mean_metrics, mean_std
 
 SELECT_KEYS = {"val_wga": "wga", "val_acc": "acc"}
@@ -86,22 +85,12 @@ def summarize_method(rows: list[dict[str, Any]], select_by: str) -> dict[str, An
     }
 
 
-def git_commit() -> str | None:
-    """The commit of probe's source tree, when it is a git checkout."""
-    try:
-        proc = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                              cwd=Path(__file__).resolve().parent)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return proc.stdout.strip() or None if proc.returncode == 0 else None
-
-
 def provenance(fs_prov: dict[str, Any], device: str, select_by: str, *, command: str | None = None,
                settings: dict[str, Any] | None = None, grid: dict[str, Any] | None = None) -> dict[str, Any]:
     """What produced a run: the features, probe and torch versions, the device, the
     command line (``sys.argv`` unless given) and the fit's settings and grid."""
     cmd = command if command is not None else shlex.join(["probe", *sys.argv[1:]])
-    return {"features": fs_prov, "probe_version": __version__, "git_commit": git_commit(),
+    return {"features": fs_prov, **code_version(),
             "torch": torch.__version__, "device": device, "command": cmd,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "selection": select_by,
             "settings": settings or {}, "grid": grid or {}}

@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from base.errors import UserError
 from features.store import SPLITS, FeatureSet
 from probe import moments
-from probe.errors import UserError
 from probe.metrics import correct_by_group, group_sizes, metrics_from_counts
 from probe.objectives import CE_WEIGHTINGS, OBJECTIVES, Batch, Objective
 from probe.optim import BatchedOptimizer

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from base.errors import UserError
 from features.datasets import load_dataset
 from features.datasets.multinli import has_negation
-from probe.errors import UserError
 from tests.fixtures import formats as F
 
 

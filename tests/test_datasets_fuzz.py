@@ -18,9 +18,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from base.errors import UserError
 from features.datasets import load_dataset
 from features.datasets.base import DatasetSpec
-from probe.errors import UserError
 from tests.fixtures import formats as F
 
 SETTINGS = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from base.errors import UserError
 from features.encoders import imagenet_logits, load_encoder
-from probe.errors import UserError
 from tests.test_extract import TINY_CLIP
 
 # ImageNet classes a photo of a Chinese temple/palace is fairly called.
@@ -173,7 +173,7 @@ def test_pretrained_tag_offline_is_one_line(tmp_path: Path) -> None:
     from tests.conftest import REPO
 
     code = ("from features.encoders import load_encoder\n"
-            "from probe.errors import UserError\n"
+            "from base.errors import UserError\n"
             "try:\n    load_encoder('open_clip:RN50', weights='openai', device='cpu')\n"
             "except UserError as e:\n    print(e)\n")
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}

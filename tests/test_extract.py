@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 import torch
 
+from base.errors import UserError
 from features.datasets.base import DatasetSpec
 from features.encoders import Encoder, load_encoder
 from features.extract import batch_bounds, extract, parse_shard, partial_path, shard_output_path
 from features.store import read_features
-from probe.errors import UserError
 from tests.conftest import REPO, run_cli
 
 TINY_CLIP = {

@@ -8,11 +8,11 @@ import h5py
 import numpy as np
 import pytest
 
+from base.errors import UserError
 from features.encoders import Encoder
 from features.extract import extract, shard_output_path
 from features.merge import merge
 from features.store import read_features
-from probe.errors import UserError
 from tests.test_extract import image_spec, one_torch_thread, tiny_encoder  # noqa: F401 (fixture)
 
 

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from base.errors import UserError
 from cli.main import main
-from probe.errors import UserError
 from probe.plots import alpha_beta_grid, write_plots
 from probe.report import (
     build_report,

@@ -9,6 +9,7 @@ import h5py
 import numpy as np
 import pytest
 
+from base.errors import UserError
 from features.store import (
     IDENTITY_ATTRS,
     SCHEMA,
@@ -18,7 +19,6 @@ from features.store import (
     read_features,
     summarize,
 )
-from probe.errors import UserError
 from tests.h5craft import CLASS_NAMES, GROUP_NAMES, toy_arrays
 
 ATTRS = {"dataset": "toy", "encoder": "enc", "weights": "w sha256:00", "preprocess": "none",

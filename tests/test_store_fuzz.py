@@ -10,8 +10,8 @@ import numpy as np
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from base.errors import UserError
 from features.store import FeatureSet, read_features
-from probe.errors import UserError
 from tests.h5craft import toy_arrays, write_feature_file
 
 FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])

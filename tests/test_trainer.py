@@ -325,7 +325,7 @@ def test_overwrite_replaces_the_run_and_drops_stale_heads(tmp_path: Path) -> Non
     run = tmp_path / "run"
     fit_grid(fs, ["erm", "reweight"], {}, run, steps=5, batch_size=0, eval_every=5)
     assert (run / "heads" / "reweight.safetensors").exists()
-    from probe.errors import UserError
+    from base.errors import UserError
 
     with pytest.raises(UserError, match="--overwrite"):
         fit_grid(fs, ["erm"], {}, run, steps=5, batch_size=0, eval_every=5)
@@ -396,7 +396,7 @@ def test_linear_head_estimator() -> None:
 def test_fit_grid_checks_a_grid_given_in_python(tmp_path: Path, grid: dict, fragment: str) -> None:
     import re
 
-    from probe.errors import UserError
+    from base.errors import UserError
 
     with pytest.raises(UserError, match=re.escape(fragment)):
         fit_grid(_fs(tmp_path), ["cma"], grid, None, steps=2)

@@ -9,8 +9,8 @@ import importlib
 from pathlib import Path
 from typing import Any
 
+from base.errors import UserError
 from features.datasets.base import DatasetSpec
-from probe.errors import UserError
 
 # name -> module; imported lazily so `probe --help` stays fast.
 ADAPTERS = {

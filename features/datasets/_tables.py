@@ -22,7 +22,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from probe.errors import UserError
+from base.errors import UserError
 
 # GLUE's MNLI TSVs hold whole parse trees in one field, longer than csv's default limit.
 _FIELD_LIMIT = 2**31 - 1

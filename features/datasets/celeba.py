@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
+from base.errors import UserError
 from features.datasets import _tables as T
 from features.datasets.base import DatasetSpec
-from probe.errors import UserError
 
 DEFAULT_TARGET = "Blond_Hair"
 DEFAULT_SPURIOUS = "Male"

@@ -25,9 +25,9 @@ from typing import Any
 
 import numpy as np
 
+from base.errors import UserError
 from features.datasets import _tables as T
 from features.datasets.base import DatasetSpec
-from probe.errors import UserError
 
 CLASS_NAMES = ["contradiction", "entailment", "neutral"]
 TEXT_LABELS = {name: i for i, name in enumerate(CLASS_NAMES)}

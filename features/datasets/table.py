@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from base.errors import UserError
 from features.datasets import _tables as T
 from features.datasets.base import DatasetSpec
-from probe.errors import UserError
 
 OPTIONS = ("metadata", "image_col", "text_col", "label_col", "attr_col", "group_col", "split_col")
 DEFAULTS = {"label_col": "y", "split_col": "split", "attr_col": "a"}

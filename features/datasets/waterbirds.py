@@ -11,9 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from base.errors import UserError
 from features.datasets import _tables as T
 from features.datasets.base import DatasetSpec
-from probe.errors import UserError
 
 CLASS_NAMES = ["landbird", "waterbird"]
 PLACE_NAMES = ["land", "water"]

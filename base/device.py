@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from probe.errors import UserError
+from base.errors import UserError
 
 
 def resolve_device(name: str = "auto") -> torch.device:

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from probe.errors import UserError
+from base.errors import UserError
 
 
 def check_writable_dir(path: Path, what: str = "output") -> None:
