@@ -57,15 +57,15 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
 
 
 def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=json_default) + "\n")
 
 
 def write_jsonl_atomic(path: str | os.PathLike[str], rows: list[dict[str, Any]]) -> None:
-    text = "".join(json.dumps(r, default=_json_default) + "\n" for r in rows)
+    text = "".join(json.dumps(r, default=json_default) + "\n" for r in rows)
     write_text_atomic(path, text)
 
 
-def _json_default(obj: Any) -> Any:
+def json_default(obj: Any) -> Any:
     # numpy / torch scalars and arrays end up in results; store them as plain JSON.
     if hasattr(obj, "tolist"):
         return obj.tolist()

@@ -753,9 +753,9 @@ def report_dict(report: Report) -> dict[str, Any]:
 
 
 def render_json(report: Report) -> str:
-    from base.io import _json_default
+    from base.io import json_default
 
-    return json.dumps(report_dict(report), indent=2, default=_json_default) + "\n"
+    return json.dumps(report_dict(report), indent=2, default=json_default) + "\n"
 
 
 def render_csv(report: Report) -> str:
