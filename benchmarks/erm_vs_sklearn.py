@@ -37,7 +37,7 @@ def main() -> None:
         probe_s = time.perf_counter() - t0
         row = res["rows"]["erm"][0]
         sk_acc = float((sk.predict(Z[te]) == fs.y[te]).mean())
-        ours = row["metrics"]["test"]["acc"]
+        ours = row.metrics["test"]["acc"]
         rows.append({"weight_decay": wd, "sklearn_test_acc": sk_acc, "probe_test_acc": ours,
                      "diff_points": 100 * abs(ours - sk_acc), "sklearn_s": sk_s, "probe_s": probe_s,
                      "target": "<= 0.5 points", "met": 100 * abs(ours - sk_acc) <= 0.5})

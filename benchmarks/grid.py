@@ -25,7 +25,8 @@ import torch
 
 from benchmarks._common import RESULTS_DIR, PeakRSS, write_results
 from features.store import FeatureSet
-from probe.trainer import Settings, fit_method
+from probe.fitting import fit_method
+from probe.train.settings import Settings
 
 WATERBIRDS = {0: [3498, 184, 56, 1057], 1: [467, 466, 133, 133], 2: [2255, 2255, 642, 642]}
 CELEBA = {0: [71629, 66874, 22880, 1387], 1: [8535, 8276, 2874, 182], 2: [9767, 7535, 2480, 180]}
@@ -60,7 +61,7 @@ def run_waterbirds(steps: int, full_steps: int) -> dict:
     est = wall * full_steps / steps
     return {"case": "waterbirds authors' grid", "configs": len(cfgs), "steps": steps, "wall_s": wall,
             "full_grid_s": est, "extrapolated": steps != full_steps, "target_s": 600, "met": est < 600,
-            "diverged": sum(r["status"] == "diverged" for r in rows)}
+            "diverged": sum(r.status == "diverged" for r in rows)}
 
 
 def run_throughput(n_configs: int, steps: int) -> dict:

@@ -20,7 +20,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import torch
+
+from base.lazy import lazy_import
+from features.store import SPLITS, FeatureSet
+
+torch = lazy_import("torch")
 
 METRIC_KEYS = ("acc", "acc_train_weighted", "acc_group_mean", "wga")
 
@@ -122,6 +126,21 @@ def split_metrics(
     num_groups = len(group_names)
     correct = correct_by_group(pred_t.long(), y_t.long(), g_t.long(), num_groups).cpu().numpy()
     return metrics_from_counts(correct, group_sizes(g_t, num_groups), train_total, group_names)
+
+
+def metrics_by_head(fs: FeatureSet, predictions: dict[str, torch.Tensor]) -> list[dict[str, dict[str, Any]]]:
+    """Per head, every split's metric dictionary, from predicted classes ``(G, n_split)``
+    per split (rows in file order): the one scoring path of every method's results."""
+    train_total = group_sizes(fs.group[fs.split == SPLITS["train"]], fs.num_groups)
+    per_split = {}
+    for name, pred in predictions.items():
+        mask = fs.split == SPLITS[name]
+        y, g = torch.as_tensor(fs.y[mask]), torch.as_tensor(fs.group[mask])
+        correct = correct_by_group(pred, y, g, fs.num_groups).cpu().numpy()
+        per_split[name] = (correct, group_sizes(g, fs.num_groups))
+    heads = next(iter(per_split.values()))[0].shape[0] if per_split else 0
+    return [{name: metrics_from_counts(correct[h], total, train_total, fs.group_names)
+             for name, (correct, total) in per_split.items()} for h in range(heads)]
 
 
 def _stats(values: Sequence[float]) -> dict[str, float | None]:

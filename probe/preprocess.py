@@ -27,11 +27,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
-
 from base.errors import UserError
+from base.lazy import lazy_import
 
-CHOICES = ("none", "standardize", "l2", "pca", "isr-mean")
+torch = lazy_import("torch")
+
+KINDS = ("none", "standardize", "l2", "pca", "isr-mean")
 
 
 @dataclass
@@ -41,8 +42,8 @@ class Preprocessor:
     state: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.kind not in CHOICES:
-            raise UserError(f"--preprocess {self.kind!r} is unknown; choose one of {', '.join(CHOICES)}")
+        if self.kind not in KINDS:
+            raise UserError(f"`preprocess` {self.kind!r} is unknown; choose one of {', '.join(KINDS)}")
 
     def fit(self, X: torch.Tensor, y: torch.Tensor, a: torch.Tensor) -> Preprocessor:
         """Fit on the training rows ``X`` (labels ``y``, spurious attribute ``a``)."""
@@ -113,7 +114,7 @@ def spurious_basis(X: torch.Tensor, y: torch.Tensor, a: torch.Tensor) -> torch.T
         means = [X[in_c & (a == v)].mean(0) for v in values]
         dirs += [m - means[0] for m in means[1:]]
     if not dirs:
-        raise UserError("--preprocess isr-mean needs the spurious attribute `a` with two or more values "
+        raise UserError("`preprocess` isr-mean needs the spurious attribute `a` with two or more values "
                         "within a class on the training rows")
     U, s, _ = torch.linalg.svd(torch.stack(dirs, 1), full_matrices=False)
     # Directions that are (numerically) combinations of others add nothing but noise.

@@ -13,9 +13,10 @@ import torch
 from safetensors.torch import save_file
 
 from base.errors import UserError
-from base.io import atomic_path, check_writable_dir, write_json_atomic, write_jsonl_atomic
+from base.io import atomic_path, check_writable_dir, write_json_atomic
 from base.version import code_version
 from probe.metrics import mean_metrics, mean_std
+from probe.results import Result, write_results
 
 SELECT_KEYS = {"val_wga": "wga", "val_acc": "acc"}
 #: what marks a folder as holding a previous run
@@ -33,52 +34,46 @@ def prepare_run_dir(out: Path, overwrite: bool) -> None:
     new results are written, so a fit that fails or is interrupted before its first
     configuration finishes leaves the old run intact.
     """
-    check_writable_dir(out.parent if str(out.parent) else Path("."), "--out parent")
+    check_writable_dir(out.parent if str(out.parent) else Path("."), "`out` parent")
     if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file; give a folder for the run")
+        raise UserError(f"`out` {out} is a file; give a folder for the run")
     if out.exists() and holds_run(out) and not overwrite:
-        raise UserError(f"--out {out} already holds a run; pass --overwrite to replace it or choose another folder")
+        raise UserError(f"`out` {out} already holds a run; pass `overwrite` to replace it or choose another "
+                        "folder")
     out.mkdir(exist_ok=True)
     (out / "heads").mkdir(exist_ok=True)
 
 
-def _config_key(hparams: dict[str, Any]) -> str:
-    return json.dumps({k: v for k, v in hparams.items() if k != "seed"}, sort_keys=True, default=str)
-
-
-def select(rows: list[dict[str, Any]], select_by: str = "val_wga") -> dict[str, Any] | None:
-    """Group configurations by hyperparameters without the seed; pick the group with
-    the best mean validation score (ties: the earlier configuration). Only rows with
-    status "ok" take part."""
+def select(rows: list[Result], select_by: str = "val_wga") -> list[Result] | None:
+    """Group configurations by hyperparameters without the seed (``Result.config_key``);
+    pick the group with the best mean validation score (ties: the earlier configuration).
+    Only rows with status "ok" take part. Returns the chosen group's rows, or None."""
     metric = SELECT_KEYS[select_by]
-    groups: dict[str, list[dict[str, Any]]] = {}
+    groups: dict[str, list[Result]] = {}
     for r in rows:
-        if r["status"] == "ok" and r["metrics"].get("val"):
-            groups.setdefault(_config_key(r["hparams"]), []).append(r)
+        if r.status == "ok" and r.split("val"):
+            groups.setdefault(r.config_key, []).append(r)
     best, best_score = None, -1.0
     for members in groups.values():
-        vals = [m["metrics"]["val"][metric] for m in members if m["metrics"]["val"][metric] is not None]
+        vals = [m.split("val")[metric] for m in members if m.split("val")[metric] is not None]
         score = sum(vals) / len(vals) if vals else -1.0
         if score > best_score:
             best, best_score = members, score
-    if best is None:
-        return None
-    return {"members": best, "score": best_score}
+    return best
 
 
-def summarize_method(rows: list[dict[str, Any]], select_by: str) -> dict[str, Any]:
-    chosen = select(rows, select_by)
-    n_div = sum(r["status"] == "diverged" for r in rows)
-    if chosen is None:
+def summarize_method(rows: list[Result], select_by: str) -> dict[str, Any]:
+    members = select(rows, select_by)
+    n_div = sum(r.status == "diverged" for r in rows)
+    if members is None:
         return {"selected": None, "metrics": None, "seeds": None, "head": None, "n_configs": len(rows),
                 "n_diverged": n_div}
-    members = chosen["members"]
-    hp = {k: v for k, v in members[0]["hparams"].items() if k != "seed"}
+    hp = {k: v for k, v in members[0].hparams.items() if k != "seed"}
     splits = ("train", "val", "test")
     return {
-        "selected": {"hparams": hp, "run_ids": [m["run_id"] for m in members]},
-        "metrics": {s: mean_metrics([m["metrics"].get(s) for m in members]) for s in splits},
-        "seeds": {s: mean_std([m["metrics"].get(s) for m in members if m["metrics"].get(s)]) for s in splits},
+        "selected": {"hparams": hp, "run_ids": [m.run_id for m in members]},
+        "metrics": {s: mean_metrics([m.split(s) for m in members]) for s in splits},
+        "seeds": {s: mean_std([m.split(s) for m in members if m.split(s)]) for s in splits},
         "head": None,
         "n_configs": len(rows),
         "n_diverged": n_div,
@@ -96,7 +91,7 @@ def provenance(fs_prov: dict[str, Any], device: str, select_by: str, *, command:
             "settings": settings or {}, "grid": grid or {}}
 
 
-def write_run(out: Path, rows_by_method: dict[str, list[dict[str, Any]]], fs, prov: dict[str, Any],
+def write_run(out: Path, rows_by_method: dict[str, list[Result]], fs: Any, prov: dict[str, Any],
               select_by: str) -> dict[str, Any]:
     """Write heads, results.jsonl and summary.json (in that order, each atomically);
     then drop head files a previous run left for methods this run did not select."""
@@ -105,23 +100,13 @@ def write_run(out: Path, rows_by_method: dict[str, list[dict[str, Any]]], fs, pr
     for method, rows in rows_by_method.items():
         summ = summarize_method(rows, select_by)
         if summ["selected"] is not None:
-            first = next(r for r in rows if r["run_id"] == summ["selected"]["run_ids"][0])
-            tensors = {"theta": first["_theta"].contiguous(),
-                       **{f"pre.{k}": v.contiguous() for k, v in first["_pre"].items()}}
-            config = {**first["hparams"], "method": method, "run_id": first["run_id"]}
-            if "tuned" in first:
-                config["tuned"] = first["tuned"]
-            meta = {"config": json.dumps(config, default=str), "method": method,
-                    "provenance": json.dumps(prov, default=str)}
+            first = next(r for r in rows if r.run_id == summ["selected"]["run_ids"][0])
             head = out / "heads" / f"{method}.safetensors"
-            with atomic_path(head) as tmp:
-                save_file(tensors, str(tmp), metadata=meta)
+            _write_head(head, first, prov)
             written.add(head.name)
             summ["head"] = f"heads/{method}.safetensors"
         methods[method] = summ
-    public = [{k: v for k, v in r.items() if not k.startswith("_")} for rows in rows_by_method.values()
-              for r in rows]
-    write_jsonl_atomic(out / "results.jsonl", public)
+    write_results(out / "results.jsonl", [r for rows in rows_by_method.values() for r in rows])
     summary = {"provenance": prov, "group_names": fs.group_names, "class_names": fs.class_names,
                "methods": methods}
     write_json_atomic(out / "summary.json", summary)
@@ -129,3 +114,15 @@ def write_run(out: Path, rows_by_method: dict[str, list[dict[str, Any]]], fs, pr
         if stale.name not in written:
             stale.unlink(missing_ok=True)
     return summary
+
+
+def _write_head(path: Path, row: Result, prov: dict[str, Any]) -> None:
+    """The selected head of the first seed and its preprocessing (docs/results-format.md)."""
+    tensors = {"theta": row.theta.contiguous(), **{f"pre.{k}": v.contiguous() for k, v in (row.pre or {}).items()}}
+    config = {**row.hparams, "method": row.method, "run_id": row.run_id}
+    if row.tuned is not None:
+        config["tuned"] = row.tuned
+    meta = {"config": json.dumps(config, default=str), "method": row.method,
+            "provenance": json.dumps(prov, default=str)}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)

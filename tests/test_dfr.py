@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from features.store import read_features
-from probe import dfr
 from probe.api import fit_grid
+from probe.methods import dfr
 from tests.h5craft import toy_arrays, write_feature_file
 
 
@@ -22,19 +22,19 @@ def test_balanced_subsets_have_equal_group_counts() -> None:
 def test_fit_dfr_head_is_the_average_and_matches_its_metrics(tmp_path: Path) -> None:
     fs = read_features(write_feature_file(tmp_path / "t.h5", toy_arrays(30, 6)))
     row = dfr.fit_dfr(fs, seed=0, n_retrains=3)
-    assert row["tuned"]["C"] in dfr.C_OPTIONS and "C" not in row["hparams"]
-    theta = row["_theta"].double().numpy()
+    assert row.tuned["C"] in dfr.C_OPTIONS and "C" not in row.hparams
+    theta = row.theta.double().numpy()
     assert theta.shape == (2, 7) and np.allclose(theta[0], 0)  # binary LR as a 2-row softmax head
     # The final scaler is the training split's (as the authors' dfr_on_validation_eval).
     train = fs.split == 0
-    np.testing.assert_allclose(row["_pre"]["mean"].numpy(), fs.features[train].mean(0), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(row["_pre"]["scale"].numpy(), fs.features[train].std(0), rtol=1e-5)
-    Z = (fs.features - row["_pre"]["mean"].numpy()) / row["_pre"]["scale"].numpy()
+    np.testing.assert_allclose(row.pre["mean"].numpy(), fs.features[train].mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(row.pre["scale"].numpy(), fs.features[train].std(0), rtol=1e-5)
+    Z = (fs.features - row.pre["mean"].numpy()) / row.pre["scale"].numpy()
     pred = (np.c_[Z, np.ones(len(Z))] @ theta.T).argmax(1)
     te = fs.split == 2
-    assert abs((pred[te] == fs.y[te]).mean() - row["metrics"]["test"]["acc"]) < 1e-12
+    assert abs((pred[te] == fs.y[te]).mean() - row.metrics["test"]["acc"]) < 1e-12
     again = dfr.fit_dfr(fs, seed=0, n_retrains=3)
-    assert np.array_equal(again["_theta"].numpy(), row["_theta"].numpy())
+    assert np.array_equal(again.theta.numpy(), row.theta.numpy())
 
 
 def test_tuning_picks_the_best_held_out_wga_first_on_ties(tmp_path: Path) -> None:

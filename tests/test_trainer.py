@@ -15,9 +15,10 @@ from sklearn.linear_model import LogisticRegression
 
 from features.store import FeatureSet, read_features
 from probe.api import LinearHead, fit_grid
-from probe.optim import BatchedOptimizer
+from probe.fitting import fit_method, plan_method
 from probe.preprocess import Preprocessor
-from probe.trainer import Settings, fit_method, plan
+from probe.train.optim import BatchedOptimizer
+from probe.train.settings import Settings
 from tests.h5craft import toy_arrays, write_feature_file
 
 
@@ -66,11 +67,11 @@ def test_erm_matches_sklearn_logistic_regression(tmp_path: Path) -> None:
     sk, Z = _sklearn_same_model(fs, wd)
     st = Settings(steps=3000, batch_size=0, eval_every=3000, dtype=torch.float64)
     row = fit_method(fs, "erm", [_cfg(weight_decay=wd)], st)[0]
-    theta = row["_theta"].numpy()
+    theta = row.theta.numpy()
     w, b = theta[1, :-1] - theta[0, :-1], theta[1, -1] - theta[0, -1]
     np.testing.assert_allclose(w, sk.coef_[0], rtol=1e-3, atol=1e-3)
     np.testing.assert_allclose(b, sk.intercept_[0], atol=1e-3)
-    assert abs(row["metrics"]["test"]["acc"] - (sk.predict(Z[te]) == fs.y[te]).mean()) <= 0.005
+    assert abs(row.metrics["test"]["acc"] - (sk.predict(Z[te]) == fs.y[te]).mean()) <= 0.005
 
 
 def test_erm_matches_sklearn_on_waterbirds_like_data_in_float32() -> None:
@@ -82,7 +83,7 @@ def test_erm_matches_sklearn_on_waterbirds_like_data_in_float32() -> None:
     row = fit_method(fs, "erm", [_cfg(weight_decay=wd, lr=5e-2)], Settings(steps=1500, batch_size=0,
                                                                             eval_every=1500))[0]
     sk_acc = float((sk.predict(Z[te]) == fs.y[te]).mean())
-    assert abs(row["metrics"]["test"]["acc"] - sk_acc) <= 0.005
+    assert abs(row.metrics["test"]["acc"] - sk_acc) <= 0.005
 
 
 def test_cma_selected_by_val_wga_beats_erm_on_test_wga() -> None:
@@ -92,7 +93,7 @@ def test_cma_selected_by_val_wga_beats_erm_on_test_wga() -> None:
 
     def selected_test_wga(method: str) -> float:
         rows = res["rows"][method]
-        return max(rows, key=lambda r: r["metrics"]["val"]["wga"])["metrics"]["test"]["wga"]
+        return max(rows, key=lambda r: r.metrics["val"]["wga"]).metrics["test"]["wga"]
 
     assert selected_test_wga("cma") > selected_test_wga("erm") + 0.2
 
@@ -108,9 +109,9 @@ def test_grid_equals_separate_runs(tmp_path: Path) -> None:
     grid = fit_method(fs, "cma", configs, st)
     for cfg, row in zip(configs, grid, strict=True):
         alone = fit_method(fs, "cma", [cfg], st)[0]
-        torch.testing.assert_close(row["_theta"], alone["_theta"], rtol=1e-9, atol=1e-12)
-        assert row["metrics"] == alone["metrics"]
-        assert row["best_step"] == alone["best_step"]
+        torch.testing.assert_close(row.theta, alone.theta, rtol=1e-9, atol=1e-12)
+        assert row.metrics == alone.metrics
+        assert row.best_step == alone.best_step
 
 
 @pytest.mark.parametrize("method", ["groupdro", "fishr", "irm", "vrex"])
@@ -121,7 +122,7 @@ def test_other_methods_grid_equals_separate_runs(tmp_path: Path, method: str) ->
     configs = [_cfg(**{key: v}) for v in (0.1, 10.0)]
     grid = fit_method(fs, method, configs, st)
     for cfg, row in zip(configs, grid, strict=True):
-        torch.testing.assert_close(row["_theta"], fit_method(fs, method, [cfg], st)[0]["_theta"],
+        torch.testing.assert_close(row.theta, fit_method(fs, method, [cfg], st)[0].theta,
                                    rtol=1e-9, atol=1e-12)
 
 
@@ -130,30 +131,30 @@ def test_chunked_cohort_equals_one_batch(tmp_path: Path) -> None:
     configs = [_cfg(alpha=a, beta=b) for a in (0.0, 1.0, 10.0) for b in (0.0, 5.0)]
     st = Settings(steps=30, batch_size=16, eval_every=10, dtype=torch.float64)
     chunked = Settings(steps=30, batch_size=16, eval_every=10, dtype=torch.float64, max_heads=4)
-    assert [len(c) for _, c in plan(fs, "cma", configs, chunked)] == [3, 3]
+    assert [len(c) for c in plan_method(fs, "cma", configs, chunked)] == [3, 3]
     for a, b in zip(fit_method(fs, "cma", configs, st), fit_method(fs, "cma", configs, chunked), strict=True):
-        torch.testing.assert_close(a["_theta"], b["_theta"], rtol=1e-9, atol=1e-12)
-        assert a["run_id"] == b["run_id"]
+        torch.testing.assert_close(a.theta, b.theta, rtol=1e-9, atol=1e-12)
+        assert a.run_id == b.run_id
 
 
 def test_plan_chunks_by_memory_estimate(tmp_path: Path) -> None:
     fs = _fs(tmp_path)
     configs = [_cfg(alpha=float(a), seed=s) for a in range(5) for s in (0, 1)]
-    roomy = plan(fs, "cma", configs, Settings(batch_size=16))
-    assert [c["seed"] for c, _ in roomy] == [0, 1] and [len(i) for _, i in roomy] == [5, 5]
+    roomy = plan_method(fs, "cma", configs, Settings(batch_size=16))
+    assert [c.seed for c in roomy] == [0, 1] and [len(c) for c in roomy] == [5, 5]
     # A budget below one head's estimate: one head per chunk, still every config once.
-    tight = plan(fs, "cma", configs, Settings(batch_size=16, memory_bytes=1))
-    assert sorted(i for _, idx in tight for i in idx) == list(range(10)) and all(len(i) == 1 for _, i in tight)
+    tight = plan_method(fs, "cma", configs, Settings(batch_size=16, memory_bytes=1))
+    assert sorted(i for c in tight for i in c.configs) == list(range(10)) and all(len(c) == 1 for c in tight)
 
 
 def test_seeds_change_batches_but_not_full_batch(tmp_path: Path) -> None:
     fs = _fs(tmp_path)
     mini = Settings(steps=30, batch_size=8, eval_every=30, dtype=torch.float64)
     a, b = fit_method(fs, "erm", [_cfg(seed=0), _cfg(seed=1)], mini)
-    assert not torch.allclose(a["_theta"], b["_theta"])
+    assert not torch.allclose(a.theta, b.theta)
     full = Settings(steps=30, batch_size=0, eval_every=30, dtype=torch.float64)
     a, b = fit_method(fs, "erm", [_cfg(seed=0), _cfg(seed=1)], full)
-    torch.testing.assert_close(a["_theta"], b["_theta"])
+    torch.testing.assert_close(a.theta, b.theta)
 
 
 def test_ce_weighting_setting(tmp_path: Path) -> None:
@@ -167,10 +168,10 @@ def test_ce_weighting_setting(tmp_path: Path) -> None:
     rw = fit_method(fs, "reweight", [_cfg()], Settings(**st))[0]
     rw_pooled = fit_method(fs, "reweight", [_cfg()], Settings(**st, ce_weighting="pooled"))[0]
     erm_domain = fit_method(fs, "erm", [_cfg()], Settings(**st, ce_weighting="domain"))[0]
-    assert not torch.allclose(erm["_theta"], rw["_theta"])
-    torch.testing.assert_close(rw_pooled["_theta"], erm["_theta"])
-    torch.testing.assert_close(erm_domain["_theta"], rw["_theta"])
-    assert erm["hparams"]["ce_weighting"] == "pooled" and erm_domain["hparams"]["ce_weighting"] == "domain"
+    assert not torch.allclose(erm.theta, rw.theta)
+    torch.testing.assert_close(rw_pooled.theta, erm.theta)
+    torch.testing.assert_close(erm_domain.theta, rw.theta)
+    assert erm.hparams["ce_weighting"] == "pooled" and erm_domain.hparams["ce_weighting"] == "domain"
 
 
 # ---------------------------------------------------------------------------- annealing
@@ -182,13 +183,13 @@ def test_annealing_switches_penalty_on_at_the_right_step(tmp_path: Path) -> None
     erm, cma_late, cma_now = fit_method(
         fs, "cma", [_cfg(alpha=0.0, beta=0.0), _cfg(alpha=50.0, beta=50.0, anneal=20),
                     _cfg(alpha=50.0, beta=50.0, anneal=0)], st)
-    loss_erm, loss_late = erm["history"]["loss"], cma_late["history"]["loss"]
+    loss_erm, loss_late = erm.history["loss"], cma_late.history["loss"]
     # Identical to ERM for steps 1..20 (history index 19 is step 20), then the penalty enters.
     np.testing.assert_allclose(loss_late[:20], loss_erm[:20], rtol=1e-12)
     assert loss_late[20] > loss_erm[20] + 1e-9
-    assert cma_now["history"]["loss"][0] > loss_erm[0] + 1e-9
+    assert cma_now.history["loss"][0] > loss_erm[0] + 1e-9
     # No checkpoint from the ERM phase is kept for the annealed head.
-    assert cma_late["best_step"] > 20
+    assert cma_late.best_step > 20
 
 
 def test_annealing_resets_the_optimizer_of_exactly_those_heads(tmp_path: Path) -> None:
@@ -199,8 +200,8 @@ def test_annealing_resets_the_optimizer_of_exactly_those_heads(tmp_path: Path) -
     plain, reset = fit_method(fs, "cma", [_cfg(alpha=0.0, beta=0.0, lr=lr, weight_decay=wd),
                                           _cfg(alpha=0.0, beta=0.0, lr=lr, weight_decay=wd, anneal=20)], st)
     erm = fit_method(fs, "erm", [_cfg(lr=lr, weight_decay=wd)], st)[0]
-    torch.testing.assert_close(plain["_theta"], erm["_theta"])
-    assert not torch.allclose(plain["_theta"], reset["_theta"])
+    torch.testing.assert_close(plain.theta, erm.theta)
+    assert not torch.allclose(plain.theta, reset.theta)
 
     # Reference: torch.optim.Adam (L2 on the weights only), restarted after 20 steps.
     tr = fs.split == 0
@@ -216,7 +217,7 @@ def test_annealing_resets_the_optimizer_of_exactly_those_heads(tmp_path: Path) -
             torch.nn.functional.cross_entropy(X @ W.T + b, y).backward()
             opt.step()
     want = torch.cat([W.detach(), b.detach()[:, None]], 1)
-    torch.testing.assert_close(reset["_theta"], want, rtol=1e-7, atol=1e-9)
+    torch.testing.assert_close(reset.theta, want, rtol=1e-7, atol=1e-9)
 
 
 def test_optimizer_reset_only_touches_switching_heads() -> None:
@@ -245,19 +246,19 @@ def test_diverging_configuration_does_not_stop_the_grid(tmp_path: Path, optimize
     st = Settings(steps=50, batch_size=0, eval_every=10, optimizer=optimizer, dtype=torch.float32)
     good_cfg = _cfg(alpha=1.0, beta=1.0, lr=1e-1)
     rows = fit_method(fs, "cma", [good_cfg, _cfg(**bad)], st)
-    assert rows[0]["status"] == "ok" and rows[1]["status"] == "diverged"
-    assert rows[0]["metrics"]["test"]["wga"] is not None
-    assert rows[1]["steps_run"] < 50
+    assert rows[0].status == "ok" and rows[1].status == "diverged"
+    assert rows[0].metrics["test"]["wga"] is not None
+    assert rows[1].steps_run < 50
     # The healthy head is exactly what it is alone.
-    torch.testing.assert_close(rows[0]["_theta"], fit_method(fs, "cma", [good_cfg], st)[0]["_theta"])
+    torch.testing.assert_close(rows[0].theta, fit_method(fs, "cma", [good_cfg], st)[0].theta)
 
 
 def test_patience_stops_a_head_early(tmp_path: Path) -> None:
     fs = _fs(tmp_path)
     st = Settings(steps=200, batch_size=0, eval_every=5, patience=2, dtype=torch.float64)
     row = fit_method(fs, "erm", [_cfg(lr=0.5)], st)[0]
-    assert row["steps_run"] < 200
-    assert row["steps_run"] - row["best_step"] == 2 * 5
+    assert row.steps_run < 200
+    assert row.steps_run - row.best_step == 2 * 5
 
 
 def test_keyboard_interrupt_keeps_finished_configurations(tmp_path: Path) -> None:
@@ -327,7 +328,7 @@ def test_overwrite_replaces_the_run_and_drops_stale_heads(tmp_path: Path) -> Non
     assert (run / "heads" / "reweight.safetensors").exists()
     from base.errors import UserError
 
-    with pytest.raises(UserError, match="--overwrite"):
+    with pytest.raises(UserError, match="`overwrite`"):
         fit_grid(fs, ["erm"], {}, run, steps=5, batch_size=0, eval_every=5)
     fit_grid(fs, ["erm"], {}, run, overwrite=True, steps=5, batch_size=0, eval_every=5)
     assert not (run / "heads" / "reweight.safetensors").exists()
@@ -357,9 +358,9 @@ def test_pca_and_l2_preprocessing(tmp_path: Path) -> None:
     fs = _fs(tmp_path, dim=8)
     st = Settings(steps=10, batch_size=0, eval_every=10, pca_dim=3, dtype=torch.float64)
     row = fit_method(fs, "erm", [_cfg(preprocess="pca")], st)[0]
-    assert row["_theta"].shape == (2, 4) and row["_pre"]["proj"].shape == (8, 3)
+    assert row.theta.shape == (2, 4) and row.pre["proj"].shape == (8, 3)
     again = fit_method(fs, "erm", [_cfg(preprocess="pca")], st)[0]
-    torch.testing.assert_close(row["_theta"], again["_theta"])
+    torch.testing.assert_close(row.theta, again.theta)
     X = torch.randn(5, 8, dtype=torch.float64)
     torch.testing.assert_close(Preprocessor("l2").transform(X).norm(dim=1), torch.ones(5, dtype=torch.float64))
 
@@ -380,17 +381,17 @@ def test_linear_head_estimator() -> None:
     np.testing.assert_allclose(proba.sum(1), 1.0, rtol=1e-5)
     assert set(head.predict(fs.features)) <= {"land", "water"}
     assert head.score(fs.features[va], labels[va]) > 0.6
-    assert head.result_["best_step"] % 10 == 0
+    assert head.result_.best_step % 10 == 0
     with pytest.raises(ValueError, match="lam"):
         LinearHead("cma", lam=1.0, steps=2).fit(fs.features[tr], fs.y[tr], fs.group[tr])
 
 
 @pytest.mark.parametrize(("grid", "fragment"), [
-    ({"seed": [1.5]}, "--seed: 1.5 is not a whole number"),
-    ({"lr": [-1e-3]}, "--lr: -0.001 is not allowed"),
-    ({"alpha": ["big"]}, "--alpha: 'big' is not a number"),
-    ({"weight_decay": [float("nan")]}, "--weight-decay: nan is not allowed"),
-    ({"preprocess": ["whiten"]}, "--preprocess 'whiten'"),
+    ({"seed": [1.5]}, "`seed`: 1.5 is not a whole number"),
+    ({"lr": [-1e-3]}, "`lr`: -0.001 is not allowed"),
+    ({"alpha": ["big"]}, "`alpha`: 'big' is not a number"),
+    ({"weight_decay": [float("nan")]}, "`weight_decay`: nan is not allowed"),
+    ({"preprocess": ["whiten"]}, "`preprocess` 'whiten'"),
     ({"gamma": [1.0]}, "unknown hyperparameter 'gamma'"),
 ])
 def test_fit_grid_checks_a_grid_given_in_python(tmp_path: Path, grid: dict, fragment: str) -> None:

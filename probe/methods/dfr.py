@@ -14,10 +14,13 @@ training rows added):
   regressions at the chosen C, each on a fresh group-balanced subsample of the
   whole validation set, and their coefficients and intercepts are averaged.
 
+With more than two classes each fit is one-vs-rest L1 logistic regression, as
+liblinear did by itself in the scikit-learn the authors used (1.9's does not).
+
 DFR trains on validation data, so its validation metrics are in-sample; only
 its test numbers compare with the other methods. It is scikit-learn based, not
-gradient based, so it sits beside the objectives registry and writes the same
-result rows.
+gradient based: a registered method with its own ``fit``, whose rows are the
+same :class:`probe.results.Result` records, scored by the same code.
 """
 
 from __future__ import annotations
@@ -25,12 +28,11 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import sklearn
-import torch
-from sklearn.linear_model import LogisticRegression
 
 from features.store import SPLITS, FeatureSet
-from probe.metrics import group_sizes, split_metrics
+from probe.methods.base import Method, register
+from probe.metrics import metrics_by_head
+from probe.results import Result, run_id
 
 C_OPTIONS = (1.0, 0.7, 0.3, 0.1, 0.07, 0.03, 0.01)
 N_RETRAINS = 20
@@ -43,12 +45,27 @@ def _balanced(idx: np.ndarray, group: np.ndarray, rng: np.random.Generator) -> n
     return np.concatenate([rng.choice(g, n, replace=False) for g in groups])
 
 
-# scikit-learn 1.8 deprecated `penalty`; an L1 fit is spelled l1_ratio=1 from then on.
-_L1 = {"l1_ratio": 1.0} if tuple(int(v) for v in sklearn.__version__.split(".")[:2]) >= (1, 8) else {"penalty": "l1"}
+def _fit(X: np.ndarray, y: np.ndarray, c: float, seed: int) -> Any:
+    import sklearn
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.multiclass import OneVsRestClassifier
+
+    # scikit-learn 1.8 deprecated `penalty`; an L1 fit is spelled l1_ratio=1 from then on.
+    new = tuple(int(v) for v in sklearn.__version__.split(".")[:2]) >= (1, 8)
+    model = LogisticRegression(C=c, solver="liblinear", random_state=seed,
+                               **({"l1_ratio": 1.0} if new else {"penalty": "l1"}))
+    return (model if len(np.unique(y)) <= 2 else OneVsRestClassifier(model)).fit(X, y)
 
 
-def _fit(X: np.ndarray, y: np.ndarray, c: float, seed: int) -> LogisticRegression:
-    return LogisticRegression(C=c, solver="liblinear", random_state=seed, **_L1).fit(X, y)
+def _coefficients(model: Any, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """(C, d) weights and (C,) biases of a softmax head that predicts as ``model`` does."""
+    if hasattr(model, "estimators_"):  # one-vs-rest: class c scores with its own binary fit
+        coef = np.vstack([e.coef_ for e in model.estimators_])
+        return coef, np.concatenate([e.intercept_ for e in model.estimators_])
+    coef, icpt = model.coef_, model.intercept_
+    if num_classes == 2:  # binary LR: the logit of class 1; as a 2-row softmax head
+        coef, icpt = np.vstack([np.zeros_like(coef), coef]), np.concatenate([[0.0], icpt])
+    return coef, icpt
 
 
 def _scaler(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -79,8 +96,10 @@ def tune_c(fs: FeatureSet, rng: np.random.Generator, seed: int,
 
 
 def fit_dfr(fs: FeatureSet, seed: int = 0, n_retrains: int = N_RETRAINS,
-            c_options: tuple[float, ...] = C_OPTIONS) -> dict[str, Any]:
-    """One DFR head for one seed, as a result row in the trainer's format."""
+            c_options: tuple[float, ...] = C_OPTIONS) -> Result:
+    """One DFR head for one seed, as a result record."""
+    import torch
+
     rng = np.random.default_rng(seed)
     best_c, scores = tune_c(fs, rng, seed, c_options)
     val = np.flatnonzero(fs.split == SPLITS["val"])
@@ -89,28 +108,38 @@ def fit_dfr(fs: FeatureSet, seed: int = 0, n_retrains: int = N_RETRAINS,
     coefs, intercepts = [], []
     for _ in range(n_retrains):
         sub = _balanced(val, fs.group, rng)
-        model = _fit((fs.features[sub] - mean) / scale, fs.y[sub], best_c, seed)
-        coef, icpt = model.coef_, model.intercept_
-        if fs.num_classes == 2:  # binary LR: the logit of class 1; as a 2-row softmax head
-            coef, icpt = np.vstack([np.zeros_like(coef), coef]), np.concatenate([[0.0], icpt])
+        coef, icpt = _coefficients(_fit((fs.features[sub] - mean) / scale, fs.y[sub], best_c, seed),
+                                   fs.num_classes)
         coefs.append(coef)
         intercepts.append(icpt)
     theta = np.concatenate([np.mean(coefs, 0), np.mean(intercepts, 0)[:, None]], axis=1)
     Z = (fs.features - mean) / scale
-    pred = (Z @ theta[:, :-1].T + theta[:, -1]).argmax(1)
-    train_total = group_sizes(fs.group[train], fs.num_groups)
-    metrics = {name: split_metrics(pred[fs.split == code], fs.y[fs.split == code], fs.group[fs.split == code],
-                                   fs.group_names, train_total) for name, code in SPLITS.items()}
-    return {
-        "method": "dfr",
+    pred = torch.as_tensor((Z @ theta[:, :-1].T + theta[:, -1]).argmax(1))
+    metrics = metrics_by_head(fs, {name: pred[torch.as_tensor(fs.split == code)].unsqueeze(0)
+                                   for name, code in SPLITS.items()})[0]
+    return Result(
+        method="dfr",
         # C is tuned inside each seed, so it is not a hyperparameter of the configuration:
         # seeds with different C still form one configuration for selection and reports.
-        "hparams": {"seed": seed, "n_retrains": n_retrains, "c_options": list(c_options),
-                    "preprocess": "standardize (fitted on train)"},
-        "tuned": {"C": best_c, "tuning_wga": {f"{c:g}": s for c, s in scores.items()}},
-        "status": "ok", "steps_run": 0, "best_step": 0, "metrics": metrics,
-        "history": {"step": [], "loss": [], "val_wga": [], "val_acc": [], "penalty": {}},
-        "_theta": torch.as_tensor(theta, dtype=torch.float32),
-        "_pre": {"mean": torch.as_tensor(mean, dtype=torch.float32),
-                 "scale": torch.as_tensor(scale, dtype=torch.float32)},
-    }
+        hparams={"seed": seed, "n_retrains": n_retrains, "c_options": list(c_options),
+                 "preprocess": "standardize (fitted on train)"},
+        tuned={"C": best_c, "tuning_wga": {f"{c:g}": s for c, s in scores.items()}},
+        metrics=metrics,
+        theta=torch.as_tensor(theta, dtype=torch.float32),
+        pre={"mean": torch.as_tensor(mean, dtype=torch.float32), "scale": torch.as_tensor(scale, dtype=torch.float32)},
+    )
+
+
+@register
+class DFR(Method):
+    name = "dfr"
+    display = "DFR"
+    summary = ("dfr: Deep Feature Reweighting, L1 logistic regression on group-balanced validation subsets, C "
+               "tuned on half of validation; one head per seed")
+
+    @classmethod
+    def fit(cls, fs, configs, settings, results):
+        for i, cfg in enumerate(configs):
+            row = fit_dfr(fs, seed=int(cfg["seed"]))
+            row.run_id = run_id(cls.name, i)
+            results.append(row)

@@ -1,4 +1,4 @@
-"""Each objective's loss, and its gradient, against a direct autograd implementation (float64).
+"""Each method's loss, and its gradient, against a direct autograd implementation (float64).
 
 The references form per-domain gradients, Hessians and per-sample gradients with
 torch.func, exactly as the papers define the penalties; the objectives use closed forms.
@@ -12,7 +12,9 @@ import torch.nn.functional as F
 from torch.func import grad, hessian, vmap
 
 from probe import moments
-from probe.objectives import OBJECTIVES, Batch
+from probe.methods import REGISTRY
+from probe.train.data import Batch, forward
+from probe.train.settings import Settings
 
 F64 = torch.float64
 
@@ -37,10 +39,10 @@ def _masks(batch):
 
 
 def _run(name, theta, batch, on=True, ce=None, **hp):
-    cls = OBJECTIVES[name]
+    cls = REGISTRY[name]
     G = theta.shape[0]
-    hps = {k: torch.full((G,), float(hp.get(k, v)), dtype=F64) for k, v in cls.hparams.items()}
-    return cls(hps, ce=ce).loss(theta, batch, torch.full((G,), on))[0]
+    hps = {p.name: torch.full((G,), float(hp.get(p.name, p.default)), dtype=F64) for p in cls.params}
+    return cls(hps, Settings(ce_weighting=ce, dtype=F64)).loss(forward(theta, batch), batch, torch.full((G,), on))[0]
 
 
 def _check(name, theta, batch, reference, **hp):
@@ -165,11 +167,11 @@ def test_penalty_off_while_annealing_equals_erm(name: str) -> None:
 def test_groupdro_exponentiated_gradient_weights() -> None:
     theta, batch = _problem(G=2)
     eta = torch.tensor([0.5, 0.0], dtype=F64)
-    obj = OBJECTIVES["groupdro"]({"eta": eta})
+    obj = REGISTRY["groupdro"]({"eta": eta}, Settings(dtype=F64))
     losses = torch.stack([torch.stack([_ce(theta[g], batch.X[m], batch.y[m]) for m in _masks(batch)])
                           for g in range(2)])
     for _ in range(5):
-        robust = obj.loss(theta, batch, torch.tensor([True, True]))[0]
+        robust = obj.loss(forward(theta, batch), batch, torch.tensor([True, True]))[0]
     # q_k ∝ exp(η · steps · loss_k) from uniform, per head; η = 0 stays uniform.
     torch.testing.assert_close(obj.q[0], torch.softmax(0.5 * 5 * losses[0], 0))
     torch.testing.assert_close(obj.q[1], torch.full((3,), 1 / 3, dtype=F64))

@@ -1,0 +1,56 @@
+"""Fit one method's configurations, whatever fits it: the batched trainer for gradient
+methods, the method's own ``fit`` for closed-form ones (DFR)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from features.store import FeatureSet
+from probe.methods import get_method
+from probe.methods.base import GradientMethod, Method
+from probe.results import Result
+from probe.train.loop import fit_chunks
+from probe.train.plan import Chunk, plan
+from probe.train.settings import Settings
+
+
+def method_class(method: str | type[Method]) -> type[Method]:
+    return get_method(method) if isinstance(method, str) else method
+
+
+def plan_method(fs: FeatureSet, method: str | type[Method], configs: list[dict[str, Any]],
+                settings: Settings) -> list[Chunk] | None:
+    """The trainer's chunks for a gradient method; None for a closed-form one."""
+    cls = method_class(method)
+    return plan(fs, cls, configs, settings) if issubclass(cls, GradientMethod) else None
+
+
+def progress_units(chunks: list[Chunk] | None, settings: Settings) -> int:
+    """Steps a fit reports through ``on_step`` (closed-form fits report none)."""
+    return len(chunks) * settings.steps if chunks is not None else 0
+
+
+def fit_method(fs: FeatureSet, method: str | type[Method], configs: list[dict[str, Any]], settings: Settings,
+               on_step: Callable[[int], None] | None = None, results: list[Result] | None = None,
+               chunks: list[Chunk] | None = None) -> list[Result]:
+    """Fit every configuration of one method; one :class:`Result` per configuration, in
+    the order of ``configs`` (run ids ``<method>-<index>``). ``chunks`` is
+    ``plan_method(...)`` when the caller has it already.
+
+    Rows are also appended to ``results`` as they finish (a chunk at a time), so a
+    caller that catches KeyboardInterrupt still holds every finished configuration.
+    """
+    cls = method_class(method)
+    out = results if results is not None else []
+    start = len(out)
+    if issubclass(cls, GradientMethod):
+        for cfg in configs:
+            missing = [k for k in ("seed", "preprocess") if k not in cfg]
+            if missing:
+                raise ValueError(f"configuration {cfg} lacks {missing}")
+        fit_chunks(fs, cls, configs, settings, chunks if chunks is not None else plan(fs, cls, configs, settings),
+                   on_step, out)
+    else:
+        cls.fit(fs, configs, settings, out)
+    return sorted(out[start:], key=lambda r: r.sort_key())

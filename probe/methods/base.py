@@ -1,0 +1,198 @@
+"""What a method is: one registered class declaring its hyperparameters, its display
+name, its memory cost and how it is fitted (DomainBed's algorithms and hparams
+registry in one place; timm's ``@register_model``: a method registers where it is
+defined, and every list — CLI flags and help, default grids, ``LinearHead``'s
+parameters, report labels, the memory planner — is read from the registry).
+
+Two kinds:
+
+* :class:`GradientMethod`: a loss over a grid of heads, trained by the batched
+  trainer (``probe.train``). A subclass declares its penalty terms and the
+  hyperparameter weighting each (``penalties``), and computes them from one
+  logits pass of the whole grid (``penalty_terms``).
+* :class:`Method` with its own ``fit`` (closed form or scikit-learn, as DFR).
+
+Declarations import no torch (``--help`` reads them); the tensor work happens in
+methods called during a fit.
+
+Cross-entropy weighting (``ce_weighting``), the same for every gradient method but GroupDRO:
+
+* ``"pooled"``: the natural-distribution mean CE. Minibatches are domain-balanced,
+  so each domain's mean CE is weighted by its share of the training rows
+  (importance weights); the expectation equals the plain mean over training rows.
+* ``"domain"``: the mean of the per-domain mean CEs (every domain weighs the same).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from base.errors import UserError
+from probe.grid import Param, expand
+from probe.preprocess import KINDS as PREPROCESS_KINDS
+
+if TYPE_CHECKING:
+    import torch
+
+    from features.store import FeatureSet
+    from probe.results import Result
+    from probe.train.data import Batch, Forward
+    from probe.train.settings import Settings
+
+CE_WEIGHTINGS = ("pooled", "domain")
+
+#: hyperparameters several methods share, declared once; a method lists the ones it takes
+COMMON: dict[str, Param] = {p.name: p for p in (
+    Param("lr", "Learning rate.", default=1e-2),
+    Param("weight_decay", "L2 strength λ on the weights (not the bias): the loss gets + λ/2‖W‖². sklearn's "
+          "LogisticRegression(C) is the same model at C = 1/(λ·N_train), or 2/(λ·N_train) for two classes.",
+          default=1e-4),
+    Param("anneal", "Steps with the penalties off; the optimizer state of those heads is reset when they "
+          "switch on, and only later checkpoints are kept.", kind=int, default=0),
+    Param("seed", "Seeds (minibatch order; dfr: its subsampling). Results are reported as mean ± std over "
+          "seeds.", kind=int, default=0),
+    Param("preprocess", "Feature preprocessing, fitted on train: none, standardize (z-score), l2 (unit rows), "
+          "pca (pca_dim components), isr-mean (project out the class-conditional spurious-attribute mean "
+          "differences, ISR-Mean of Wang et al. 2022, then z-score).", kind=str, default="standardize",
+          choices=PREPROCESS_KINDS),
+)}
+
+
+class Method:
+    """A method's declarations. Subclasses set the class attributes and register."""
+
+    name: ClassVar[str]
+    display: ClassVar[str]  # its name in papers and report tables
+    summary: ClassVar[str]  # one line for `probe fit --method` help
+    params: ClassVar[tuple[Param, ...]] = ()  # its own hyperparameters
+    common: ClassVar[tuple[str, ...]] = ("seed",)  # the shared ones (COMMON) it takes
+    trained_by: ClassVar[str] = "closed form"
+
+    @classmethod
+    def hyperparameters(cls) -> dict[str, Param]:
+        """Every per-configuration hyperparameter, its own first, then the shared ones."""
+        return {**{p.name: p for p in cls.params}, **{n: COMMON[n] for n in cls.common}}
+
+    @classmethod
+    def configs(cls, grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
+        """The configurations to fit: ``grid``'s values for the hyperparameters this method
+        takes, its default grid for the others; keys it does not take are ignored."""
+        values = {n: list(grid[n]) if grid.get(n) else p.default_grid for n, p in cls.hyperparameters().items()}
+        return expand(values)
+
+    @classmethod
+    def fit(cls, fs: FeatureSet, configs: list[dict[str, Any]], settings: Settings,
+            results: list[Result]) -> None:
+        """Fit every configuration (closed-form methods), appending each finished
+        :class:`Result` to ``results``; gradient methods are fitted by ``probe.train``."""
+        raise NotImplementedError
+
+
+class GradientMethod(Method):
+    """Cross-entropy plus weighted penalties, for a grid of heads at once.
+
+    An instance holds one chunk's per-head hyperparameters ``hp`` (``(G,)`` tensors)
+    and the fit's settings; ``penalty_terms`` returns ``{term: (G,) tensor}`` for the
+    terms in ``penalties`` (term -> the hyperparameter that weights it).
+    """
+
+    trained_by = "gradient"
+    common = ("lr", "weight_decay", "anneal", "seed", "preprocess")
+    penalties: ClassVar[dict[str, str]] = {}
+    #: default CE weighting (module docstring); None: the method's own base loss
+    ce_default: ClassVar[str | None] = "pooled"
+    #: uses the Gram matrix X̃X̃ᵀ of the batch (the trainer may supply it precomputed)
+    uses_gram: ClassVar[bool] = False
+
+    def __init__(self, hp: dict[str, torch.Tensor], settings: Settings) -> None:
+        self.hp = hp
+        self.settings = settings
+        given = settings.ce_weighting
+        self.ce = given if given is not None and self.ce_default is not None else self.ce_default
+
+    @classmethod
+    def penalized(cls) -> bool:
+        return bool(cls.penalties)
+
+    @classmethod
+    def hyperparameters(cls) -> dict[str, Param]:
+        out = super().hyperparameters()
+        if not cls.penalized():
+            out.pop("anneal", None)  # nothing to anneal
+        return out
+
+    @classmethod
+    def memory_per_head(cls, B: int, C: int, D: int, K: int) -> int:
+        """Elements one head needs beyond the trainer's own (its penalty's intermediates)."""
+        return 0
+
+    def base_loss(self, losses: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The loss before penalties, ``(G,)``, from the per-domain mean CEs ``losses`` (G, K')."""
+        if self.ce == "domain":
+            ce = losses.mean(-1)
+        else:
+            share = batch.domain_share[batch.ids]
+            ce = (losses * share).sum(-1) / share.sum()
+        return ce, {"ce": ce}
+
+    def penalty_terms(self, fwd: Forward, batch: Batch, gram: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        return {}
+
+    def loss(self, fwd: Forward, batch: Batch, penalty_on: torch.Tensor,
+             gram: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Total loss ``(G,)`` and what to log; penalties count where ``penalty_on`` (G,) is True."""
+        total, logs = self.base_loss(fwd.losses, batch)
+        if self.penalties:
+            terms = self.penalty_terms(fwd, batch, gram)
+            penalty = sum(self.hp[weight] * terms[term] for term, weight in self.penalties.items())
+            total = total + penalty_on.to(total.dtype) * penalty
+            logs.update(terms)
+        return total, logs
+
+
+# --------------------------------------------------------------------------- registry
+
+REGISTRY: dict[str, type[Method]] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Class decorator: add a method to the registry, checking its declarations."""
+    for attr in ("name", "display", "summary"):
+        if not isinstance(getattr(cls, attr, None), str):
+            raise TypeError(f"{cls.__name__} must declare {attr}")
+    if cls.name in REGISTRY:
+        raise ValueError(f"method {cls.name!r} is registered twice")
+    own = {p.name for p in cls.params}
+    if own & set(COMMON):
+        raise ValueError(f"{cls.name}: {sorted(own & set(COMMON))} are shared hyperparameters; list them in common")
+    if issubclass(cls, GradientMethod):
+        missing = set(cls.penalties.values()) - own
+        if missing:
+            raise ValueError(f"{cls.name}: penalties weighted by undeclared hyperparameters {sorted(missing)}")
+    for other in REGISTRY.values():  # a name shared by methods must mean one kind of value
+        for p in cls.params:
+            q = other.hyperparameters().get(p.name)
+            if q is not None and (q.kind, q.minimum, q.choices) != (p.kind, p.minimum, p.choices):
+                raise ValueError(f"{cls.name}.{p.name} disagrees with {other.name}.{p.name} on its type or range")
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def method_names() -> list[str]:
+    """Gradient methods by name, then the others (the order of help and messages)."""
+    return sorted(REGISTRY, key=lambda n: (REGISTRY[n].trained_by != "gradient", n))
+
+
+def get_method(name: str) -> type[Method]:
+    if name not in REGISTRY:
+        raise UserError(f"`method`: unknown method {name!r}; choose from {', '.join(method_names())}")
+    return REGISTRY[name]
+
+
+def all_params() -> dict[str, list[tuple[type[Method], Param]]]:
+    """Hyperparameter name -> the (method, declaration) pairs that take it."""
+    out: dict[str, list[tuple[type[Method], Param]]] = {}
+    for name in method_names():
+        for p in REGISTRY[name].hyperparameters().values():
+            out.setdefault(p.name, []).append((REGISTRY[name], p))
+    return out

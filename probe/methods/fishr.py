@@ -1,0 +1,39 @@
+"""Fishr (Ramé et al. 2022) on the head, in closed form."""
+
+from __future__ import annotations
+
+from probe.grid import Param
+from probe.methods.base import GradientMethod, register
+
+
+@register
+class Fishr(GradientMethod):
+    """The variance across domains of the per-domain (diagonal) variances of per-sample
+    gradients. A linear head's per-sample gradient is (p_i − y_i) x̃_iᵀ, so the variance
+    is E_e[r²] x̃² − (E_e[r x̃])² in closed form (no BackPACK); the penalty is
+    (1/K') Σ_e ‖v_e − v̄‖²."""
+
+    name = "fishr"
+    display = "Fishr"
+    summary = "fishr: Fishr, the variance across domains of per-sample gradient variances (lam)"
+    params = (Param("lam", "Fishr penalty weight λ.", default=1e2, grid=(1e1, 1e2, 1e3),
+                    symbol="λ"),)
+    penalties = {"fishr": "lam"}
+
+    @classmethod
+    def memory_per_head(cls, B, C, D, K):
+        return 8 * K * C * D + 4 * K * B * C
+
+    def penalty_terms(self, fwd, batch, gram):
+        from probe import moments
+
+        Xt = moments.augment(batch.X)
+        r = fwd.residual
+        G, B, C = r.shape
+        K = batch.W.shape[1]
+        # Weighted sums over rows as matmuls: (G·C·K', B) @ (B, d̃); no (G, B, C, d̃) tensor.
+        rw = (r.permute(0, 2, 1).unsqueeze(2) * batch.W.T.unsqueeze(0).unsqueeze(0))  # (G, C, K', B)
+        mean_g = (rw.reshape(-1, B) @ Xt).view(G, C, K, -1)
+        mean_g2 = ((rw * r.permute(0, 2, 1).unsqueeze(2)).reshape(-1, B) @ (Xt * Xt)).view(G, C, K, -1)
+        var = mean_g2 - mean_g**2
+        return {"fishr": ((var - var.mean(2, keepdim=True)) ** 2).sum((1, 3)).mean(1)}

@@ -1,0 +1,94 @@
+"""The pieces every moment is built from: the augmented features, logits, domain weights,
+the Gram matrix and its square, and the normalisation factor."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from base.lazy import lazy_import
+from probe.moments.checks import _as_grid, _check_domain_ids
+
+torch = lazy_import("torch")
+
+Normalize = Literal[None, "dC"]
+NORMALIZE_OPTIONS: tuple[str | None, ...] = (None, "dC")
+
+
+def augment(X: torch.Tensor) -> torch.Tensor:
+    """``X̃ = [X, 1]``: the bias as a constant feature."""
+    return torch.cat([X, X.new_ones(X.shape[0], 1)], dim=1)
+
+
+def _logits(th: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
+    """(G, N, C) logits; one (N,d)×(d,G·C) matmul for the whole grid."""
+    G, C, d1 = th.shape
+    Wt = th[:, :, : d1 - 1].reshape(G * C, d1 - 1)
+    z = (X @ Wt.T).reshape(X.shape[0], G, C).permute(1, 0, 2)
+    return z + th[:, :, d1 - 1].unsqueeze(1)
+
+
+def logits(theta: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
+    """(G, N, C) logits (or (N, C) for a single head)."""
+    th, single = _as_grid(theta)
+    z = _logits(th, X)
+    return z[0] if single else z
+
+
+def probabilities(theta: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
+    """(G, N, C) softmax probabilities (or (N, C) for a single head)."""
+    return torch.softmax(logits(theta, X), dim=-1)
+
+
+def present_domains(domains: torch.Tensor, num_domains: int | None = None) -> torch.Tensor:
+    """Sorted int64 ids of the domains with at least one row: column k of every
+    ``(…, K')`` result belongs to domain ``present_domains(domains)[k]``."""
+    if not isinstance(domains, torch.Tensor) or domains.dtype != torch.int64 or domains.dim() != 1:
+        raise ValueError(f"domains must be a 1-D int64 tensor, got {getattr(domains, 'dtype', type(domains))}")
+    _check_domain_ids(domains, num_domains)
+    return torch.unique(domains, sorted=True)
+
+
+def _weights(domains: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    ids, inverse = torch.unique(domains, sorted=True, return_inverse=True)
+    if ids.numel() == 0:
+        return torch.zeros(0, 0, dtype=dtype, device=domains.device), ids
+    onehot = torch.nn.functional.one_hot(inverse, ids.numel()).to(dtype)
+    return onehot / onehot.sum(0), ids
+
+
+def domain_weights(domains: torch.Tensor, num_domains: int | None = None,
+                   dtype: torch.dtype | None = None) -> torch.Tensor:
+    """(N, K') matrix with ``1/n_e`` where row i is in present domain e, else 0."""
+    present_domains(domains, num_domains)  # validation only
+    return _weights(domains, torch.float64 if dtype is None else dtype)[0]
+
+
+def _centred(W: torch.Tensor) -> torch.Tensor:
+    """c_ie = W_ie - mean_f W_if: the weights of H_e - H̄ (and G_e - Ḡ)."""
+    return W - W.mean(dim=1, keepdim=True)
+
+
+def feature_gram(X: torch.Tensor) -> torch.Tensor:
+    """``X̃X̃ᵀ`` (N×N) without materialising X̃: the ones column adds 1 everywhere."""
+    return X @ X.T + 1
+
+
+def feature_kernel(X: torch.Tensor, gram: torch.Tensor | None = None) -> torch.Tensor:
+    """``S = (X̃X̃ᵀ)∘(X̃X̃ᵀ)`` (N×N), reusable across heads and calls on the same rows
+    (pass it as ``hessian_variance(..., kernel=S)``)."""
+    g = feature_gram(X) if gram is None else gram
+    return g * g
+
+
+def _scale(normalize: str | None, d: int, C: int) -> float:
+    """Factor applied to every per-domain gradient and Hessian."""
+    return 1.0 / (d * C) if normalize == "dC" else 1.0
+
+
+def _zero(th: torch.Tensor) -> torch.Tensor:
+    # Fewer than two domains: zero, but still attached to theta's graph.
+    return th.sum(dim=(1, 2)) * 0
+
+
+def _finish(out: torch.Tensor, single: bool) -> torch.Tensor:
+    return out[0] if single else out

@@ -1,0 +1,81 @@
+"""Both penalties from one logits pass: the call a trainer wants."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from base.lazy import lazy_import
+from probe.moments.basics import (
+    NORMALIZE_OPTIONS,
+    Normalize,
+    _finish,
+    _logits,
+    _scale,
+    _weights,
+    feature_gram,
+)
+from probe.moments.checks import _as_grid, _check_choice, _validate
+from probe.moments.gradient import _gradient_from_probs, _losses, choose_gradient_method
+from probe.moments.hessian import METHODS, Method, _hessian_from_probs, choose_hessian_method
+
+torch = lazy_import("torch")
+
+
+class Penalties(NamedTuple):
+    """What ``penalty_terms`` returns (one head: no leading G axis)."""
+
+    losses: torch.Tensor  # (G, K') mean cross-entropy per present domain
+    grad_variance: torch.Tensor  # (G,) R_g
+    hess_variance: torch.Tensor  # (G,) R_H
+    domain_ids: torch.Tensor  # (K',) int64 ids of the present domains
+
+
+def penalty_terms(theta: torch.Tensor, X: torch.Tensor, y: torch.Tensor, domains: torch.Tensor,
+                  normalize: Normalize = None, num_domains: int | None = None, *,
+                  method: Method = "auto", gram: torch.Tensor | None = None,
+                  check: bool = True) -> Penalties:
+    """Per-domain mean CE losses, R_g and R_H from one logits pass.
+
+    The Gram matrix ``X̃X̃ᵀ`` (computed here unless ``gram`` is given) serves both
+    the gradient and the Hessian kernel forms. ``method`` applies to R_H; R_g uses
+    its kernel form whenever the Gram matrix is available anyway.
+    """
+    _check_choice("method", method, METHODS)
+    _check_choice("normalize", normalize, NORMALIZE_OPTIONS)
+    if check:
+        _validate(theta, X, y, domains, num_domains, gram=gram)
+    th, single = _as_grid(theta)
+    G, C, _ = th.shape
+    N, d = X.shape
+    if method == "binary" and C != 2:
+        raise ValueError(f"method='binary' needs C = 2 classes, theta has C = {C}")
+    W, ids = _weights(domains, th.dtype)
+    z = _logits(th, X)
+    losses = _losses(z, y, W)
+    rg, rh = variances_from_logits(z, X, y, domains, W, normalize=normalize, method=method, gram=gram)
+    return Penalties(_finish(losses, single), _finish(rg, single), _finish(rh, single), ids)
+
+
+def variances_from_logits(z: torch.Tensor, X: torch.Tensor, y: torch.Tensor, domains: torch.Tensor,
+                          W: torch.Tensor, *, normalize: Normalize = None, method: Method = "auto",
+                          gram: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(R_g, R_H), each ``(G,)``, from a grid's logits ``z`` (G, N, C) on the rows ``X``
+    with domain weights ``W = domain_weights(domains)``: for a trainer that already has
+    the logits. Inputs are not validated (``penalty_terms`` does that)."""
+    G, N, C = z.shape
+    d, K = X.shape[1], W.shape[1]
+    if K < 2:
+        zero = z.sum(dim=(1, 2)) * 0  # zero, still attached to theta's graph
+        return zero, zero
+    P = torch.softmax(z, dim=-1)
+    Y1 = torch.nn.functional.one_hot(y, C).to(z.dtype)
+    hmethod = method
+    if hmethod == "auto":
+        hmethod = choose_hessian_method(G, N, d, C, K, kernel_given=gram is not None, itemsize=z.element_size())
+    if gram is None and (hmethod == "kernel" or choose_gradient_method(G, N, d, C, K) == "kernel"):
+        gram = feature_gram(X)
+    gmethod = "kernel" if gram is not None else "direct"
+    s2 = _scale(normalize, d, C) ** 2
+    rg = _gradient_from_probs(P, Y1, X, W, gmethod, gram) * (s2 / K)
+    rh = _hessian_from_probs(P, X, domains, W, hmethod, None, gram) * (s2 / K)
+    return rg, rh

@@ -1,0 +1,210 @@
+"""What a cohort's heads share: the splits, the domain-balanced batch stream, one logits pass.
+
+Features are read from the shared feature matrix and preprocessed on demand (a
+batch, or a chunk at evaluation), so the matrix is never copied whole: peak
+memory stays close to the matrix itself at CelebA scale.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from base.errors import UserError
+from features.store import SPLITS, FeatureSet
+from probe import moments
+from probe.preprocess import Preprocessor
+from probe.train.settings import DOMAIN_COLUMNS, Settings
+
+#: the preprocessed training rows, and their Gram matrix (for CMA), are computed once
+#: per cohort and batches gathered from them when each is at most this large: a
+#: gather instead of preprocessing and a (B×d̃)·(d̃×B) matmul at every step
+CACHE_BYTES = 256 * 1024**2
+
+
+@dataclass
+class Split:
+    """One split's rows, indexing the shared feature matrix."""
+
+    source: torch.Tensor  # the full (N, d) feature matrix, shared by all splits
+    rows: torch.Tensor  # (n,) indices into source
+    y: torch.Tensor
+    group: torch.Tensor
+    domain: torch.Tensor
+    pre: Preprocessor
+    dtype: torch.dtype
+
+    def X(self, idx: torch.Tensor | None = None) -> torch.Tensor:
+        rows = self.rows if idx is None else self.rows[idx]
+        return self.pre.transform(self.source.index_select(0, rows).to(self.dtype))
+
+    def predict(self, theta: torch.Tensor, X: torch.Tensor | None = None) -> torch.Tensor:
+        """(G, n) predicted classes, in row chunks sized to the grid."""
+        G, C, _ = theta.shape
+        chunk = max(256, min(16384, (64 * 1024**2) // max(1, G * C * theta.element_size())))
+        n = len(self.rows)
+        parts = []
+        for i in range(0, n, chunk):
+            Xi = X[i: i + chunk] if X is not None else self.X(torch.arange(i, min(i + chunk, n),
+                                                                           device=self.rows.device))
+            parts.append(moments.logits(theta, Xi).argmax(-1))
+        return torch.cat(parts, dim=-1) if parts else torch.zeros(G, 0, dtype=torch.long, device=theta.device)
+
+
+def domain_column(fs: FeatureSet, domain: str) -> np.ndarray:
+    return {"group": fs.group, "a": fs.a, "y": fs.y}[domain]
+
+
+def validate_for_fit(fs: FeatureSet, domain: str) -> None:
+    """The checks a fit needs beyond a readable file; each a one-line UserError."""
+    if domain not in DOMAIN_COLUMNS:
+        raise UserError(f"`domain` {domain!r}: choose one of {', '.join(DOMAIN_COLUMNS)}")
+    for name, code in SPLITS.items():
+        if not (fs.split == code).any():
+            raise UserError(f"{fs.path}: the {name} split has no rows; every split needs rows to fit and select")
+    train = fs.split == SPLITS["train"]
+    for c, cname in enumerate(fs.class_names):
+        if not (train & (fs.y == c)).any():
+            raise UserError(f"{fs.path}: class {cname!r} has no training rows; drop it or add rows")
+    for g, gname in enumerate(fs.group_names):
+        if not (train & (fs.group == g)).any():
+            raise UserError(f"{fs.path}: group {gname!r} has no training rows; group metrics and penalties need it")
+    if domain == "a" and (fs.a[train] < 0).any():
+        raise UserError(f"{fs.path}: `domain` a needs the spurious attribute on every training row (found -1)")
+
+
+def prepare(fs: FeatureSet, preprocess: str, settings: Settings) -> dict[str, Split]:
+    """Fit the cohort's preprocessing on train; index every split into the shared matrix."""
+    dev, dt = settings.device, settings.dtype
+    source = torch.as_tensor(fs.features, device=dev)  # no copy on the CPU
+    train_rows = torch.as_tensor(np.flatnonzero(fs.split == SPLITS["train"]), device=dev)
+    pre = Preprocessor(preprocess, settings.pca_dim).fit_rows(
+        source, train_rows, torch.as_tensor(fs.y, device=dev), torch.as_tensor(fs.a, device=dev), dt)
+    dom_col = domain_column(fs, settings.domain)
+    splits = {}
+    for name, code in SPLITS.items():
+        rows = np.flatnonzero(fs.split == code)
+        splits[name] = Split(source, torch.as_tensor(rows, device=dev), torch.as_tensor(fs.y[rows], device=dev),
+                             torch.as_tensor(fs.group[rows], device=dev),
+                             torch.as_tensor(np.maximum(dom_col[rows], 0), device=dev), pre, dt)
+    return splits
+
+
+class BalancedSampler:
+    """Domain-balanced minibatches: each batch holds ~B/K rows of every domain
+    (the first B mod K domains one more), each domain cycled through in a fresh
+    random order per pass. The stream depends only on (seed, batch size, domains)."""
+
+    def __init__(self, domains: np.ndarray, num_domains: int, batch_size: int, seed: int) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.pools = [p for p in (np.flatnonzero(domains == k) for k in range(num_domains)) if len(p)]
+        self.full = batch_size <= 0 or batch_size >= len(domains)
+        self.all = np.arange(len(domains))
+        k = len(self.pools)
+        self.sizes = [batch_size // k + (1 if i < batch_size % k else 0) for i in range(k)]
+        self.orders = [self.rng.permutation(p) for p in self.pools]
+        self.pos = [0] * k
+
+    def next(self) -> np.ndarray:
+        if self.full:
+            return self.all
+        parts = []
+        for i, size in enumerate(self.sizes):
+            while size > 0:
+                order = self.orders[i]
+                chunk = order[self.pos[i]: self.pos[i] + size]
+                parts.append(chunk)
+                size -= len(chunk)
+                self.pos[i] += len(chunk)
+                if self.pos[i] >= len(order):
+                    self.orders[i] = self.rng.permutation(self.pools[i])
+                    self.pos[i] = 0
+        return np.concatenate(parts)
+
+
+@dataclass
+class Batch:
+    """One minibatch, with what every head of the cohort shares about it."""
+
+    X: torch.Tensor  # (B, d) preprocessed features
+    y: torch.Tensor  # (B,) int64
+    domains: torch.Tensor  # (B,) ids in 0..K-1
+    num_domains: int  # K
+    domain_share: torch.Tensor  # (K,) each domain's share of the training rows
+    W: torch.Tensor | None = None  # (B, K') 1/n_e weights over the present domains
+    ids: torch.Tensor | None = None  # (K',) ids of the present domains
+
+    def __post_init__(self) -> None:
+        if self.W is None:
+            self.W = moments.domain_weights(self.domains, self.num_domains, dtype=self.X.dtype)
+        if self.ids is None:
+            self.ids = moments.present_domains(self.domains, self.num_domains)
+
+
+@dataclass
+class Forward:
+    """One logits pass of the grid, and what the closed-form penalties need from it."""
+
+    z: torch.Tensor  # (G, B, C) logits
+    p: torch.Tensor  # (G, B, C) probabilities
+    residual: torch.Tensor  # (G, B, C) p - onehot(y): per-sample dCE/dlogits
+    losses: torch.Tensor  # (G, K') per-domain mean CE
+
+
+def forward(theta: torch.Tensor, batch: Batch) -> Forward:
+    z = moments.logits(theta, batch.X)
+    logp = torch.log_softmax(z, -1)
+    nll = -logp.gather(-1, batch.y.view(1, -1, 1).expand(z.shape[0], -1, 1)).squeeze(-1)
+    p = logp.exp()
+    residual = p.scatter_add(-1, batch.y.view(1, -1, 1).expand(z.shape[0], -1, 1),
+                             torch.full_like(p[..., :1], -1.0))
+    return Forward(z, p, residual, nll @ batch.W)
+
+
+def gram(X: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+    """X̃X̃ᵀ (the bias column included), built in row blocks."""
+    out = torch.empty(X.shape[0], X.shape[0], dtype=X.dtype, device=X.device)
+    for i in range(0, X.shape[0], chunk):
+        out[i: i + chunk] = X[i: i + chunk] @ X.T + 1
+    return out
+
+
+class Stream:
+    """The cohort's batches: rows, features, labels, domain weights and (for the
+    kernel penalties) the Gram matrix, computed once per step for every head.
+
+    When they are small (``CACHE_BYTES``), the preprocessed training rows and their
+    Gram matrix are computed once and batches read from them; a full batch is
+    built once. At CelebA scale neither is cached, so memory stays near the
+    feature matrix itself.
+    """
+
+    def __init__(self, tr: Split, K: int, share: torch.Tensor, settings: Settings, seed: int,
+                 needs_gram: bool) -> None:
+        self.tr, self.K, self.share = tr, K, share
+        self.sampler = BalancedSampler(tr.domain.cpu().numpy(), K, settings.batch_size, seed)
+        n = len(tr.rows)
+        d = tr.pre.out_dim(tr.source.shape[1])
+        item = torch.empty((), dtype=settings.dtype).element_size()
+        self.X_all = tr.X() if self.sampler.full or n * d * item <= CACHE_BYTES else None
+        self.gram_all = None
+        if needs_gram and n * n * item <= CACHE_BYTES:
+            self.gram_all = gram(self.X_all if self.X_all is not None else tr.X())
+        self.full: tuple[Batch, torch.Tensor | None] | None = None
+
+    def next(self) -> tuple[Batch, torch.Tensor | None]:
+        tr = self.tr
+        if self.sampler.full:  # the same rows every step
+            if self.full is None:
+                self.full = (Batch(self.X_all, tr.y, tr.domain, self.K, self.share), self.gram_all)
+            return self.full
+        idx = torch.as_tensor(self.sampler.next(), device=tr.rows.device)
+        X = self.X_all.index_select(0, idx) if self.X_all is not None else tr.X(idx)
+        batch = Batch(X, tr.y[idx], tr.domain[idx], self.K, self.share)
+        g = None
+        if self.gram_all is not None:
+            n = self.gram_all.shape[0]
+            g = self.gram_all.view(-1).take(idx.unsqueeze(1) * n + idx.unsqueeze(0))
+        return batch, g

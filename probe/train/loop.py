@@ -1,0 +1,156 @@
+"""The optimisation of one chunk of heads: steps, annealing, checkpoints, results.
+
+A head's result does not depend on which other heads share its chunk: batches
+depend only on (seed, batch size, data), heads never interact, and every per-head
+quantity is computed row-wise from that head's parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from features.store import FeatureSet
+from probe.methods.base import GradientMethod
+from probe.metrics import correct_by_group, group_sizes, metrics_by_head
+from probe.results import HISTORY_KEYS, Result, run_id
+from probe.train.data import Split, Stream, forward, prepare
+from probe.train.optim import BatchedOptimizer
+from probe.train.plan import Chunk
+from probe.train.settings import Settings
+
+
+def fit_chunks(fs: FeatureSet, method: type[GradientMethod], configs: list[dict[str, Any]], settings: Settings,
+               chunks: list[Chunk], on_step: Callable[[int], None] | None, results: list[Result]) -> None:
+    """Fit ``configs`` chunk by chunk (``plan``), appending each chunk's rows to
+    ``results`` as it finishes, so a caller that catches KeyboardInterrupt still
+    holds every finished configuration (those of the interrupted chunk are left out)."""
+    prepared: dict[tuple[int, str], dict[str, Split]] = {}
+    for chunk in chunks:
+        key = (chunk.seed, chunk.preprocess)
+        if key not in prepared:  # chunks of one cohort share its preprocessing
+            prepared = {key: prepare(fs, chunk.preprocess, settings)}
+        fit = ChunkFit(fs, method, [configs[i] for i in chunk.configs], chunk, settings, prepared[key])
+        for i, row in zip(chunk.configs, fit.run(on_step), strict=True):
+            row.run_id = run_id(method.name, i)
+            results.append(row)
+
+
+class ChunkFit:
+    """The state of one chunk's heads while they train (all tensors have a leading G)."""
+
+    def __init__(self, fs: FeatureSet, method: type[GradientMethod], configs: list[dict[str, Any]], chunk: Chunk,
+                 settings: Settings, splits: dict[str, Split]) -> None:
+        dev, dt = settings.device, settings.dtype
+        self.fs, self.method, self.configs, self.settings, self.splits = fs, method, configs, settings, splits
+        tr, va = splits["train"], splits["val"]
+        G, C, D = len(configs), fs.num_classes, tr.pre.out_dim(fs.features.shape[1]) + 1
+        K = int(tr.domain.max().item()) + 1
+        share = torch.bincount(tr.domain, minlength=K).to(dt) / len(tr.domain)
+        params = method.hyperparameters()
+
+        def col(name: str) -> torch.Tensor:
+            return torch.tensor([float(c.get(name, params[name].default)) for c in configs], dtype=dt, device=dev)
+
+        self.objective = method({p.name: col(p.name) for p in method.params}, settings)
+        self.anneal = torch.tensor([int(c.get("anneal", 0)) if method.penalized() else 0 for c in configs],
+                                   device=dev)
+        self.theta = torch.zeros(G, C, D, dtype=dt, device=dev)
+        self.opt = BatchedOptimizer(self.theta, col("lr"), col("weight_decay"), kind=settings.optimizer)
+        self.active = torch.ones(G, dtype=torch.bool, device=dev)
+        self.diverged = torch.zeros_like(self.active)
+        self.best_score = torch.full((G,), -1.0, dtype=torch.float64, device=dev)
+        self.best_theta, self.best_step = self.theta.clone(), torch.zeros(G, dtype=torch.long, device=dev)
+        self.since_best = torch.zeros(G, dtype=torch.long, device=dev)
+        self.steps_run = torch.zeros(G, dtype=torch.long, device=dev)
+        self.val_total = torch.as_tensor(group_sizes(va.group, fs.num_groups), device=dev)
+        self.val_X = va.X()  # evaluated every eval_every steps: preprocess once
+        self.stream = Stream(tr, K, share, settings, chunk.seed, method.uses_gram)
+        self.history: dict[str, list] = {k: [] for k in ("step", "loss", "val_wga", "val_acc")}
+
+    def run(self, on_step: Callable[[int], None] | None) -> list[Result]:
+        steps = self.settings.steps
+        switch_steps = sorted({int(a) for a in self.anneal.tolist() if a > 0})
+        for step in range(steps):
+            if step in switch_steps:
+                # Penalties switch on: restart those heads' optimizer state, as the
+                # IRM, Fishr and CMA reference implementations do.
+                self.opt.reset(self.anneal == step)
+            loss, logs = self.step(step)
+            if (step + 1) % self.settings.eval_every == 0 or step == steps - 1:
+                self.evaluate(step, loss, logs)
+            if on_step is not None:
+                on_step(1)
+            if not bool(self.active.any()):
+                if on_step is not None:
+                    on_step(steps - step - 1)
+                break
+        never = self.best_score < 0  # diverged (or annealing) before its first eligible checkpoint
+        self.best_theta[never] = torch.nan_to_num(self.theta[never])
+        return self.results()
+
+    def step(self, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        batch, gram = self.stream.next()
+        th = self.theta.detach().requires_grad_(True)
+        loss, logs = self.objective.loss(forward(th, batch), batch, step >= self.anneal, gram=gram)
+        finite = torch.isfinite(loss)
+        (grad,) = torch.autograd.grad(torch.where(finite, loss, torch.zeros_like(loss)).sum(), th)
+        if not bool(finite.all()):
+            grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
+            self.diverged |= self.active & ~finite
+            self.active &= finite
+        self.opt.step(grad, self.active)
+        self.steps_run += self.active.long()
+        return loss, logs
+
+    @torch.no_grad()
+    def evaluate(self, step: int, loss: torch.Tensor, logs: dict[str, torch.Tensor]) -> None:
+        # A finite loss can still come with an overflowing step; catch it here,
+        # once per evaluation rather than once per step.
+        bad = self.active & ~torch.isfinite(self.theta).flatten(1).all(1)
+        self.diverged |= bad
+        self.active &= ~bad
+        va, present = self.splits["val"], self.val_total > 0
+        pred = va.predict(torch.nan_to_num(self.theta), self.val_X)
+        correct = correct_by_group(pred, va.y, va.group, self.fs.num_groups)
+        wga = (correct[:, present] / self.val_total[present]).min(-1).values
+        acc = correct.sum(-1) / self.val_total.sum()
+        score = wga if self.settings.select == "val_wga" else acc
+        # Checkpoints taken before a head's penalty switches on are plain ERM.
+        eligible = self.active & (step >= self.anneal)
+        better = eligible & (score > self.best_score)
+        self.best_score = torch.where(better, score, self.best_score)
+        self.best_theta[better] = self.theta[better]
+        self.best_step[better] = step + 1
+        self.since_best = torch.where(better, 0, self.since_best + eligible.long())
+        if self.settings.patience > 0:
+            self.active &= ~(self.since_best >= self.settings.patience)
+        hist = self.history
+        hist["step"].append(step + 1)
+        hist["loss"].append(loss.detach().cpu().tolist())
+        for name, value in logs.items():
+            hist.setdefault(name, []).append(value.detach().cpu().tolist())
+        hist["val_wga"].append(wga.cpu().tolist())
+        hist["val_acc"].append(acc.cpu().tolist())
+
+    @torch.no_grad()
+    def results(self) -> list[Result]:
+        metrics = metrics_by_head(self.fs, {name: sp.predict(self.best_theta) for name, sp in self.splits.items()})
+        pre_state = {k: v.detach().cpu() for k, v in self.splits["train"].pre.state.items()}
+        st = self.settings
+        fixed = {"steps": st.steps, "batch_size": st.batch_size, "optimizer": st.optimizer, "domain": st.domain,
+                 "ce_weighting": self.objective.ce or self.method.name}
+        return [Result(method=self.method.name, hparams={**cfg, **fixed},
+                       status="diverged" if bool(self.diverged[g]) else "ok", steps_run=int(self.steps_run[g]),
+                       best_step=int(self.best_step[g]), metrics=metrics[g], history=self._history_of(g),
+                       theta=self.best_theta[g].detach().cpu(), pre=pre_state)
+                for g, cfg in enumerate(self.configs)]
+
+    def _history_of(self, g: int) -> dict[str, Any]:
+        per_head = {k: ([v[g] for v in vals] if vals and isinstance(vals[0], list) else list(vals))
+                    for k, vals in self.history.items()}
+        out: dict[str, Any] = {k: per_head[k] for k in HISTORY_KEYS if k in per_head}
+        out["penalty"] = {k: v for k, v in per_head.items() if k not in HISTORY_KEYS}
+        return out

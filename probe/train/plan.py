@@ -1,0 +1,101 @@
+"""Cohorts and chunks: which heads are fitted together, sized to the device's memory.
+
+Configurations that share a batch stream and features (same seed and
+preprocessing) form a cohort; a cohort whose heads would not fit in
+``MEMORY_FRACTION`` of the free memory is split into chunks of heads, each run
+over the same batch stream (identical results: heads never interact).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from features.store import SPLITS, FeatureSet
+from probe.methods.base import GradientMethod
+from probe.train.data import CACHE_BYTES, domain_column
+from probe.train.settings import Settings
+
+#: settings shared by every head of a cohort (the rest vary per head)
+COHORT_KEYS = ("seed", "preprocess")
+#: fraction of the free device memory a chunk of heads may plan to use
+MEMORY_FRACTION = 0.5
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Heads fitted together: their cohort's shared settings and their config indices."""
+
+    seed: int
+    preprocess: str
+    configs: tuple[int, ...]
+
+    def __len__(self) -> int:
+        return len(self.configs)
+
+
+def available_memory(device: torch.device) -> int:
+    """Free memory on ``device`` in bytes: CUDA's free memory, else MemAvailable."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return 4 * 1024**3
+
+
+def memory_estimate(method: type[GradientMethod], B: int, C: int, d: int, K: int, n_train: int, n_eval: int,
+                    itemsize: int) -> tuple[int, int]:
+    """(bytes shared by the chunk, bytes per head) of one training step plus an
+    evaluation, a deliberate over-estimate (autograd keeps several copies)."""
+    D = d + 1
+    shared = 6 * B * B + 3 * B * D + n_eval * D  # Gram/kernel and the batch; val features
+    if n_train * d * itemsize <= CACHE_BYTES:  # the caches of data.Stream
+        shared += n_train * d
+    if method.uses_gram and n_train * n_train * itemsize <= CACHE_BYTES:
+        shared += n_train * n_train
+    per = 10 * C * D + 16 * B * C  # params, grads, Adam moments, best; logits and their grads
+    per += 2 * min(n_eval, 16384) * C  # evaluation logits
+    per += method.memory_per_head(B, C, D, K)
+    return shared * itemsize, per * itemsize
+
+
+def plan(fs: FeatureSet, method: type[GradientMethod], configs: list[dict[str, Any]],
+         settings: Settings) -> list[Chunk]:
+    """The chunks in the order they are fitted: one per cohort, or several when a
+    cohort's heads do not fit in memory at once."""
+    cohorts: dict[tuple, list[int]] = {}
+    for i, cfg in enumerate(configs):
+        cohorts.setdefault(tuple(cfg[k] for k in COHORT_KEYS), []).append(i)
+    n_train = int((fs.split == SPLITS["train"]).sum())
+    B = n_train if settings.batch_size <= 0 else min(settings.batch_size, n_train)
+    n_eval = int((fs.split == SPLITS["val"]).sum())
+    K = int(domain_column(fs, settings.domain).max()) + 1
+    item = torch.empty((), dtype=settings.dtype).element_size()
+    budget = settings.memory_bytes
+    if budget is None:
+        budget = int(MEMORY_FRACTION * available_memory(settings.device))
+    out = []
+    for (seed, preprocess), idx in cohorts.items():
+        d = fs.features.shape[1] if preprocess != "pca" else min(settings.pca_dim, fs.features.shape[1])
+        shared, per = memory_estimate(method, B, fs.num_classes, d, K, n_train, n_eval, item)
+        size = max(1, (budget - shared) // per)
+        if settings.max_heads is not None:
+            size = min(size, settings.max_heads)
+        # Equal chunks: the same total work, less idle memory in the last one.
+        n_chunks = math.ceil(len(idx) / size)
+        step = math.ceil(len(idx) / n_chunks)
+        out += [Chunk(int(seed), str(preprocess), tuple(idx[s: s + step])) for s in range(0, len(idx), step)]
+    return out
