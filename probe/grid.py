@@ -42,6 +42,7 @@ class Param:
     default: Any = None
     grid: tuple[Any, ...] = ()
     minimum: float = 0.0
+    maximum: float | None = None
     choices: tuple[str, ...] = ()
     symbol: str = ""  # how papers write it (α), for labels
 
@@ -65,8 +66,9 @@ class Param:
         if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
             raise UserError(f"`{self.name}`: {value!r} is not a number")
         v = float(value)
-        if not math.isfinite(v) or v < self.minimum:
-            raise UserError(f"`{self.name}`: {v:g} is not allowed; values must be finite and >= {self.minimum:g}")
+        if not math.isfinite(v) or v < self.minimum or (self.maximum is not None and v > self.maximum):
+            bound = f">= {self.minimum:g}" + ("" if self.maximum is None else f" and <= {self.maximum:g}")
+            raise UserError(f"`{self.name}`: {v:g} is not allowed; values must be finite and {bound}")
         if self.kind is int:
             if abs(v - round(v)) > 1e-9 * max(1.0, abs(v)):
                 raise UserError(f"`{self.name}`: {v:g} is not a whole number")

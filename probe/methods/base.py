@@ -25,6 +25,7 @@ Cross-entropy weighting (``ce_weighting``), the same for every gradient method b
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from base.errors import UserError
@@ -40,6 +41,38 @@ if TYPE_CHECKING:
     from probe.train.settings import Settings
 
 CE_WEIGHTINGS = ("pooled", "domain")
+
+
+@dataclass(frozen=True)
+class Penalty:
+    """One penalty term: the hyperparameter that weights it and how it scales.
+
+    ``order`` is its degree in the augmented features x̃ at fixed predictions (the
+    gradient variance 1, the Hessian variance 2; terms of the logits alone, 0), so
+    the ``unit`` scaling, which measures it on features of unit mean squared norm,
+    divides it by m^order with m = mean ‖x̃‖² over the cohort's training rows. ``dC``
+    is its power of 1/(d·C) under the CMA authors' linear-probing scaling.
+    """
+
+    weight: str
+    order: int = 0
+    dC: int = 0
+
+
+@dataclass(frozen=True)
+class FeatureScale:
+    """What the penalty scalings need to know about a cohort's features."""
+
+    d: int  # feature columns after preprocessing (without the bias)
+    C: int  # classes
+    m: float = 1.0  # mean ‖x̃‖² over the training rows (bias included)
+
+    def factor(self, penalty: Penalty, normalize: str) -> float:
+        if normalize == "unit":
+            return self.m ** -penalty.order
+        if normalize == "dC":
+            return float(self.d * self.C) ** -penalty.dC
+        return 1.0
 
 #: hyperparameters several methods share, declared once; a method lists the ones it takes
 COMMON: dict[str, Param] = {p.name: p for p in (
@@ -91,24 +124,28 @@ class Method:
 class GradientMethod(Method):
     """Cross-entropy plus weighted penalties, for a grid of heads at once.
 
-    An instance holds one chunk's per-head hyperparameters ``hp`` (``(G,)`` tensors)
-    and the fit's settings; ``penalty_terms`` returns ``{term: (G,) tensor}`` for the
-    terms in ``penalties`` (term -> the hyperparameter that weights it).
+    An instance holds one chunk's per-head hyperparameters ``hp`` (``(G,)`` tensors),
+    the fit's settings and the cohort's :class:`FeatureScale`; ``penalty_terms``
+    returns ``{term: (G,) tensor}`` for the terms in ``penalties``, unscaled (the
+    definitions); the scaling chosen by ``settings.normalize`` is applied here.
     """
 
     trained_by = "gradient"
     common = ("lr", "weight_decay", "anneal", "seed", "preprocess")
-    penalties: ClassVar[dict[str, str]] = {}
+    penalties: ClassVar[dict[str, Penalty]] = {}
     #: default CE weighting (module docstring); None: the method's own base loss
     ce_default: ClassVar[str | None] = "pooled"
     #: uses the Gram matrix X̃X̃ᵀ of the batch (the trainer may supply it precomputed)
     uses_gram: ClassVar[bool] = False
 
-    def __init__(self, hp: dict[str, torch.Tensor], settings: Settings) -> None:
+    def __init__(self, hp: dict[str, torch.Tensor], settings: Settings, scale: FeatureScale | None = None) -> None:
         self.hp = hp
         self.settings = settings
         given = settings.ce_weighting
         self.ce = given if given is not None and self.ce_default is not None else self.ce_default
+        if scale is None and settings.normalize != "none" and self.penalties:
+            raise ValueError(f"normalize={settings.normalize!r} needs the cohort's FeatureScale")
+        self.factors = {t: scale.factor(p, settings.normalize) if scale else 1.0 for t, p in self.penalties.items()}
 
     @classmethod
     def penalized(cls) -> bool:
@@ -144,7 +181,8 @@ class GradientMethod(Method):
         total, logs = self.base_loss(fwd.losses, batch)
         if self.penalties:
             terms = self.penalty_terms(fwd, batch, gram)
-            penalty = sum(self.hp[weight] * terms[term] for term, weight in self.penalties.items())
+            terms = {t: v * self.factors[t] for t, v in terms.items()}
+            penalty = sum(self.hp[p.weight] * terms[t] for t, p in self.penalties.items())
             total = total + penalty_on.to(total.dtype) * penalty
             logs.update(terms)
         return total, logs
@@ -166,7 +204,7 @@ def register(cls: type[Method]) -> type[Method]:
     if own & set(COMMON):
         raise ValueError(f"{cls.name}: {sorted(own & set(COMMON))} are shared hyperparameters; list them in common")
     if issubclass(cls, GradientMethod):
-        missing = set(cls.penalties.values()) - own
+        missing = {p.weight for p in cls.penalties.values()} - own
         if missing:
             raise ValueError(f"{cls.name}: penalties weighted by undeclared hyperparameters {sorted(missing)}")
     for other in REGISTRY.values():  # a name shared by methods must mean one kind of value

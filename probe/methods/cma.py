@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from probe.grid import Param
-from probe.methods.base import GradientMethod, register
+from probe.methods.base import GradientMethod, Penalty, register
 
 
 @register
@@ -21,7 +21,7 @@ class CMA(GradientMethod):
         Param("beta", "CMA Hessian-variance weight β (0: gradient-only).", default=1e2, grid=(1e1, 1e2, 1e3),
               symbol="β"),
     )
-    penalties = {"grad": "alpha", "hess": "beta"}
+    penalties = {"grad": Penalty("alpha", order=1, dC=2), "hess": Penalty("beta", order=2, dC=2)}
     uses_gram = True
 
     @classmethod
@@ -32,6 +32,5 @@ class CMA(GradientMethod):
         from probe import moments
 
         grad, hess = moments.variances_from_logits(
-            fwd.z, batch.X, batch.y, batch.domains, batch.W, normalize=self.settings.normalize,
-            method=self.settings.hessian_method, gram=gram)
+            fwd.z, batch.X, batch.y, batch.domains, batch.W, method=self.settings.hessian_method, gram=gram)
         return {"grad": grad, "hess": hess}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from probe.grid import Param
-from probe.methods.base import GradientMethod, register
+from probe.methods.base import GradientMethod, Penalty, register
 
 
 @register
@@ -18,7 +18,7 @@ class Fishr(GradientMethod):
     summary = "fishr: Fishr, the variance across domains of per-sample gradient variances (lam)"
     params = (Param("lam", "Fishr penalty weight λ.", default=1e2, grid=(1e1, 1e2, 1e3),
                     symbol="λ"),)
-    penalties = {"fishr": "lam"}
+    penalties = {"fishr": Penalty("lam", order=2)}  # variances of (p−y)x̃: x̃², squared
 
     @classmethod
     def memory_per_head(cls, B, C, D, K):

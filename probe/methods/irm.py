@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from probe.grid import Param
-from probe.methods.base import GradientMethod, register
+from probe.methods.base import GradientMethod, Penalty, register
 
 
 @register
@@ -16,7 +16,7 @@ class IRM(GradientMethod):
     summary = "irm: IRMv1, the squared gradient of each domain's risk w.r.t. a logit scale (lam)"
     params = (Param("lam", "IRMv1 penalty weight λ.", default=1e2, grid=(1e1, 1e2, 1e3),
                     symbol="λ"),)
-    penalties = {"irm": "lam"}
+    penalties = {"irm": Penalty("lam")}  # a function of the logits: no feature scale
 
     def penalty_terms(self, fwd, batch, gram):
         dw = (fwd.residual * fwd.z).sum(-1) @ batch.W  # (G, K')

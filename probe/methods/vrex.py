@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from probe.grid import Param
-from probe.methods.base import GradientMethod, register
+from probe.methods.base import GradientMethod, Penalty, register
 
 
 @register
@@ -15,7 +15,7 @@ class VREx(GradientMethod):
     summary = "vrex: V-REx, the variance of the per-domain risks (lam)"
     params = (Param("lam", "V-REx penalty weight λ.", default=1e1, grid=(1e0, 1e1, 1e2),
                     symbol="λ"),)
-    penalties = {"vrex": "lam"}
+    penalties = {"vrex": Penalty("lam")}  # a function of the losses: no feature scale
 
     def penalty_terms(self, fwd, batch, gram):
         losses = fwd.losses

@@ -7,7 +7,7 @@ memory stays close to the matrix itself at CelebA scale.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -35,6 +35,7 @@ class Split:
     domain: torch.Tensor
     pre: Preprocessor
     dtype: torch.dtype
+    _mean_sq: float | None = field(default=None, init=False, repr=False)
 
     def X(self, idx: torch.Tensor | None = None) -> torch.Tensor:
         rows = self.rows if idx is None else self.rows[idx]
@@ -51,6 +52,16 @@ class Split:
                                                                            device=self.rows.device))
             parts.append(moments.logits(theta, Xi).argmax(-1))
         return torch.cat(parts, dim=-1) if parts else torch.zeros(G, 0, dtype=torch.long, device=theta.device)
+
+    def mean_sq_norm(self, chunk: int = 16384) -> float:
+        """Mean ‖x̃‖² over the rows, preprocessed, the bias column included (computed once)."""
+        if self._mean_sq is None:
+            total = 0.0
+            for i in range(0, len(self.rows), chunk):
+                Xi = self.X(torch.arange(i, min(i + chunk, len(self.rows)), device=self.rows.device))
+                total += float((Xi.double() ** 2).sum())
+            self._mean_sq = total / max(1, len(self.rows)) + 1.0
+        return self._mean_sq
 
 
 def domain_column(fs: FeatureSet, domain: str) -> np.ndarray:

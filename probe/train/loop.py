@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from features.store import FeatureSet
-from probe.methods.base import GradientMethod
+from probe.methods.base import FeatureScale, GradientMethod
 from probe.metrics import correct_by_group, group_sizes, metrics_by_head
 from probe.results import HISTORY_KEYS, Result, run_id
 from probe.train.data import Split, Stream, forward, prepare
@@ -54,7 +54,9 @@ class ChunkFit:
         def col(name: str) -> torch.Tensor:
             return torch.tensor([float(c.get(name, params[name].default)) for c in configs], dtype=dt, device=dev)
 
-        self.objective = method({p.name: col(p.name) for p in method.params}, settings)
+        m = tr.mean_sq_norm() if settings.normalize == "unit" and method.penalized() else 1.0
+        scale = FeatureScale(d=D - 1, C=C, m=m)
+        self.objective = method({p.name: col(p.name) for p in method.params}, settings, scale)
         self.anneal = torch.tensor([int(c.get("anneal", 0)) if method.penalized() else 0 for c in configs],
                                    device=dev)
         self.theta = torch.zeros(G, C, D, dtype=dt, device=dev)

@@ -22,8 +22,9 @@ DOMAIN_COLUMNS = ("group", "a", "y")
 OPTIMIZERS = ("adam", "sgd")
 #: the checkpoint and model-selection scores
 SELECT_SCORES = ("val_wga", "val_acc")
-#: CMA's scalings: the definitions, or the authors' linear-probing division by d·C
-NORMALIZATIONS = ("none", "dC")
+#: penalty scalings (probe.methods.base.FeatureScale): the definitions, the CMA authors'
+#: linear-probing division by d·C, or features of unit mean squared norm
+NORMALIZATIONS = ("none", "dC", "unit")
 DTYPES = ("float32", "float64")
 
 
@@ -47,8 +48,10 @@ class Settings:
                                    "group, a (spurious attribute) or y.", choices=DOMAIN_COLUMNS)
     select: str = setting("val_wga", "Checkpoint and model selection: val_wga (validation worst-group accuracy, "
                                      "mean over seeds) or val_acc.", choices=SELECT_SCORES)
-    normalize: str = setting("none", "CMA scaling: none (the definitions) or dC (the authors' linear-probing "
-                                     "scaling, for their published α, β).", choices=NORMALIZATIONS)
+    normalize: str = setting("none", "Penalty scaling: none (the definitions), unit (each penalty measured on "
+                                     "features of unit mean squared norm, so its weight means the same for any "
+                                     "encoder) or dC (the CMA authors' linear-probing division by d·C).",
+                             choices=NORMALIZATIONS)
     hessian_method: str = setting("auto", "CMA Hessian-variance form: auto, kernel, binary, direct (all exact).",
                                   choices=moments.METHODS)
     pca_dim: int = setting(64, "Components kept by the pca preprocessing.", minimum=1)
