@@ -18,6 +18,7 @@ Layout, each module depending only on those above it:
 * ``tables``: format-independent tables (Table, Pct) and their shared text
 * ``registry``: the format registry (register_format)
 * ``formats/``: one module per output format; importing the package registers them
+* ``plots``: PNG figures from the model; ``demo``: the demo's report.md and figures
 
 The library renders; only the CLI prints (the terminal format gives rich
 renderables for it to print).
