@@ -139,6 +139,10 @@ def _command_line(features: Path, method: str, run_dir: Path, grid_text: dict[st
 
 
 def _report(run_dir: Path, quiet: bool) -> None:
-    from probe.report import print_fit_summary
+    """The comparison table and where the files are; nothing with --quiet (the files hold it all)."""
+    if quiet:
+        return
+    from cli.console import show
+    from probe.reports.formats.terminal import fit_summary
 
-    print_fit_summary(run_dir, quiet=quiet)
+    show(fit_summary(run_dir))

@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
+import sys
 from enum import Enum
 from pathlib import Path
 
 import typer
 
 from cli.app import app
+from probe.reports.formats import format_names, get_format
 
-
-class Format(str, Enum):
-    terminal = "terminal"
-    markdown = "markdown"
-    csv = "csv"
-    json = "json"
-    latex = "latex"
+# The choices and their help come from the format registry: a new format needs no change here.
+FormatChoice = Enum("FormatChoice", {name: name for name in format_names()}, type=str)
+FORMAT_HELP = (
+    "; ".join(f"{name}: {get_format(name).help}" for name in format_names())
+    + ". Human formats show percent with one decimal, mean ± std over seeds."
+)
 
 
 @app.command("report")
@@ -27,15 +28,11 @@ def report(
         "a method present in several folders is labelled with its folder name.",
         show_default=False,
     ),
-    fmt: Format = typer.Option(
-        Format.terminal,
+    fmt: FormatChoice = typer.Option(
+        FormatChoice("terminal"),
         "--format",
         "-f",
-        help="terminal: rich tables (comparison, per-group, grid around each selection); "
-        "markdown: the same as Markdown; csv: one row per method (comparison and per-group test "
-        "accuracies), fractions, mean and std in separate columns; json: everything, fractions in [0, 1]; "
-        "latex: booktabs comparison and per-group tables for a paper (best test WGA bold). "
-        "Human formats show percent with one decimal, mean ± std over seeds.",
+        help=FORMAT_HELP,
         case_sensitive=False,
     ),
     out: Path | None = typer.Option(
@@ -62,10 +59,21 @@ def report(
     (Waterbirds papers' "average"), the group-mean average, per-group accuracies, and the grid
     around each selection (one hyperparameter varied at a time).
     """
-    import sys
+    from base.io import write_text_atomic
+    from cli.console import as_text, show
+    from probe.reports import build_report, render
 
-    from probe.report import write_report
+    built = build_report(run_dirs)
+    rendered = render(built, fmt.value)
+    written: list[Path] = []
+    if out is not None:
+        write_text_atomic(out, as_text(rendered))
+        written.append(out)
+    else:
+        show(rendered)
+    if plots is not None:
+        from probe.reports.plots import write_plots  # matplotlib only when figures are wanted
 
-    written = write_report(run_dirs, fmt=fmt.value, out=out, plots=plots)
+        written += write_plots(built, plots)
     for path in written:
         print(f"wrote {path}", file=sys.stderr)

@@ -2,8 +2,11 @@
 
 Accuracies come from a made-up deterministic function of the hyperparameters,
 turned into integer per-group counts, so every metric is a real fraction of
-counts. Selection is done here independently of probe.report (best mean
+counts. Selection is done here independently of probe.reports (best mean
 validation WGA over seeds, ties to the earlier configuration).
+
+:func:`two_runs` is the folder pair most report tests share; :func:`expected` and
+:func:`pct` compute what a report must show, independently of probe.reports.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -118,3 +122,73 @@ def write_run_folder(
     (path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (path / "summary.json").write_text(json.dumps(summary, indent=2))
     return {"selected": selected, "rows": selected_rows, "summary": summary}
+
+
+def two_runs(tmp_path: Path) -> dict[str, Any]:
+    """run_a: cma (2 seeds, one diverged configuration); run_b: erm (3 seeds).
+
+    Returns the folders as "a" and "b" and what :func:`write_run_folder` returned as "fa", "fb".
+    """
+    a = write_run_folder(tmp_path / "run_a", {"cma": CMA_GRID}, seeds=(0, 1),
+                         diverged={"cma": [{"alpha": 1e4, "beta": 1.0, "anneal": 100}]})
+    b = write_run_folder(tmp_path / "run_b", {"erm": ERM_GRID}, seeds=(0, 1, 2))
+    return {"a": tmp_path / "run_a", "b": tmp_path / "run_b", "fa": a, "fb": b}
+
+
+def edit_summary(run: Path, edit: Any) -> None:
+    """Rewrite run/summary.json after ``edit(summary)`` changed it in place."""
+    path = run / "summary.json"
+    summary = json.loads(path.read_text())
+    edit(summary)
+    path.write_text(json.dumps(summary))
+
+
+def unselect(run: Path, method: str) -> None:
+    """Make ``method`` a method with nothing selected (every configuration diverged)."""
+    def edit(summary: dict[str, Any]) -> None:
+        entry = summary["methods"][method]
+        entry["selected"] = None
+        del entry["seeds"], entry["metrics"]
+
+    edit_summary(run, edit)
+
+
+def expected(rows: list[dict[str, Any]], split: str, key: str) -> tuple[float, float]:
+    """Mean and sample std over seeds of one metric of result rows."""
+    vals = [r["metrics"][split][key] for r in rows]
+    return statistics.fmean(vals), statistics.stdev(vals)
+
+
+def pct(mean: float, std: float) -> str:
+    """How the human formats show a mean ± std fraction."""
+    return f"{100 * mean:.1f} ± {100 * std:.1f}"
+
+
+def broken(tmp_path: Path, runs: dict[str, Any], what: str) -> tuple[Path, str]:
+    """A run folder damaged as ``what`` says, and a fragment its error must contain."""
+    run = runs["a"]
+    if what == "missing_dir":
+        return tmp_path / "nope", "nope"
+    if what == "file":
+        return run / "summary.json", "not a folder"
+    if what == "no_summary":
+        (run / "summary.json").unlink()
+        return run, "summary.json is missing"
+    if what == "no_results":
+        (run / "results.jsonl").unlink()
+        return run, "results.jsonl is missing"
+    if what == "bad_summary":
+        (run / "summary.json").write_text('{"methods": {')
+        return run, "summary.json is not valid JSON"
+    if what == "bad_results":
+        lines = (run / "results.jsonl").read_text().splitlines()
+        lines[1] = lines[1][:40]
+        (run / "results.jsonl").write_text("\n".join(lines) + "\n")
+        return run, "results.jsonl line 2 is not valid JSON"
+    if what == "no_methods":
+        (run / "summary.json").write_text('{"provenance": {}}')
+        return run, "summary.json has no 'methods'"
+    if what == "row_without_hparams":
+        (run / "results.jsonl").write_text('{"method": "cma"}\n')
+        return run, "results.jsonl line 1 has no 'hparams'"
+    raise AssertionError(what)

@@ -7,6 +7,7 @@ needed); every figure is written atomically as PNG.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,26 +19,33 @@ from matplotlib.patches import Rectangle
 
 from base.errors import UserError
 from base.io import atomic_path
-from probe.report import Config, MethodResult, Report, build_report, format_value, slug
+from probe.reports.model import (
+    Config,
+    MethodResult,
+    Report,
+    build_report,
+    format_value,
+    value_order,
+)
 
 DPI = 120
 
 
-def write_plots(run_dirs: Sequence[str | Path] | Report, out_dir: str | Path) -> list[Path]:
-    """Write every figure for ``run_dirs`` (or an already built Report) into ``out_dir``.
+def write_plots(run_dirs: Sequence[str | Path] | Report, plots: str | Path) -> list[Path]:
+    """Write every figure for ``run_dirs`` (or an already built Report) into the folder ``plots``.
 
-    ``out_dir`` is created if missing. Returns the PNG paths written:
+    ``plots`` is created if missing. Returns the PNG paths written:
     ``wga_heatmap_<method>.png`` for methods with an alpha × beta grid,
     ``per_group_test_acc.png``, and ``curves_<method>.png`` for selections with a history.
     """
     report = run_dirs if isinstance(run_dirs, Report) else build_report(run_dirs)
-    out = Path(out_dir)
+    out = Path(plots)
     if out.exists() and not out.is_dir():
-        raise UserError(f"--plots {out} is a file, not a folder; choose a folder for the figures")
+        raise UserError(f"`plots` {out} is a file, not a folder; choose a folder for the figures")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UserError(f"--plots {out}: cannot create the folder ({exc.strerror})") from exc
+        raise UserError(f"`plots` {out}: cannot create the folder ({exc.strerror})") from exc
 
     written: list[Path] = []
     for m in report.methods:
@@ -52,6 +60,11 @@ def write_plots(run_dirs: Sequence[str | Path] | Report, out_dir: str | Path) ->
         if fig is not None:
             written.append(_save(fig, out / f"curves_{slug(m.label)}.png"))
     return written
+
+
+def slug(text: str) -> str:
+    """A file-name-safe version of a label."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "run"
 
 
 def _save(fig: Figure, path: Path) -> Path:
@@ -73,8 +86,8 @@ def alpha_beta_grid(m: MethodResult) -> tuple[list[Any], list[Any], list[list[Co
     configs = [c for c in m.configs if "alpha" in c.hparams and "beta" in c.hparams]
     if not configs:
         return None
-    alphas = sorted({c.hparams["alpha"] for c in configs}, key=_num_key)
-    betas = sorted({c.hparams["beta"] for c in configs}, key=_num_key)
+    alphas = sorted({c.hparams["alpha"] for c in configs}, key=value_order)
+    betas = sorted({c.hparams["beta"] for c in configs}, key=value_order)
     if len(alphas) * len(betas) < 2:
         return None
     cells: list[list[Config | None]] = [[None] * len(betas) for _ in alphas]
@@ -90,12 +103,6 @@ def _val_wga(c: Config) -> float:
     # A configuration without a validation score (diverged) ranks below any scored one.
     v = c.get("val", "wga").mean
     return v if v is not None and math.isfinite(v) else -math.inf
-
-
-def _num_key(v: Any) -> tuple[int, float, str]:
-    if isinstance(v, (int, float)) and not isinstance(v, bool):
-        return (0, float(v), "")
-    return (1, 0.0, str(v))
 
 
 def heatmap_figure(m: MethodResult, selection: str = "validation WGA") -> Figure | None:
@@ -215,11 +222,10 @@ def _series(values: Any, n: int) -> np.ndarray | None:
 
 def curves_figure(m: MethodResult) -> Figure | None:
     """Loss, penalty and validation-accuracy curves of the selected configuration's first seed."""
-    row = next((r for r in m.selected_rows if isinstance(r.get("history"), dict)
-                and r["history"].get("step")), None)
+    row = next((r for r in m.selected_rows if r.history.get("step")), None)
     if row is None:
         return None
-    hist = row["history"]
+    hist = row.history
     steps = np.asarray(hist["step"], dtype=np.float64)
     n = len(steps)
     objective = {k: s for k in ("loss", "ce") if (s := _series(hist.get(k), n)) is not None}
@@ -238,7 +244,7 @@ def curves_figure(m: MethodResult) -> Figure | None:
 
     fig = Figure(figsize=(5.0 * len(panels) + 0.5, 4.3), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(panels)))
-    best = row.get("best_step")
+    best = row.best_step  # a row with a history was trained by steps: it always kept one
     for ax, (title, series, ylabel) in zip(axes, panels, strict=True):
         for name, s in series.items():
             ax.plot(steps, s, label=name, linewidth=1.5)
@@ -247,25 +253,22 @@ def curves_figure(m: MethodResult) -> Figure | None:
         logs = ylabel != "accuracy (%)"
         if logs and positive and spread > 50:
             ax.set_yscale("log")
-        if best is not None:
-            ax.axvline(best, color="grey", linestyle="--", linewidth=1)
-            k = int(np.argmin(np.abs(steps - best)))
-            for s in series.values():
-                if math.isfinite(s[k]):
-                    ax.annotate(f"{s[k]:.3g}" if logs else f"{s[k]:.1f}",
-                                (steps[k], s[k]), xytext=(4, 4), textcoords="offset points",
-                                fontsize=8)
+        ax.axvline(best, color="grey", linestyle="--", linewidth=1)
+        k = int(np.argmin(np.abs(steps - best)))
+        for s in series.values():
+            if math.isfinite(s[k]):
+                ax.annotate(f"{s[k]:.3g}" if logs else f"{s[k]:.1f}",
+                            (steps[k], s[k]), xytext=(4, 4), textcoords="offset points",
+                            fontsize=8)
         ax.set_xlabel("training step")
         ax.set_ylabel(ylabel)
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    seed = row.get("hparams", {}).get("seed")
-    hp = m.short_hparams
-    fig.suptitle(f"{m.label}: selected configuration ({hp}), run {row.get('run_id')}"
+    seed = row.seed
+    fig.suptitle(f"{m.label}: selected configuration ({m.short_hparams}), run {row.run_id}"
                  + (f", seed {seed}" if seed is not None else "")
-                 + (f"; dashed line = kept step {best}, values annotated there" if best is not None
-                    else ""), fontsize=10)
+                 + f"; dashed line = kept step {best}, values annotated there", fontsize=10)
     return fig
 
 

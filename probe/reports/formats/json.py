@@ -1,0 +1,53 @@
+"""`--format json`: everything in the report, fractions in [0, 1]."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from base.io import json_default
+from probe.reports.model import MethodResult, Report, Stat
+from probe.reports.registry import register_format
+from probe.reports.tables import GRID_MODE, LEGEND
+
+
+@register_format("json", help="everything, fractions in [0, 1]")
+def render_json(report: Report) -> str:
+    return json.dumps(report_dict(report), indent=2, default=json_default) + "\n"
+
+
+def report_dict(report: Report) -> dict[str, Any]:
+    """Everything in the report as JSON-ready fractions."""
+    def stats(d: dict[str, dict[str, Stat]]) -> dict[str, Any]:
+        return {s: {k: v.to_json() for k, v in ks.items()} for s, ks in d.items()}
+
+    def ident(m: MethodResult) -> dict[str, Any]:
+        return {"label": m.label, "method": m.method, "run_dir": str(m.run.path)}
+
+    return {
+        "selection": f"{report.selection(long=True)}, mean over seeds, hparams without seed",
+        "legend": LEGEND,
+        "runs": [
+            {"name": r.name, "path": str(r.path), "selection": r.selection,
+             "group_names": r.group_names, "provenance": r.summary.get("provenance")}
+            for r in report.runs
+        ],
+        "comparison": [
+            {**ident(m), "n_seeds": m.n_seeds, "selected_hparams": m.selected,
+             "run_ids": m.run_ids, "n_configs": m.n_configs, "n_diverged": m.n_diverged,
+             **stats(m.stats)}
+            for m in report.methods
+        ],
+        "per_group": [{**ident(m), "test": m.per_group} for m in report.methods],
+        "grid": [
+            {**ident(m), "mode": GRID_MODE, "searched": m.varied, "slices": [
+                {"hparam": k, "fixed": fixed, "configs": [
+                    {"hparams": c.hparams, "selected": c is m.selected_config,
+                     "status": c.status, "n_seeds": c.n_seeds, **stats(c.stats)}
+                    for c in configs
+                ]}
+                for k, fixed, configs in m.grid_slices()
+            ]}
+            for m in report.methods
+        ],
+    }

@@ -1,0 +1,53 @@
+"""`--format markdown`: the terminal's tables as Markdown (the demo's report.md)."""
+
+from __future__ import annotations
+
+from probe.reports.model import Report
+from probe.reports.registry import register_format
+from probe.reports.tables import (
+    GRID_DESCRIPTION,
+    Cell,
+    Table,
+    cell_text,
+    grid_tables,
+    main_tables,
+    nothing_varied_lines,
+    run_lines,
+)
+
+
+@register_format("markdown", help="the same as Markdown")
+def render_markdown(report: Report) -> str:
+    out = ["# probe report", ""]
+    out += [f"- {line}" for line in run_lines(report)]
+    out.append("")
+    for t in main_tables(report):
+        out += _md_table(t, "##")
+    out += ["## Grid around each selection", "", GRID_DESCRIPTION, ""]
+    single = nothing_varied_lines(report)
+    out += [f"- {line}" for line in single]
+    if single:
+        out.append("")
+    for t in grid_tables(report):
+        out += _md_table(t, "###")
+    return "\n".join(out).rstrip() + "\n"
+
+
+def _md_escape(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def _md_table(t: Table, level: str) -> list[str]:
+    def cell(i: int, j: int, c: Cell) -> str:
+        s = _md_escape(cell_text(c))
+        return f"**{s}**" if (i, j) in t.bold and s and s != "–" else s
+
+    lines = [f"{level} {t.title}", ""]
+    lines.append("| " + " | ".join(_md_escape(h) for h in t.headers) + " |")
+    lines.append("|" + "|".join("---:" if t.numeric(j) else ":---" for j in range(len(t.headers))) + "|")
+    for i, row in enumerate(t.rows):
+        lines.append("| " + " | ".join(cell(i, j, c) for j, c in enumerate(row)) + " |")
+    lines.append("")
+    if t.caption:
+        lines += [t.caption, ""]
+    return lines

@@ -1,0 +1,280 @@
+"""The report model: each method of each run folder at its selected configuration.
+
+:func:`build_report` turns run folders into a :class:`Report`: per method the
+configuration selected in summary.json (its statistics over seeds, per-group
+test accuracies) and every configuration of its grid, grouped by
+:func:`probe.results.config_key` (hyperparameters without the seed), the same
+key selection uses. Tables, formats and plots read this model and nothing else.
+
+probe.metrics is imported inside the functions that aggregate: it imports
+torch (seconds), and the CLI imports the formats, hence this module, at start
+to list them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from base.errors import UserError
+from probe.reports.runfolder import RunFolder, distinct_names, load_run
+from probe.results import Result, canonical, config_key
+
+SELECTION_NAMES = {"val_wga": ("validation WGA", "validation worst-group accuracy"),
+                   "val_acc": ("validation accuracy", "validation accuracy")}
+
+SPLITS = ("val", "test")  # the splits a report shows
+
+
+def display_name(method: str) -> str:
+    """How a paper writes the method (``cma`` -> ``CMA``), as its registry entry declares;
+    a method no longer registered keeps its name."""
+    from probe.methods import display_name as registered
+
+    return registered(method)
+
+
+def format_value(value: Any) -> str:
+    """A hyperparameter value, compactly: 1000.0 -> 1000, 1e-05 -> 1e-05."""
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def value_order(value: Any) -> tuple[int, float, str]:
+    """Sort key for one hyperparameter's values: numbers ascending, then the rest by text."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (0, float(value), "")
+    return (1, 0.0, str(value))
+
+
+@dataclass
+class Stat:
+    """Mean and standard deviation over seeds of one fraction (None when unavailable)."""
+
+    mean: float | None
+    std: float | None = None
+
+    def to_json(self) -> dict[str, float | None]:
+        return {"mean": self.mean, "std": self.std}
+
+
+@dataclass
+class Config:
+    """All seeds of one hyperparameter configuration (hparams without the seed)."""
+
+    hparams: dict[str, Any]
+    rows: list[Result]
+    index: int  # position of its first row in results.jsonl: ties go to the earlier one
+    stats: dict[str, dict[str, Stat]] = field(default_factory=dict)  # split -> key -> Stat
+
+    @property
+    def status(self) -> str:
+        bad = sorted({r.status for r in self.rows} - {"ok"})
+        if not bad:
+            return "ok"
+        n_bad = sum(1 for r in self.rows if r.status != "ok")
+        return f"{n_bad}/{len(self.rows)} {'/'.join(bad)}"
+
+    @property
+    def n_seeds(self) -> int:
+        return len(self.rows)
+
+    def get(self, split: str, key: str) -> Stat:
+        return self.stats.get(split, {}).get(key, Stat(None))
+
+
+@dataclass
+class MethodResult:
+    """One method of one run folder at its selected configuration."""
+
+    run: RunFolder
+    method: str
+    label: str
+    selected: dict[str, Any]
+    run_ids: list[str]
+    n_seeds: int
+    stats: dict[str, dict[str, Stat]]  # split -> metric key -> Stat
+    per_group: dict[str, dict[str, Any]]  # group -> {"mean", "std", "n"} on test
+    configs: list[Config]
+    selected_config: Config | None
+    varied: list[str]  # hyperparameters that take several values in this method's grid
+    n_configs: int
+    n_diverged: int
+
+    def get(self, split: str, key: str) -> Stat:
+        return self.stats.get(split, {}).get(key, Stat(None))
+
+    @property
+    def selected_rows(self) -> list[Result]:
+        return self.selected_config.rows if self.selected_config else []
+
+    @property
+    def short_hparams(self) -> str:
+        """The selected values of the hyperparameters that were searched over."""
+        if self.selected_config is None and not self.selected:
+            return "nothing selected"
+        return ", ".join(f"{k}={format_value(self.selected.get(k))}" for k in self.varied) or "–"
+
+    def grid_slices(self) -> list[tuple[str, dict[str, Any], list[Config]]]:
+        """(hparam, the other varied hparams' selected values, configs) per varied hparam."""
+        if self.selected_config is None:
+            return []
+        sel = self.selected_config.hparams
+        out = []
+        for k in self.varied:
+            fixed = {j: sel.get(j) for j in self.varied if j != k}
+            members = [
+                c for c in self.configs
+                if all(canonical(c.hparams.get(j)) == canonical(v) for j, v in fixed.items())
+            ]
+            members.sort(key=lambda c, k=k: value_order(c.hparams.get(k)))
+            out.append((k, fixed, members))
+        return out
+
+
+@dataclass
+class Report:
+    runs: list[RunFolder]
+    methods: list[MethodResult]
+
+    def selection(self, long: bool = False) -> str:
+        """How the configurations were selected, e.g. "validation WGA"."""
+        names = {SELECTION_NAMES.get(r.selection, (r.selection, r.selection))[long]
+                 for r in self.runs}
+        return names.pop() if len(names) == 1 else " or ".join(sorted(names)) + " (per run)"
+
+    @property
+    def group_names(self) -> list[str]:
+        """Union of all runs' group names, in first-seen order."""
+        seen: dict[str, None] = {}
+        for m in self.methods:
+            for g in [*m.run.group_names, *m.per_group]:
+                seen.setdefault(g, None)
+        return list(seen)
+
+
+# --------------------------------------------------------------------------- building
+
+
+def build_report(run_dirs: Sequence[str | Path] | Sequence[RunFolder]) -> Report:
+    """Load the run folders and assemble one comparison over all their methods."""
+    if not run_dirs:
+        raise UserError("no run folder given; pass one or more folders written by `probe fit --out`")
+    runs = [r if isinstance(r, RunFolder) else load_run(r) for r in run_dirs]
+    for run, name in zip(runs, distinct_names([r.path for r in runs]), strict=True):
+        run.name = name
+    count: dict[str, int] = {}
+    for run in runs:
+        for m in run.summary["methods"]:
+            count[m] = count.get(m, 0) + 1
+    methods = [
+        _method_result(run, m, m if count[m] == 1 else f"{m} ({run.name})")
+        for run in runs
+        for m in run.summary["methods"]
+    ]
+    return Report(runs=runs, methods=methods)
+
+
+def build_configs(rows: Iterable[Result]) -> list[Config]:
+    """Group one method's result rows by hyperparameters without the seed, in file order."""
+    by_key: dict[str, Config] = {}
+    for i, row in enumerate(rows):
+        if row.config_key not in by_key:
+            hp = {k: v for k, v in row.hparams.items() if k != "seed"}
+            by_key[row.config_key] = Config(hparams=hp, rows=[], index=i)
+        by_key[row.config_key].rows.append(row)
+    for c in by_key.values():
+        ok = [r for r in c.rows if r.status == "ok"] or c.rows
+        c.stats = {s: _seed_stats(ok, s) for s in SPLITS}
+    return list(by_key.values())
+
+
+def _stats_from(ms: dict[str, Any] | None) -> dict[str, Stat]:
+    from probe.metrics import METRIC_KEYS
+
+    ms = ms or {}
+    return {
+        k: Stat(ms[k].get("mean"), ms[k].get("std")) if isinstance(ms.get(k), dict) else Stat(None)
+        for k in METRIC_KEYS
+    }
+
+
+def _seed_stats(rows: Sequence[Result], split: str) -> dict[str, Stat]:
+    from probe.metrics import mean_std
+
+    return _stats_from(mean_std([r.split(split) for r in rows]))
+
+
+def _varied(configs: Sequence[Config]) -> list[str]:
+    keys: dict[str, set[str]] = {}
+    for c in configs:
+        for k in c.hparams:
+            keys.setdefault(k, set())
+    for c in configs:
+        for k in keys:
+            keys[k].add(canonical(c.hparams.get(k)))
+    return [k for k, vals in keys.items() if len(vals) > 1]
+
+
+def _selected_config(configs: list[Config], run_ids: list[str], selected: dict[str, Any] | None
+                     ) -> Config | None:
+    """The configuration summary.json selected: by its first run id, else by its hparams."""
+    if run_ids:
+        found = next((c for c in configs if any(r.run_id == run_ids[0] for r in c.rows)), None)
+        if found is not None:
+            return found
+    if selected is None:
+        return None
+    key = config_key(selected)
+    return next((c for c in configs if config_key(c.hparams) == key), None)
+
+
+def _method_result(run: RunFolder, method: str, label: str) -> MethodResult:
+    entry = run.summary["methods"][method]
+    chosen = entry.get("selected") or {}
+    selected = {k: v for k, v in (chosen.get("hparams") or {}).items() if k != "seed"}
+    run_ids = [str(r) for r in chosen.get("run_ids") or []]
+    rows = [r for r in run.results if r.method == method]
+    configs = build_configs(rows)
+    sel_config = _selected_config(configs, run_ids, selected if chosen else None)
+    by_id = {r.run_id: r for r in rows}
+    sel_rows = [by_id[i] for i in run_ids if i in by_id] or (sel_config.rows if sel_config else [])
+
+    # summary.json is the contract; results.jsonl fills in what it lacks.
+    seeds = entry.get("seeds") or {}
+    summary_metrics = entry.get("metrics") or {}
+    stats: dict[str, dict[str, Stat]] = {}
+    for split in SPLITS:
+        if isinstance(seeds.get(split), dict):
+            stats[split] = _stats_from(seeds[split])
+        elif sel_rows:
+            stats[split] = _seed_stats(sel_rows, split)
+        else:
+            stats[split] = _stats_from(
+                {k: {"mean": v} for k, v in (summary_metrics.get(split) or {}).items()})
+    n_seeds = len(run_ids) or len(sel_rows) or int((seeds.get("test") or {}).get("n_seeds") or 0)
+
+    n_div = entry.get("n_diverged")
+    if n_div is None:
+        n_div = sum(1 for r in rows if r.status == "diverged")
+    return MethodResult(
+        run=run, method=method, label=label, selected=selected, run_ids=run_ids,
+        n_seeds=n_seeds, stats=stats, per_group=_per_group(sel_rows, summary_metrics),
+        configs=configs, selected_config=sel_config, varied=_varied(configs),
+        n_configs=int(entry.get("n_configs") or len(configs)), n_diverged=int(n_div),
+    )
+
+
+def _per_group(sel_rows: Sequence[Result], summary_metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Test accuracy per group over the selected seeds; else summary.json's means, no std."""
+    from probe.metrics import per_group_mean_std
+
+    if sel_rows:
+        return per_group_mean_std([r.split("test") for r in sel_rows])
+    pg = (summary_metrics.get("test") or {}).get("per_group") or {}
+    return {g: {"mean": d.get("acc"), "std": None, "n": d.get("n")} for g, d in pg.items()}

@@ -1,0 +1,121 @@
+"""Reading `probe fit --out` run folders (docs/results-format.md) for reports.
+
+results.jsonl goes through :func:`probe.results.parse_results`, the one reader
+of result rows; summary.json is read and checked here. Every problem is a
+one-line UserError naming the file (and the line) and saying what to do.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from base.errors import UserError
+from probe.results import Result, parse_results
+
+
+@dataclass
+class RunFolder:
+    """One `probe fit --out` folder: summary.json and results.jsonl, parsed."""
+
+    path: Path
+    summary: dict[str, Any]
+    results: list[Result]
+    name: str = ""  # what the report calls it: the path parts that tell it from the others
+
+    @property
+    def group_names(self) -> list[str]:
+        return [str(g) for g in self.summary.get("group_names") or []]
+
+    @property
+    def selection(self) -> str:
+        return str((self.summary.get("provenance") or {}).get("selection") or "val_wga")
+
+    @property
+    def features(self) -> dict[str, Any]:
+        return (self.summary.get("provenance") or {}).get("features") or {}
+
+
+def load_run(path: str | Path) -> RunFolder:
+    """Read and check one run folder; every problem is a one-line UserError naming the file."""
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"run folder {p} does not exist; pass a folder written by `probe fit --out`")
+    if not p.is_dir():
+        raise UserError(f"{p} is not a folder; pass a run folder written by `probe fit --out`")
+    summary = _read_json(p / "summary.json")
+    results_file = p / "results.jsonl"
+    results = parse_results(_read_text(results_file), where=results_file)
+    _check_summary(p / "summary.json", summary)
+    return RunFolder(path=p, summary=summary, results=results, name=p.name)
+
+
+def distinct_names(paths: Sequence[Path]) -> list[str]:
+    """The shortest trailing path parts that tell the run folders apart."""
+    parts = [p.resolve().parts for p in paths]
+    names = []
+    for i, pp in enumerate(parts):
+        for depth in range(1, len(pp) + 1):
+            tail = pp[-depth:]
+            if all(q[-depth:] != tail for j, q in enumerate(parts) if j != i and q != pp):
+                break
+        names.append("/".join(tail) or str(paths[i]))
+    # The same folder passed twice: number the repeats.
+    seen: dict[str, int] = {}
+    for i, n in enumerate(names):
+        seen[n] = seen.get(n, 0) + 1
+        if seen[n] > 1:
+            names[i] = f"{n}#{seen[n]}"
+    return names
+
+
+def _missing(file: Path) -> UserError:
+    return UserError(
+        f"{file} is missing: {file.parent} is not a finished `probe fit` run folder "
+        f"(rerun `probe fit ... --out {file.parent}`)"
+    )
+
+
+def _read_text(file: Path) -> str:
+    if not file.is_file():
+        raise _missing(file)
+    try:
+        return file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{file} is not UTF-8 text ({exc.reason}); rerun `probe fit`") from exc
+    except OSError as exc:
+        raise UserError(f"cannot read {file}: {exc.strerror}") from exc
+
+
+def _read_json(file: Path) -> dict[str, Any]:
+    text = _read_text(file)
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(
+            f"{file} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); "
+            "the run folder is damaged, rerun `probe fit`"
+        ) from exc
+    if not isinstance(obj, dict):
+        raise UserError(f"{file} holds a JSON {type(obj).__name__}, not an object; rerun `probe fit`")
+    return obj
+
+
+def _check_summary(file: Path, summary: dict[str, Any]) -> None:
+    methods = summary.get("methods")
+    if not isinstance(methods, dict) or not methods:
+        raise UserError(f"{file} has no 'methods' object; it is not a finished `probe fit` summary")
+    for name, entry in methods.items():
+        if not isinstance(entry, dict):
+            raise UserError(f"{file}: methods.{name} is not an object; rerun `probe fit`")
+        # null: nothing could be selected (every configuration diverged); reported as such.
+        selected = entry.get("selected")
+        if selected is None:
+            continue
+        if not isinstance(selected, dict) or not isinstance(selected.get("hparams"), dict):
+            raise UserError(f"{file}: methods.{name}.selected.hparams is missing or not an object")
+        if not isinstance(selected.get("run_ids", []), list):
+            raise UserError(f"{file}: methods.{name}.selected.run_ids is not a list")

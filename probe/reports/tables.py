@@ -1,0 +1,234 @@
+"""The report's tables, independent of any output format.
+
+A :class:`Table` holds cells (text or :class:`Pct`, a percentage over seeds),
+which cells are bold and how columns align; each format only lays it out.
+Here too is the text every human format shares: the legend, the grid
+description and the one-line description of each run folder.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from probe.reports.model import MethodResult, Report, Stat, display_name, format_value
+
+# (split, metric key, header). The averages are named apart on purpose: papers
+# call different numbers "average accuracy".
+COMPARISON_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("val", "wga", "Val WGA"),
+    ("test", "wga", "Test WGA"),
+    ("test", "acc", "Test Acc"),
+    ("test", "acc_train_weighted", "Test Avg (train-weighted)"),
+    ("test", "acc_group_mean", "Test Avg (group mean)"),
+)
+
+LEGEND = (
+    "WGA: worst-group accuracy (lowest accuracy over groups with samples). "
+    "Acc: plain accuracy over all samples of the split. "
+    "Avg (train-weighted): group accuracies weighted by the train split's group sizes "
+    "(the Waterbirds papers' \"average accuracy\", WILDS adj_acc_avg). "
+    "Avg (group mean): unweighted mean of the group accuracies (SubpopBench's \"adjusted\")."
+)
+
+GRID_MODE = "one-at-a-time"
+GRID_DESCRIPTION = (
+    "One hyperparameter varied at a time, the others fixed at the selected values "
+    "(percent, mean ± std over seeds; the selected row is bold)."
+)
+
+MISSING = "–"
+
+
+@dataclass
+class Pct:
+    """A percentage cell: mean (and std over seeds when there are several)."""
+
+    stat: Stat
+    show_std: bool = True
+    n: int | None = None  # row count, shown as "(n=...)" when set
+
+    def text(self, pm: str = "±", missing: str = MISSING) -> str:
+        if self.stat.mean is None or not math.isfinite(self.stat.mean):
+            body = missing
+        else:
+            body = f"{100 * self.stat.mean:.1f}"
+            if self.show_std and self.stat.std is not None:
+                body += f" {pm} {100 * self.stat.std:.1f}"
+        return body if self.n is None else f"{body} (n={self.n})"
+
+    def rounded(self) -> float | None:
+        m = self.stat.mean
+        return round(100 * m, 1) if m is not None and math.isfinite(m) else None
+
+
+Cell = str | Pct
+
+
+def cell_text(c: Cell) -> str:
+    """A cell as plain text with the default ± and dash."""
+    return c.text() if isinstance(c, Pct) else c
+
+
+@dataclass
+class Table:
+    title: str
+    headers: list[str]
+    rows: list[list[Cell]]
+    bold: set[tuple[int, int]] = field(default_factory=set)
+    caption: str = ""
+    first_numeric: int = 1  # columns from here on are right-aligned...
+    text_columns: tuple[int, ...] = ()  # ...except these
+
+    def numeric(self, j: int) -> bool:
+        """Whether column ``j`` holds numbers (right-aligned)."""
+        return j >= self.first_numeric and j not in self.text_columns
+
+
+def run_lines(report: Report) -> list[str]:
+    """One line per run folder: where it is, what was fitted, how it was selected."""
+    lines = []
+    for run in report.runs:
+        feats = run.features
+        bits = [f"{k} {feats[k]}" for k in ("dataset", "encoder") if feats.get(k)]
+        n_cfg = sum(len(m.configs) for m in report.methods if m.run is run)
+        bits.append(f"{n_cfg} configurations ({len(run.results)} fits)")
+        bits.append(f"selection {run.selection}")
+        lines.append(f"{run.name} ({run.path}): " + ", ".join(bits))
+    return lines
+
+
+def nothing_varied_lines(report: Report) -> list[str]:
+    """The methods that have no grid table: a single configuration."""
+    return [f"{m.label}: one configuration, nothing varied" for m in report.methods if not m.varied]
+
+
+def seed_counts(report: Report) -> list[int]:
+    """The distinct numbers of seeds behind the selections ([1] when none)."""
+    return sorted({m.n_seeds for m in report.methods if m.n_seeds > 0}) or [1]
+
+
+def _seeds_note(report: Report) -> str:
+    ns = seed_counts(report)
+    if ns == [1]:
+        return "one seed each"
+    if len(ns) == 1:
+        return f"mean ± std over {ns[0]} seeds"
+    return f"mean ± std over {ns[0]}–{ns[-1]} seeds, see Seeds"
+
+
+def paper_label(m: MethodResult) -> str:
+    """The method's display name for a paper, with its run folder when ambiguous."""
+    name = display_name(m.method)
+    return name if m.label == m.method else f"{name} ({m.run.name})"
+
+
+def comparison_table(
+    report: Report, with_seeds: bool = True, label: Callable[[MethodResult], str] | None = None
+) -> Table:
+    """Rows = methods (each at its selection), columns = the comparison metrics in percent."""
+    label = label or (lambda m: m.label)
+    headers = ["Method", *(["Seeds"] if with_seeds else []), *[h for _, _, h in COMPARISON_COLUMNS]]
+    rows: list[list[Cell]] = []
+    for m in report.methods:
+        row: list[Cell] = [label(m), *([str(m.n_seeds)] if with_seeds else [])]
+        row += [Pct(m.get(split, key), m.n_seeds > 1) for split, key, _ in COMPARISON_COLUMNS]
+        rows.append(row)
+    col = headers.index("Test WGA")
+    return Table(
+        title=f"Comparison: each method at its configuration selected by {report.selection()} "
+        f"(percent, {_seeds_note(report)})",
+        headers=headers,
+        rows=rows,
+        bold=_best_cells(rows, col),
+        caption=LEGEND,
+    )
+
+
+def _best_cells(rows: list[list[Cell]], col: int) -> set[tuple[int, int]]:
+    # Compare at the displayed precision so that visible ties are all bold.
+    vals = [c.rounded() if isinstance(c := r[col], Pct) else None for r in rows]
+    finite = [v for v in vals if v is not None]
+    if not finite:
+        return set()
+    best = max(finite)
+    return {(i, col) for i, v in enumerate(vals) if v == best}
+
+
+def selection_table(report: Report) -> Table:
+    """What was searched and selected per method."""
+    rows: list[list[Cell]] = [
+        [m.label, ", ".join(m.varied) or MISSING, m.short_hparams, str(m.n_configs),
+         str(m.n_diverged)]
+        for m in report.methods
+    ]
+    return Table(
+        title=f"Selected configurations (by {report.selection()})",
+        headers=["Method", "Searched", "Selected values", "Configs", "Diverged fits"],
+        rows=rows,
+        first_numeric=3,
+    )
+
+
+def per_group_table(
+    report: Report, label: Callable[[MethodResult], str] | None = None
+) -> Table:
+    """Rows = groups, columns = methods: test accuracy of each selected configuration."""
+    label = label or (lambda m: m.label)
+    groups = report.group_names
+    # One n column when every method saw the same test rows per group; else n in each cell.
+    ns = {g: {m.per_group[g].get("n") for m in report.methods if g in m.per_group} for g in groups}
+    shared_n = all(len(v) <= 1 for v in ns.values())
+    headers = ["Group", *(["n"] if shared_n else []), *[label(m) for m in report.methods]]
+    rows: list[list[Cell]] = []
+    for g in groups:
+        row: list[Cell] = [g]
+        if shared_n:
+            row.append(str(next(iter(ns[g]))) if ns[g] else MISSING)
+        for m in report.methods:
+            d = m.per_group.get(g)
+            if d is None:
+                row.append(MISSING)
+            else:
+                row.append(Pct(Stat(d.get("mean"), d.get("std")), m.n_seeds > 1,
+                               None if shared_n else d.get("n")))
+        rows.append(row)
+    return Table(
+        title="Per-group test accuracy of the selected configurations (percent, n = test rows)",
+        headers=headers,
+        rows=rows,
+        caption=f"Selected by {report.selection()}; {_seeds_note(report)}.",
+    )
+
+
+def main_tables(report: Report) -> list[Table]:
+    """The comparison, selection and per-group tables, in the order every format shows them."""
+    return [comparison_table(report), selection_table(report), per_group_table(report)]
+
+
+def grid_tables(report: Report) -> list[Table]:
+    """For each method and each searched hyperparameter, the configurations around the selection."""
+    tables = []
+    for m in report.methods:
+        for k, fixed, configs in m.grid_slices():
+            others = ", ".join(f"{j}={format_value(v)}" for j, v in fixed.items())
+            rows: list[list[Cell]] = []
+            for c in configs:
+                rows.append([
+                    format_value(c.hparams.get(k)),
+                    Pct(c.get("val", "wga"), c.n_seeds > 1),
+                    Pct(c.get("test", "wga"), c.n_seeds > 1),
+                    Pct(c.get("test", "acc"), c.n_seeds > 1),
+                    str(c.n_seeds),
+                    c.status,
+                    "selected" if c is m.selected_config else "",
+                ])
+            tables.append(Table(
+                title=f"{m.label}: {k} varied" + (f" ({others} as selected)" if others else ""),
+                headers=[k, "Val WGA", "Test WGA", "Test Acc", "Seeds", "Status", ""],
+                rows=rows,
+                text_columns=(5, 6),
+                bold={(i, j) for i, r in enumerate(rows) if r[-1] for j in range(len(r))},
+            ))
+    return tables
