@@ -15,83 +15,41 @@ from probe import moments
 from probe.methods import REGISTRY
 from probe.train.data import Batch, forward
 from probe.train.settings import Settings
-
-F64 = torch.float64
-
-
-def _problem(G=3, N=30, d=3, C=3, K=3, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    X = torch.randn(N, d, generator=g, dtype=F64)
-    y = torch.randint(0, C, (N,), generator=g)
-    dom = torch.arange(N) % K
-    theta = torch.randn(G, C, d + 1, generator=g, dtype=F64)
-    # Shares of this batch: the pooled CE is then the plain mean over its rows.
-    share = torch.bincount(dom, minlength=K).double() / N
-    return theta, Batch(X, y, dom, K, share)
-
-
-def _ce(theta_g, X, y):
-    return F.cross_entropy(moments.augment(X) @ theta_g.T, y)
-
-
-def _masks(batch):
-    return [batch.domains == k for k in range(batch.num_domains)]
-
-
-def _run(name, theta, batch, on=True, ce=None, **hp):
-    cls = REGISTRY[name]
-    G = theta.shape[0]
-    hps = {p.name: torch.full((G,), float(hp.get(p.name, p.default)), dtype=F64) for p in cls.params}
-    return cls(hps, Settings(ce_weighting=ce, dtype=F64)).loss(forward(theta, batch), batch, torch.full((G,), on))[0]
-
-
-def _check(name, theta, batch, reference, **hp):
-    """Value and gradient of the objective equal the reference's, head by head."""
-    th = theta.clone().requires_grad_(True)
-    ours = _run(name, th, batch, **hp)
-    (g_ours,) = torch.autograd.grad(ours.sum(), th)
-    for g in range(theta.shape[0]):
-        torch.testing.assert_close(ours[g], reference(theta[g]))
-        torch.testing.assert_close(g_ours[g], grad(reference)(theta[g]))
-
+from tests.method_helpers import F64, ce, check, masks, pooled, problem, run
 
 # ------------------------------------------------------------------------ references
-
-
-def _pooled(th, batch):
-    return _ce(th, batch.X, batch.y)
 
 
 def _cma_ref(batch, alpha, beta):
     def f(th):
         Gs, Hs = [], []
-        for m in _masks(batch):
+        for m in masks(batch):
             def ce_e(t, m=m):
-                return _ce(t, batch.X[m], batch.y[m])
+                return ce(t, batch.X[m], batch.y[m])
             Gs.append(grad(ce_e)(th).reshape(-1))
             Hs.append(hessian(ce_e)(th).reshape(th.numel(), th.numel()))
         Gs, Hs = torch.stack(Gs), torch.stack(Hs)
         r_g = ((Gs - Gs.mean(0)) ** 2).sum((1,)).mean()
         r_h = ((Hs - Hs.mean(0)) ** 2).sum((1, 2)).mean()
-        return _pooled(th, batch) + alpha * r_g + beta * r_h
+        return pooled(th, batch) + alpha * r_g + beta * r_h
     return f
 
 
 def _irm_ref(batch, lam):
     def f(th):
         pen = 0.0
-        for m in _masks(batch):
+        for m in masks(batch):
             z = moments.augment(batch.X[m]) @ th.T
             dw = grad(lambda w, z=z, m=m: F.cross_entropy(w * z, batch.y[m]))(torch.tensor(1.0, dtype=F64))
             pen = pen + dw**2
-        return _pooled(th, batch) + lam * pen
+        return pooled(th, batch) + lam * pen
     return f
 
 
 def _vrex_ref(batch, lam):
     def f(th):
-        losses = torch.stack([_ce(th, batch.X[m], batch.y[m]) for m in _masks(batch)])
-        return _pooled(th, batch) + lam * ((losses - losses.mean()) ** 2).mean()
+        losses = torch.stack([ce(th, batch.X[m], batch.y[m]) for m in masks(batch)])
+        return pooled(th, batch) + lam * ((losses - losses.mean()) ** 2).mean()
     return f
 
 
@@ -101,11 +59,11 @@ def _fishr_ref(batch, lam):
 
     def f(th):
         V = []
-        for m in _masks(batch):
+        for m in masks(batch):
             per_sample = vmap(grad(sample_loss), in_dims=(None, 0, 0))(th, batch.X[m], batch.y[m])
             V.append(per_sample.var(0, unbiased=False))
         V = torch.stack(V)
-        return _pooled(th, batch) + lam * ((V - V.mean(0)) ** 2).sum((1, 2)).mean()
+        return pooled(th, batch) + lam * ((V - V.mean(0)) ** 2).sum((1, 2)).mean()
     return f
 
 
@@ -113,62 +71,62 @@ def _fishr_ref(batch, lam):
 
 
 def test_erm_is_pooled_mean_ce_and_reweight_is_domain_mean() -> None:
-    theta, batch = _problem()
-    _check("erm", theta, batch, lambda th: _pooled(th, batch))
+    theta, batch = problem()
+    check("erm", theta, batch, lambda th: pooled(th, batch))
 
     def domain_mean(th):
-        return torch.stack([_ce(th, batch.X[m], batch.y[m]) for m in _masks(batch)]).mean()
+        return torch.stack([ce(th, batch.X[m], batch.y[m]) for m in masks(batch)]).mean()
 
-    _check("reweight", theta, batch, domain_mean)
+    check("reweight", theta, batch, domain_mean)
 
 
 def test_pooled_weighting_uses_training_shares_not_batch_shares() -> None:
-    theta, batch = _problem(N=30, K=3)
+    theta, batch = problem(N=30, K=3)
     # A balanced batch (10 rows per domain) of a training set with shares 0.6/0.3/0.1.
     batch.domain_share = torch.tensor([0.6, 0.3, 0.1], dtype=F64)
-    losses = torch.stack([torch.stack([_ce(theta[g], batch.X[m], batch.y[m]) for m in _masks(batch)])
+    losses = torch.stack([torch.stack([ce(theta[g], batch.X[m], batch.y[m]) for m in masks(batch)])
                           for g in range(3)])
-    torch.testing.assert_close(_run("erm", theta, batch), losses @ batch.domain_share)
+    torch.testing.assert_close(run("erm", theta, batch), losses @ batch.domain_share)
 
 
 def test_ce_weighting_override() -> None:
-    theta, batch = _problem()
-    torch.testing.assert_close(_run("erm", theta, batch, ce="domain"), _run("reweight", theta, batch))
-    torch.testing.assert_close(_run("reweight", theta, batch, ce="pooled"), _run("erm", theta, batch))
+    theta, batch = problem()
+    torch.testing.assert_close(run("erm", theta, batch, weighting="domain"), run("reweight", theta, batch))
+    torch.testing.assert_close(run("reweight", theta, batch, weighting="pooled"), run("erm", theta, batch))
 
 
 @pytest.mark.parametrize(("alpha", "beta"), [(4.0, 0.5), (0.0, 2.0), (3.0, 0.0)])
 def test_cma_matches_autograd_gradient_and_hessian_variances(alpha: float, beta: float) -> None:
-    theta, batch = _problem(G=2, N=24, d=2, C=3)
-    _check("cma", theta, batch, _cma_ref(batch, alpha, beta), alpha=alpha, beta=beta)
+    theta, batch = problem(G=2, N=24, d=2, C=3)
+    check("cma", theta, batch, _cma_ref(batch, alpha, beta), alpha=alpha, beta=beta)
 
 
 def test_irm_penalty_matches_autograd() -> None:
-    theta, batch = _problem()
-    _check("irm", theta, batch, _irm_ref(batch, 7.0), lam=7.0)
+    theta, batch = problem()
+    check("irm", theta, batch, _irm_ref(batch, 7.0), lam=7.0)
 
 
 def test_vrex_penalty_matches_direct() -> None:
-    theta, batch = _problem()
-    _check("vrex", theta, batch, _vrex_ref(batch, 3.0), lam=3.0)
+    theta, batch = problem()
+    check("vrex", theta, batch, _vrex_ref(batch, 3.0), lam=3.0)
 
 
 def test_fishr_penalty_matches_per_sample_autograd() -> None:
-    theta, batch = _problem()
-    _check("fishr", theta, batch, _fishr_ref(batch, 2.0), lam=2.0)
+    theta, batch = problem()
+    check("fishr", theta, batch, _fishr_ref(batch, 2.0), lam=2.0)
 
 
 @pytest.mark.parametrize("name", ["cma", "irm", "vrex", "fishr"])
 def test_penalty_off_while_annealing_equals_erm(name: str) -> None:
-    theta, batch = _problem()
-    torch.testing.assert_close(_run(name, theta, batch, on=False), _run("erm", theta, batch))
+    theta, batch = problem()
+    torch.testing.assert_close(run(name, theta, batch, on=False), run("erm", theta, batch))
 
 
 def test_groupdro_exponentiated_gradient_weights() -> None:
-    theta, batch = _problem(G=2)
+    theta, batch = problem(G=2)
     eta = torch.tensor([0.5, 0.0], dtype=F64)
     obj = REGISTRY["groupdro"]({"eta": eta}, Settings(dtype=F64))
-    losses = torch.stack([torch.stack([_ce(theta[g], batch.X[m], batch.y[m]) for m in _masks(batch)])
+    losses = torch.stack([torch.stack([ce(theta[g], batch.X[m], batch.y[m]) for m in masks(batch)])
                           for g in range(2)])
     for _ in range(5):
         robust = obj.loss(forward(theta, batch), batch, torch.tensor([True, True]))[0]
@@ -181,7 +139,29 @@ def test_groupdro_exponentiated_gradient_weights() -> None:
 
 def test_single_domain_batch_has_zero_variance_penalties() -> None:
     # Variances across one domain vanish (IRMv1's penalty is no variance and does not).
-    theta, batch = _problem()
+    theta, batch = problem()
     one = Batch(batch.X, batch.y, torch.zeros_like(batch.domains), 1, torch.ones(1, dtype=F64))
     for name in ("cma", "vrex", "fishr"):
-        torch.testing.assert_close(_run(name, theta, one), _run("erm", theta, one), msg=name)
+        torch.testing.assert_close(run(name, theta, one), run("erm", theta, one), msg=name)
+
+
+def test_fishr_moving_average_of_the_domain_variances() -> None:
+    theta, batch = problem()
+    other = problem(seed=1)[1]  # a second batch with other rows
+    G = theta.shape[0]
+    hp = {"lam": torch.full((G,), 2.0, dtype=F64), "ema": torch.full((G,), 0.9, dtype=F64)}
+    fishr = REGISTRY["fishr"](hp, Settings(dtype=F64))
+    first = fishr.penalty_terms(forward(theta, batch), batch, None)["fishr"]
+    # The first step's average is the batch's own variance: the penalty without averaging.
+    torch.testing.assert_close(first, run("fishr", theta, batch, lam=1.0, ema=0.0) - run("erm", theta, batch))
+    th = theta.clone().requires_grad_(True)
+    second = fishr.penalty_terms(forward(th, other), other, None)["fishr"]
+    # The Fishr code's corrected average: (0.9 · 0.1 v1 + 0.1 v2) / 0.1, no gradient through v1.
+    v1 = fishr.domain_variances(forward(theta, batch), batch)
+    v2 = fishr.domain_variances(forward(th, other), other)
+    mixed = (0.9 * 0.1 * v1 + 0.1 * v2) / 0.1
+    want = ((mixed - mixed.mean(2, keepdim=True)) ** 2).sum((1, 3)).mean(1)
+    torch.testing.assert_close(second, want)
+    (g_ours,) = torch.autograd.grad(second.sum(), th, retain_graph=True)
+    (g_want,) = torch.autograd.grad(want.sum(), th)
+    torch.testing.assert_close(g_ours, g_want)

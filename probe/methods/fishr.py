@@ -11,13 +11,20 @@ class Fishr(GradientMethod):
     """The variance across domains of the per-domain (diagonal) variances of per-sample
     gradients. A linear head's per-sample gradient is (p_i − y_i) x̃_iᵀ, so the variance
     is E_e[r²] x̃² − (E_e[r x̃])² in closed form (no BackPACK); the penalty is
-    (1/K') Σ_e ‖v_e − v̄‖²."""
+    (1/K') Σ_e ‖v_e − v̄‖².
+
+    As in the Fishr paper's code, each domain's variance is an exponential moving
+    average over steps, v_e ← ema·v_e(previous, no gradient) + (1 − ema)·v_e(batch),
+    divided by (1 − ema) so that the gradient reaching this batch's variance does not
+    depend on ema; ema = 0 is the batch's own variance. The average runs from the
+    first step, also while the penalty is annealed, per head and per domain."""
 
     name = "fishr"
     display = "Fishr"
     summary = "fishr: Fishr, the variance across domains of per-sample gradient variances (lam)"
-    params = (Param("lam", "Fishr penalty weight λ.", default=1e2, grid=(1e1, 1e2, 1e3),
-                    symbol="λ"),)
+    params = (Param("lam", "Fishr penalty weight λ.", default=1e2, grid=(1e1, 1e2, 1e3), symbol="λ"),
+              Param("ema", "Fishr moving-average factor of the per-domain gradient variances (0: none).",
+                    default=0.95, maximum=0.999))
     penalties = {"fishr": Penalty("lam", order=2)}  # variances of (p−y)x̃: x̃², squared
 
     @classmethod
@@ -25,6 +32,12 @@ class Fishr(GradientMethod):
         return 8 * K * C * D + 4 * K * B * C
 
     def penalty_terms(self, fwd, batch, gram):
+        var = self.moving_average(self.domain_variances(fwd, batch), batch)
+        return {"fishr": ((var - var.mean(2, keepdim=True)) ** 2).sum((1, 3)).mean(1)}
+
+    @staticmethod
+    def domain_variances(fwd, batch):
+        """(G, C, K', d̃) variance over each present domain's rows of the per-sample gradients."""
         from probe import moments
 
         Xt = moments.augment(batch.X)
@@ -35,5 +48,16 @@ class Fishr(GradientMethod):
         rw = (r.permute(0, 2, 1).unsqueeze(2) * batch.W.T.unsqueeze(0).unsqueeze(0))  # (G, C, K', B)
         mean_g = (rw.reshape(-1, B) @ Xt).view(G, C, K, -1)
         mean_g2 = ((rw * r.permute(0, 2, 1).unsqueeze(2)).reshape(-1, B) @ (Xt * Xt)).view(G, C, K, -1)
-        var = mean_g2 - mean_g**2
-        return {"fishr": ((var - var.mean(2, keepdim=True)) ** 2).sum((1, 3)).mean(1)}
+        return mean_g2 - mean_g**2
+
+    def moving_average(self, var, batch):
+        """The corrected EMA of ``var`` (G, C, K', d̃) over the present domains ``batch.ids``."""
+        import torch
+
+        ema = self.hp["ema"].view(-1, 1, 1, 1)
+        if not hasattr(self, "average"):  # zeros: the first step's average is the batch's variance
+            G, C, _, D = var.shape
+            self.average = torch.zeros(G, C, batch.num_domains, D, dtype=var.dtype, device=var.device)
+        mixed = ema * self.average[:, :, batch.ids] + (1 - ema) * var
+        self.average[:, :, batch.ids] = mixed.detach()
+        return mixed / (1 - ema)

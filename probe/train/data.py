@@ -146,6 +146,8 @@ class Batch:
     domain_share: torch.Tensor  # (K,) each domain's share of the training rows
     W: torch.Tensor | None = None  # (B, K') 1/n_e weights over the present domains
     ids: torch.Tensor | None = None  # (K',) ids of the present domains
+    seed: int = 0  # the stream's seed and this batch's step: randomness a method draws per step
+    step: int = 0
 
     def __post_init__(self) -> None:
         if self.W is None:
@@ -204,16 +206,19 @@ class Stream:
         if needs_gram and n * n * item <= CACHE_BYTES:
             self.gram_all = gram(self.X_all if self.X_all is not None else tr.X())
         self.full: tuple[Batch, torch.Tensor | None] | None = None
+        self.seed, self.step = seed, -1
 
     def next(self) -> tuple[Batch, torch.Tensor | None]:
         tr = self.tr
+        self.step += 1
         if self.sampler.full:  # the same rows every step
             if self.full is None:
-                self.full = (Batch(self.X_all, tr.y, tr.domain, self.K, self.share), self.gram_all)
+                self.full = (Batch(self.X_all, tr.y, tr.domain, self.K, self.share, seed=self.seed), self.gram_all)
+            self.full[0].step = self.step
             return self.full
         idx = torch.as_tensor(self.sampler.next(), device=tr.rows.device)
         X = self.X_all.index_select(0, idx) if self.X_all is not None else tr.X(idx)
-        batch = Batch(X, tr.y[idx], tr.domain[idx], self.K, self.share)
+        batch = Batch(X, tr.y[idx], tr.domain[idx], self.K, self.share, seed=self.seed, step=self.step)
         g = None
         if self.gram_all is not None:
             n = self.gram_all.shape[0]

@@ -55,6 +55,8 @@ class Settings:
     hessian_method: str = setting("auto", "CMA Hessian-variance form: auto, kernel, binary, direct (all exact).",
                                   choices=moments.METHODS)
     pca_dim: int = setting(64, "Components kept by the pca preprocessing.", minimum=1)
+    probes: int = setting(100, "hutchinson: Rademacher probes per step for each domain's Hessian-diagonal "
+                               "estimate.", minimum=1)
     ce_weighting: str | None = setting(
         None, "Cross-entropy weighting over the balanced batches: pooled (natural-distribution mean via importance "
               "weights; default of erm, cma, irm, vrex, fishr) or domain (mean of per-domain means; default of "
