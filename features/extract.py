@@ -34,9 +34,8 @@ from base.io import check_writable_dir
 from base.version import code_version
 from features.datasets.base import DatasetSpec
 from features.encoders import BadItem, Encoder
+from features.schema import SCHEMA, WRITE_IDENTITY
 from features.store import (
-    SCHEMA,
-    WRITE_IDENTITY,
     FeatureWriter,
     decode_json_attr,
     identity_difference,

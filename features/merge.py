@@ -19,9 +19,8 @@ import numpy as np
 
 from base.errors import UserError
 from base.io import atomic_path
+from features.schema import LABEL_DATASETS, WRITE_IDENTITY
 from features.store import (
-    LABEL_DATASETS,
-    WRITE_IDENTITY,
     FeatureWriter,
     decode_json_attr,
     identity_difference,
