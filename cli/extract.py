@@ -90,12 +90,11 @@ def extract_cmd(
     from base.device import resolve_device
     from base.errors import UserError
     from base.io import check_writable_dir
-    from features.datasets import ADAPTERS, load_dataset
+    from features.datasets import dataset_info, load_dataset
     from features.encoders import load_encoder
     from features.extract import DTYPES, extract, parse_shard, shard_output_path, tune_cpu_allocator
 
-    if dataset not in ADAPTERS:
-        raise UserError(f"unknown dataset {dataset!r}; choose one of: {', '.join(ADAPTERS)}")
+    dataset_info(dataset)
     if dtype not in DTYPES:
         raise UserError(f"--dtype {dtype!r}: choose float32 or float16")
     shard_spec = parse_shard(shard)
