@@ -10,6 +10,8 @@ that is one of its flags as that flag (``--batch-size: must be at least 1``).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 
 class UserError(Exception):
     """A problem with the user's input (a path, a file, a parameter), not with probe.
@@ -18,3 +20,9 @@ class UserError(Exception):
     """
 
     exit_code = 2
+
+
+def either(choices: Iterable[str]) -> str:
+    """``a, b or c``: how messages and help list the values to choose from."""
+    items = list(choices)
+    return " or ".join(filter(None, [", ".join(items[:-1]), items[-1]])) if items else ""

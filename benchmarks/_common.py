@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from features.extract import trim_heap
+from features.loading import trim_heap
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 

@@ -29,13 +29,8 @@ from base.device import resolve_device  # noqa: E402
 from benchmarks._common import write_results  # noqa: E402
 from features.datasets.base import DatasetSpec  # noqa: E402
 from features.encoders import Encoder, load_encoder  # noqa: E402
-from features.extract import (  # noqa: E402
-    decode_threads,
-    default_batch_size,
-    default_workers,
-    extract,
-    tune_cpu_allocator,
-)
+from features.extract import extract  # noqa: E402
+from features.loading import decode_threads, default_workers, tune_cpu_allocator  # noqa: E402
 
 ENCODERS = {
     "efficientnet-lite0": {"name": "efficientnet-lite0"},
@@ -86,7 +81,7 @@ def forward_rate(enc: Encoder, batches: list[torch.Tensor], n: int) -> float:
 
 def extract_rate(enc: Encoder, spec: DatasetSpec, out: Path, batch_size: int, workers: int) -> float:
     t0 = time.perf_counter()
-    extract(spec, enc, out, batch_size=batch_size, workers=workers, quiet=True, overwrite=True)
+    extract(spec, enc, out, batch_size=batch_size, workers=workers, overwrite=True)
     return len(spec) / (time.perf_counter() - t0)
 
 
@@ -121,7 +116,7 @@ def main() -> None:
         spec = spec_for(paths)
         for key in args.encoders.split(","):
             enc = load_encoder(**ENCODERS[key], device=args.device)
-            bs = args.batch_size or default_batch_size("image", enc.device.type)
+            bs = args.batch_size or enc.default_batch_size
             prepared = [enc.prepare(p) for p in paths]
             batches = [enc.collate(prepared[s:s + bs]) for s in range(0, len(prepared), bs)]
             forward_rate(enc, batches[:2], 2 * bs)  # warm-up: allocator, kernels

@@ -47,7 +47,7 @@ if __package__ in (None, ""):
 
 from base.device import resolve_device  # noqa: E402
 from benchmarks._common import PeakRSS, timed, write_results  # noqa: E402
-from features.extract import trim_heap  # noqa: E402
+from features.loading import trim_heap  # noqa: E402
 from probe import moments  # noqa: E402
 
 # Direct variants whose estimated peak exceeds this are skipped with a note.

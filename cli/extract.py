@@ -1,49 +1,84 @@
-"""`probe extract`, `probe info`, `probe merge`: stage 1 on the command line."""
+"""`probe extract`, `probe info`, `probe merge`: stage 1 on the command line.
+
+The dataset argument, the dataset options, the encoder choices and their help are
+built from what :mod:`features.datasets` and :mod:`features.encoders` declare:
+this module names no dataset and no encoder.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
+from base.errors import either
 from cli.app import app
+from cli.flags import declared_help
+from cli.options import OptionSpec, with_options
+from features.datasets import registry as dataset_registry
+from features.encoders import BATCH_SIZES, MODALITIES
+from features.encoders import registry as encoder_registry
+from features.schema import FEATURE_DTYPES
 
-_TEXT_DATASETS = ("multinli",)
+
+def _dataset_help() -> str:
+    datasets = dataset_registry.datasets()
+    return either(f"{name} ({info.help})" if info.help else name for name, info in datasets.items()) + "."
+
+
+def _root_help() -> str:
+    unused = [name for name, info in dataset_registry.datasets().items() if info.root == "unused"]
+    return "The dataset's folder, in its standard layout" + (f" (not needed for {either(unused)})." if unused else ".")
+
+
+def _encoder_help() -> str:
+    families = encoder_registry.families()
+    defaults = [f"{info.default_encoder} for {name}"
+                for name, info in dataset_registry.datasets().items() if info.default_encoder]
+    defaults += [f"{f.name} for {modality} datasets" for f in families for modality in f.default_for]
+    return declared_help(f"{either(f.help for f in families)}. Default: {', '.join(defaults)}; required otherwise.")
+
+
+def _batch_size_help() -> str:
+    parts = []
+    for device in BATCH_SIZES[MODALITIES[0]]:
+        sizes = {m: BATCH_SIZES[m][device] for m in MODALITIES}
+        if len(set(sizes.values())) == 1:
+            parts.append(f"{sizes[MODALITIES[0]]} on {device.upper()}")
+        else:
+            parts.append(f"on {device.upper()} " + ", ".join(f"{n} for {m}s" for m, n in sizes.items()))
+    return f"Rows per forward pass. Default: {'; '.join(parts)}; when resuming, the unfinished file's."
+
+
+def _encoder_option(name: str) -> str:
+    return declared_help(encoder_registry.option_help(name))
+
+
+DATASET_OPTIONS = [OptionSpec(name, declared_help(dataset_registry.option_help(name)), metavar=takers[0][1].metavar)
+                   for name, takers in dataset_registry.options().items()]
 
 
 @app.command("extract")
+@with_options(DATASET_OPTIONS, into="dataset_options")
 def extract_cmd(
-    dataset: str = typer.Argument(..., metavar="DATASET",
-                                  help="demo (bundled, built from scikit-learn digits), waterbirds, celeba, "
-                                       "multinli or table (any CSV or TSV table; see the column options)."),
+    dataset: str = typer.Argument(..., metavar="DATASET", help=_dataset_help()),
     out: Path = typer.Option(..., "--out", "-o", metavar="FILE.h5",
                              help="Feature file to write. Rows go to FILE.h5.partial first; rerunning the same "
                                   "command after an interruption resumes it. With --shard i/N the file is "
                                   "FILE.shard<i>of<N>.h5.", show_default=False),
-    root: Path | None = typer.Option(None, "--root", metavar="DIR",
-                                     help="The dataset's folder, in its standard layout (not needed for demo).",
-                                     show_default=False),
-    encoder: str | None = typer.Option(None, "--encoder", "-e", metavar="ENC",
-                                       help="open_clip:<arch> (with --weights), hf:<name or folder>, minilm or "
-                                            "efficientnet-lite0. Default: efficientnet-lite0 for demo, minilm for "
-                                            "text datasets; required otherwise.", show_default=False),
-    weights: str | None = typer.Option(None, "--weights", "-w", metavar="W",
-                                       help="open_clip weights: a checkpoint file, local-dir:FOLDER (with "
-                                            "open_clip_config.json), a pretrained tag (needs internet or a filled "
-                                            "cache) or none (random init). efficientnet-lite0: another state_dict "
-                                            "file.", show_default=False),
-    pooling: str | None = typer.Option(None, "--pooling", metavar="P",
-                                       help="Text encoders: cls, mean or pooler. Default: the model's own "
-                                            "(sentence-transformers config) or cls.", show_default=False),
-    tower: str | None = typer.Option(None, "--tower", metavar="image|text",
-                                     help="open_clip tower; default: the dataset's modality.", show_default=False),
-    max_length: int | None = typer.Option(None, "--max-length", metavar="N",
-                                          help="Text encoders: truncate to N tokens (pairs: longest first). "
-                                               "Default: the model's limit (256 for minilm, 512 for BERT).",
+    root: Path | None = typer.Option(None, "--root", metavar="DIR", help=_root_help(), show_default=False),
+    encoder: str | None = typer.Option(None, "--encoder", "-e", metavar="ENC", help=_encoder_help(),
+                                       show_default=False),
+    weights: str | None = typer.Option(None, "--weights", "-w", metavar="W", help=_encoder_option("weights"),
+                                       show_default=False),
+    pooling: str | None = typer.Option(None, "--pooling", metavar="P", help=_encoder_option("pooling"),
+                                       show_default=False),
+    tower: str | None = typer.Option(None, "--tower", metavar="|".join(MODALITIES),
+                                     help=_encoder_option("tower"), show_default=False),
+    max_length: int | None = typer.Option(None, "--max-length", metavar="N", help=_encoder_option("max_length"),
                                           show_default=False),
-    batch_size: int | None = typer.Option(None, "--batch-size", "-b", metavar="N",
-                                          help="Rows per forward pass. Default: 256 on CUDA; on CPU 16 for "
-                                               "images, 64 for texts; when resuming, the unfinished file's.",
+    batch_size: int | None = typer.Option(None, "--batch-size", "-b", metavar="N", help=_batch_size_help(),
                                           show_default=False),
     workers: int | None = typer.Option(None, "--workers", "-j", metavar="N",
                                        help="Processes that decode and preprocess (or tokenise) while the model "
@@ -54,7 +89,7 @@ def extract_cmd(
     device: str = typer.Option("auto", "--device", metavar="DEV",
                                help="auto (CUDA if available), cpu, cuda or cuda:N. CUDA runs in mixed "
                                     "precision (float16 autocast)."),
-    dtype: str = typer.Option("float32", "--dtype", metavar="float32|float16",
+    dtype: str = typer.Option(FEATURE_DTYPES[0], "--dtype", metavar="|".join(FEATURE_DTYPES),
                               help="Storage type of the features (encoding itself is unaffected)."),
     shard: str | None = typer.Option(None, "--shard", metavar="i/N",
                                      help="Encode only part i of N (numbered from 0), e.g. $SLURM_ARRAY_TASK_ID/8; "
@@ -65,72 +100,49 @@ def extract_cmd(
     overwrite: bool = typer.Option(False, "--overwrite",
                                    help="Replace an existing FILE.h5 and discard an unfinished FILE.h5.partial."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary (warnings still show)."),
-    target: str | None = typer.Option(None, "--target", help="celeba: target attribute (default Blond_Hair).",
-                                      show_default=False),
-    spurious: str | None = typer.Option(None, "--spurious",
-                                        help="celeba: spurious attribute (default Male).", show_default=False),
-    metadata: str | None = typer.Option(None, "--metadata", metavar="FILE",
-                                        help="table: the CSV or TSV table; other datasets: a metadata file name "
-                                             "overriding the standard one.", show_default=False),
-    image_col: str | None = typer.Option(None, "--image-col", help="table: column of image paths.",
-                                         show_default=False),
-    text_col: str | None = typer.Option(None, "--text-col",
-                                        help="table: text column (two, comma-separated, for sentence pairs).",
-                                        show_default=False),
-    label_col: str | None = typer.Option(None, "--label-col", help="table: label column.", show_default=False),
-    attr_col: str | None = typer.Option(None, "--attr-col", help="table: spurious attribute column.",
-                                        show_default=False),
-    group_col: str | None = typer.Option(None, "--group-col", help="table: group column (instead of an "
-                                                                   "attribute).", show_default=False),
-    split_col: str | None = typer.Option(None, "--split-col", help="table: split column.", show_default=False),
-    text_source: str | None = typer.Option(None, "--text-source", metavar="auto|jsonl|glue",
-                                           help="multinli: where the raw text comes from.", show_default=False),
+    dataset_options: dict[str, Any] | None = None,
 ) -> None:
     """Encode a dataset with a frozen encoder into an HDF5 feature file (resumable, shardable)."""
     from base.device import resolve_device
     from base.errors import UserError
-    from base.io import check_writable_dir
-    from features.datasets import ADAPTERS, load_dataset
+    from base.progress import ignore
+    from cli.progress import rows_bar, stderr_console, warner
+    from features.datasets import dataset_info, load_dataset
     from features.encoders import load_encoder
-    from features.extract import DTYPES, extract, parse_shard, shard_output_path, tune_cpu_allocator
+    from features.extract import (
+        check_dtype,
+        check_output,
+        choose_encoder,
+        extract,
+        parse_shard,
+        shard_output_path,
+    )
+    from features.loading import tune_cpu_allocator
 
-    if dataset not in ADAPTERS:
-        raise UserError(f"unknown dataset {dataset!r}; choose one of: {', '.join(ADAPTERS)}")
-    if dtype not in DTYPES:
-        raise UserError(f"--dtype {dtype!r}: choose float32 or float16")
+    dataset_info(dataset)  # a mistyped name is refused before anything slow runs
+    check_dtype(dtype)
     shard_spec = parse_shard(shard)
     out = shard_output_path(out, shard_spec)
-    if out.is_dir():
-        raise UserError(f"--out {out}: is a folder; give a file name such as {out / 'features.h5'}")
-    check_writable_dir(out.parent if str(out.parent) else Path("."), "--out")
+    check_output(out)
     dev = resolve_device(device)
     if dev.type == "cpu":
         tune_cpu_allocator()
     if root is not None and not root.exists():
         raise UserError(f"--root {root}: no such folder")
-    # Dataset options reach the adapter as keyword arguments, only those given.
-    given = {"target": target, "spurious": spurious, "metadata": metadata, "image_col": image_col,
-             "text_col": text_col, "label_col": label_col, "attr_col": attr_col, "group_col": group_col,
-             "split_col": split_col, "text_source": text_source}
-    options = {k: v for k, v in given.items() if v is not None}
-    if encoder is None:
-        if dataset == "demo":
-            encoder = "efficientnet-lite0"
-        elif dataset in _TEXT_DATASETS:
-            encoder = "minilm"
-    spec = load_dataset(dataset, root, **options)
-    if encoder is None:
-        if spec.modality == "text":
-            encoder = "minilm"
-        else:
-            raise UserError(f"--encoder is required for image dataset {dataset!r}: e.g. --encoder open_clip:ViT-B-32 "
-                            "--weights FILE, or --encoder efficientnet-lite0")
-    # open_clip has both towers: default to the dataset's; other encoders have one, checked by extract().
-    default_tower = spec.modality if encoder.startswith("open_clip:") else None
-    enc = load_encoder(encoder, weights=weights, device=dev, pooling=pooling, tower=tower or default_tower,
-                       max_length=max_length)
-    extract(spec, enc, out, batch_size=batch_size, workers=workers, dtype=dtype, shard=shard_spec,
-            skip_bad=skip_bad, overwrite=overwrite, quiet=quiet)
+    spec = load_dataset(dataset, root, **(dataset_options or {}))
+    enc = load_encoder(choose_encoder(dataset, spec.modality, encoder), weights=weights, device=dev,
+                       pooling=pooling, tower=tower, max_length=max_length, modality=spec.modality)
+    console = stderr_console(soft_wrap=True)
+    result = extract(spec, enc, out, batch_size=batch_size, workers=workers, dtype=dtype, shard=shard_spec,
+                     skip_bad=skip_bad, overwrite=overwrite, progress=None if quiet else rows_bar(console),
+                     warn=warner(console, "extract"), note=ignore if quiet else console.print)
+    if quiet:
+        return
+    if result.status == "already complete":
+        console.print(f"{result.path} is already complete ({result.rows} rows); nothing to do "
+                      "(--overwrite to extract again)")
+    else:
+        console.print(f"wrote {result.rows} rows x {result.dim} features to {result.path} in {result.seconds:.1f} s")
 
 
 @app.command("info")
@@ -184,6 +196,11 @@ def merge_cmd(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
 ) -> None:
     """Join the shards of one extraction into the file an unsharded run writes (checked, atomic)."""
+    from cli.progress import count_bar, stderr_console
     from features.merge import merge
 
-    merge(out, shards, overwrite=overwrite, quiet=quiet)
+    console = stderr_console()
+    result = merge(out, shards, overwrite=overwrite, progress=None if quiet else count_bar(console))
+    if not quiet:
+        console.print(f"merged {result.shards} shards, {result.rows} rows, into {result.path} in "
+                      f"{result.seconds:.1f} s")

@@ -5,15 +5,13 @@ means a bug in probe. Heavy imports (torch, transformers) happen inside the
 commands so that `probe --help` answers at once.
 
 Library errors name parameters in backquotes (`batch_size`); here each one that
-is a flag of the command that ran becomes that flag (``--batch-size``), so the
-API and the command line each speak their own names.
+is a flag of the command that ran becomes that flag (``--batch-size``, see
+:mod:`cli.flags`), so the API and the command line each speak their own names.
 """
 
 from __future__ import annotations
 
-import re
 import sys
-from collections.abc import Sequence
 
 import typer
 
@@ -27,10 +25,10 @@ from cli import extract as _extract  # noqa: F401  (registers extract, info, mer
 from cli import fit as _fit  # noqa: F401  (registers fit)
 from cli import report as _report  # noqa: F401  (registers report)
 from cli.app import app
+from cli.flags import flag_names
 
 # click >= 8.2 raises this after printing help for a bare `probe`.
 _NO_ARGS_IS_HELP = getattr(click_exc, "NoArgsIsHelpError", ())
-_PARAM = re.compile(r"`([A-Za-z_][A-Za-z0-9_]*)`")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -55,28 +53,6 @@ def main(argv: list[str] | None = None) -> None:
         sys.stderr.close()
         sys.exit(0)
     sys.exit(code if isinstance(code, int) else 0)
-
-
-def command_flags(args: Sequence[str]) -> dict[str, str]:
-    """Parameter name -> long flag of the subcommand named in ``args`` (else of all)."""
-    group = typer.main.get_command(app)
-    commands = group.commands if hasattr(group, "commands") else {}
-    chosen = [commands[a] for a in args[:1] if a in commands] or list(commands.values())
-    flags: dict[str, str] = {}
-    for cmd in reversed(chosen):
-        for p in cmd.params:
-            longs = [o for o in getattr(p, "opts", []) if o.startswith("--")]
-            if longs and p.name:
-                flags[p.name] = max(longs, key=len)
-    return flags
-
-
-def flag_names(message: str, args: Sequence[str]) -> str:
-    """`name` -> --flag for every parameter of the command that is a flag."""
-    if "`" not in message:
-        return message
-    flags = command_flags(args)
-    return _PARAM.sub(lambda m: flags.get(m.group(1), m.group(0)), message)
 
 
 def _fail(message: str, code: int, prefix: str = "probe") -> None:

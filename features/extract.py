@@ -7,7 +7,10 @@ run (batches have fixed boundaries and the encoder is in eval mode). Only a fini
 file is renamed to OUT.
 
 Fast: decoding and preprocessing (or tokenising) run in DataLoader worker processes
-while the main process encodes the previous batch.
+while the main process encodes the previous batch (:mod:`features.loading`).
+
+Quiet: progress, warnings and notes go to the caller's callbacks (:mod:`base.progress`);
+the command line draws them.
 
 Scale-out: ``shard=(i, n)`` encodes the i-th of n contiguous runs of batches, cut at
 the same batch boundaries as an unsharded run, so `probe merge` of the shards equals
@@ -19,9 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
 import time
-from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,14 +30,17 @@ from typing import Any
 import h5py
 import numpy as np
 
-from base.errors import UserError
+from base.errors import UserError, either
 from base.io import check_writable_dir
+from base.progress import NoProgress, Notify, Progress, ignore
 from base.version import code_version
 from features.datasets.base import DatasetSpec
-from features.encoders import BadItem, Encoder
+from features.datasets.registry import dataset_info
+from features.encoders.core import Encoder
+from features.encoders.registry import default_encoder, encoder_hints
+from features.loading import batches, default_workers, trim_heap
+from features.schema import FEATURE_DTYPES, SCHEMA, WRITE_IDENTITY
 from features.store import (
-    SCHEMA,
-    WRITE_IDENTITY,
     FeatureWriter,
     decode_json_attr,
     identity_difference,
@@ -44,79 +48,10 @@ from features.store import (
     written_identity,
 )
 
-DTYPES = ("float32", "float16")
 # Commit (flush + advance rows_written) at least this often, and whenever this many
 # rows are buffered: bounds both the work lost to a kill and the memory held.
 DEFAULT_COMMIT_SECONDS = 5.0
 MAX_BUFFER_ROWS = 4096
-
-
-def tune_cpu_allocator(mmap_threshold_mb: int = 256, trim_threshold_mb: int = 1024) -> bool:
-    """Keep freed tensor memory in the process instead of returning it to the OS (glibc only).
-
-    glibc hands every large block back to the kernel when it is freed, so a
-    convnet's forward pass re-faults its activations page by page on every batch:
-    ~120k page faults per EfficientNet-Lite0 batch of 16, about 40% of its CPU
-    time. Raising the mmap and trim thresholds keeps those pages mapped (and lets
-    resident memory stay up to ``trim_threshold_mb`` higher). Process-wide, so the
-    command line calls it, not the library. Returns whether it took effect.
-    """
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    if not name or not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(name)
-        m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
-        ok = libc.mallopt(m_mmap_threshold, mmap_threshold_mb << 20) == 1
-        return bool(libc.mallopt(m_trim_threshold, trim_threshold_mb << 20) == 1 and ok)
-    except (OSError, AttributeError):
-        return False
-
-
-def trim_heap() -> None:
-    """Return freed heap memory to the OS (glibc's malloc_trim; a no-op elsewhere)."""
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    if name and sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL(name).malloc_trim(0)
-        except (OSError, AttributeError):
-            pass
-
-
-def default_workers(device_type: str = "cpu") -> int:
-    """Loader processes when --workers is not given.
-
-    On CUDA, worker processes decode while the GPU encodes. On the CPU none: each
-    batch is decoded by a pool of threads in this process between forward passes
-    (``_in_process_batches``). The model already keeps every core busy there, and
-    decoding alongside it stalls its parallel regions, which all wait for their
-    slowest thread (measured with benchmarks/extract.py on 2 cores, EfficientNet-Lite0:
-    2 overlapped worker processes reach 0.63 of the forward-only rate, one thread in
-    the main process 0.77, a thread per core between passes 0.83).
-    """
-    return min(4, os.cpu_count() or 1) if device_type == "cuda" else 0
-
-
-def decode_threads(modality: str) -> int:
-    """Threads that prepare a batch in this process (--workers 0): one per core torch
-    uses for images, whose decoding and resizing release the GIL; one for texts,
-    which the tokenizer batches itself."""
-    import torch
-
-    return max(1, torch.get_num_threads()) if modality == "image" else 1
-
-
-def default_batch_size(modality: str, device_type: str) -> int:
-    """Per-device defaults; on CPU small image batches are faster (they stay in cache)."""
-    if device_type == "cuda":
-        return 256
-    return 16 if modality == "image" else 64
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:
@@ -127,9 +62,9 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
         i_text, n_text = text.split("/")
         index, count = int(i_text), int(n_text)
     except ValueError as exc:
-        raise UserError(f"--shard {text!r}: write it as i/N, e.g. --shard 0/4 for the first of 4 shards") from exc
+        raise UserError(f"`shard` {text!r}: write it as i/N, e.g. `shard` 0/4 for the first of 4 shards") from exc
     if count < 1 or not 0 <= index < count:
-        raise UserError(f"--shard {text}: need N >= 1 and 0 <= i < N (shards are numbered from 0)")
+        raise UserError(f"`shard` {text}: need N >= 1 and 0 <= i < N (shards are numbered from 0)")
     return index, count
 
 
@@ -179,54 +114,6 @@ class ExtractResult:
     resumed_from: int = 0
 
 
-class _Rows:
-    """Map-style dataset for the DataLoader: row i -> (i, prepared item or BadItem)."""
-
-    def __init__(self, items: Sequence[Any], prepare: Any) -> None:
-        self.items = items
-        self.prepare = prepare
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> tuple[int, Any]:
-        return i, self.prepare(self.items[i])
-
-
-class _Collate:
-    """Split a batch into readable rows (collated by the encoder) and bad ones."""
-
-    def __init__(self, collate: Any) -> None:
-        self.collate = collate
-
-    def __call__(self, rows: list[tuple[int, Any]]) -> tuple[list[int], Any, list[tuple[int, BadItem]]]:
-        good = [(i, x) for i, x in rows if not isinstance(x, BadItem)]
-        bad = [(i, x) for i, x in rows if isinstance(x, BadItem)]
-        batch = self.collate([x for _, x in good]) if good else None
-        return [i for i, _ in good], batch, bad
-
-
-def _in_process_batches(rows: _Rows, collate: _Collate, todo: list[tuple[int, int]],
-                        threads: int) -> Iterator[tuple[list[int], Any, list[tuple[int, BadItem]]]]:
-    """What the DataLoader yields with --workers 0, each batch's items prepared by
-    ``threads`` threads at once and collated before the model runs on it.
-
-    Not overlapped with the forward pass on purpose (see default_workers): between
-    passes the decoding has every core to itself.
-    """
-    from concurrent.futures import ThreadPoolExecutor
-
-    pool = ThreadPoolExecutor(threads, thread_name_prefix="probe-decode") if threads > 1 else None
-    try:
-        for start, end in todo:
-            prepared = list(pool.map(rows.__getitem__, range(start, end)) if pool
-                            else map(rows.__getitem__, range(start, end)))
-            yield collate(prepared)
-    finally:
-        if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
-
-
 def _mismatch_message(path: Path, found: dict[str, Any], expected: dict[str, Any], remedy: str) -> str | None:
     diff = identity_difference(found, expected, WRITE_IDENTITY)
     if diff is None:
@@ -249,46 +136,64 @@ def _ids_of(h5: h5py.File, n: int) -> np.ndarray:
     return np.array([v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in h5["id"][:n]], dtype=object)
 
 
-def _console() -> Any:
-    from rich.console import Console
-
-    # Warnings show even with --quiet; only progress and the summary are silenced.
-    return Console(stderr=True, highlight=False, soft_wrap=True)
+def check_dtype(dtype: str) -> None:
+    if dtype not in FEATURE_DTYPES:
+        raise UserError(f"`dtype` {dtype!r}: choose {either(FEATURE_DTYPES)}")
 
 
-def _warn(console: Any, message: str) -> None:
-    console.print(f"[yellow]warning:[/yellow] {message}", markup=True, highlight=False)
+def check_output(out: Path) -> None:
+    """Refuse an output path that cannot become a feature file, before any work is done."""
+    if out.is_dir():
+        raise UserError(f"`out` {out}: is a folder; give a file name such as {out / 'features.h5'}")
+    check_writable_dir(out.parent if str(out.parent) else Path("."), "`out`")
+
+
+def choose_encoder(dataset: str, modality: str, encoder: str | None = None) -> str:
+    """``encoder`` if given, else the dataset's default encoder, else the default for its modality."""
+    if encoder is not None:
+        return encoder
+    chosen = dataset_info(dataset).default_encoder or default_encoder(modality)
+    if chosen is None:
+        hints = ", or ".join(f"`encoder` {hint}" for hint in encoder_hints(modality))
+        raise UserError(f"`encoder` is required for {modality} dataset {dataset!r}: e.g. {hints}")
+    return chosen
+
+
+def _check_pair(spec: DatasetSpec, encoder: Encoder) -> None:
+    """Refuse an encoder that cannot encode the dataset's items."""
+    if encoder.modality != spec.modality:
+        raise UserError(f"`encoder` {encoder.name} encodes {encoder.modality}s but dataset {spec.name!r} has "
+                        f"{spec.modality}s; choose a {spec.modality} encoder (or `tower` {spec.modality})")
+    if spec.modality == "text" and len(spec) and isinstance(spec.items[0], tuple) and not encoder.supports_pairs:
+        raise UserError(f"`encoder` {encoder.name} encodes single texts but dataset {spec.name!r} has sentence "
+                        "pairs; use an hf: encoder (or minilm)")
 
 
 def extract(spec: DatasetSpec, encoder: Encoder, out: str | Path, *, batch_size: int | None = None,
-            workers: int | None = None, dtype: str = "float32", shard: tuple[int, int] | None = None,
-            skip_bad: bool = False, overwrite: bool = False, quiet: bool = False,
-            commit_seconds: float = DEFAULT_COMMIT_SECONDS) -> ExtractResult:
-    """Encode ``spec`` with ``encoder`` into ``out`` (resuming ``out.partial`` if there is one)."""
+            workers: int | None = None, dtype: str = FEATURE_DTYPES[0], shard: tuple[int, int] | None = None,
+            skip_bad: bool = False, overwrite: bool = False, commit_seconds: float = DEFAULT_COMMIT_SECONDS,
+            progress: Progress | None = None, warn: Notify = ignore, note: Notify = ignore) -> ExtractResult:
+    """Encode ``spec`` with ``encoder`` into ``out`` (resuming ``out.partial`` if there is one).
+
+    ``progress`` follows the rows encoded; ``warn`` gets what the caller should know
+    (a damaged partial file started again, rows skipped), ``note`` what it may like
+    to (a resumed file). The result says what was done.
+    """
     t0 = time.perf_counter()
     out = Path(out)
-    console = _console()
-    if dtype not in DTYPES:
-        raise UserError(f"--dtype {dtype!r}: choose float32 or float16")
-    if encoder.modality != spec.modality:
-        raise UserError(f"--encoder {encoder.name} encodes {encoder.modality}s but dataset {spec.name!r} has "
-                        f"{spec.modality}s; choose a {spec.modality} encoder (or --tower {spec.modality})")
-    if spec.modality == "text" and len(spec) and isinstance(spec.items[0], tuple) and not encoder.supports_pairs:
-        raise UserError(f"--encoder {encoder.name} encodes single texts but dataset {spec.name!r} has sentence "
-                        "pairs; use an hf: encoder (or minilm)")
-    if out.is_dir():
-        raise UserError(f"--out {out}: is a folder; give a file name such as {out / 'features.h5'}")
-    check_writable_dir(out.parent if str(out.parent) else Path("."), "--out")
+    check_dtype(dtype)
+    _check_pair(spec, encoder)
+    check_output(out)
     workers = default_workers(encoder.device.type) if workers is None else workers
     if workers < 0:
-        raise UserError(f"--workers {workers}: must be 0 (load in the main process) or more")
+        raise UserError(f"`workers` {workers}: must be 0 (load in the main process) or more")
 
     if batch_size is not None and batch_size < 1:
-        raise UserError(f"--batch-size {batch_size}: must be at least 1")
+        raise UserError(f"`batch_size` {batch_size}: must be at least 1")
     partial = partial_path(out)
     if batch_size is None:
         resumed = None if overwrite else _partial_batch_size(partial)
-        batch_size = resumed or default_batch_size(spec.modality, encoder.device.type)
+        batch_size = resumed or encoder.default_batch_size
     bounds = batch_bounds(len(spec), batch_size, shard)
     shard_rows = [bounds[0][0], bounds[-1][1]] if bounds else [0, 0]
     ids = np.asarray(spec.ids, dtype=object)
@@ -301,29 +206,26 @@ def extract(spec: DatasetSpec, encoder: Encoder, out: str | Path, *, batch_size:
     }
 
     if out.exists() and not overwrite:
-        return _existing_output(out, expected, ids, bounds, console, quiet, t0)
+        return _existing_output(out, expected, ids, bounds, t0)
 
-    writer, batches_done, skipped = _open_partial(partial, expected, ids, bounds, overwrite, console)
+    writer, batches_done, skipped = _open_partial(partial, expected, ids, bounds, overwrite, warn)
     resumed_from = writer.rows_written
     writer.close()  # reopened by _run once its worker processes exist (see there)
-    if (resumed_from or batches_done) and not quiet:
-        console.print(f"resuming {partial}: {resumed_from} rows already written")
-    _run(spec, encoder, partial, bounds, batches_done, skipped, batch_size=batch_size, workers=workers,
-         dtype=dtype, skip_bad=skip_bad, quiet=quiet, commit_seconds=commit_seconds, console=console)
+    if resumed_from or batches_done:
+        note(f"resuming {partial}: {resumed_from} rows already written")
+    _run(spec, encoder, partial, bounds, batches_done, skipped, workers=workers, dtype=dtype,
+         skip_bad=skip_bad, commit_seconds=commit_seconds, progress=progress or NoProgress())
     os.replace(partial, out)
     rows = sum(e - s for s, e in bounds) - len(skipped)
     if skipped:
-        _warn(console, f"{len(skipped)} unreadable row(s) skipped (--skip-bad), listed in the file's "
-                       f"'skipped' attribute; first: {skipped[0]}")
-    seconds = time.perf_counter() - t0
-    if not quiet:
-        console.print(f"wrote {rows} rows x {encoder.dim} features to {out} in {seconds:.1f} s")
-    return ExtractResult(out, "resumed" if resumed_from else "written", rows, encoder.dim, seconds,
-                         list(skipped), resumed_from)
+        warn(f"{len(skipped)} unreadable row(s) skipped (`skip_bad`), listed in the file's "
+             f"'skipped' attribute; first: {skipped[0]}")
+    return ExtractResult(out, "resumed" if resumed_from else "written", rows, encoder.dim,
+                         time.perf_counter() - t0, list(skipped), resumed_from)
 
 
 def _partial_batch_size(partial: Path) -> int | None:
-    """Resuming without --batch-size keeps the partial file's batches (and so its numbers)."""
+    """Resuming without ``batch_size`` keeps the partial file's batches (and so its numbers)."""
     if not partial.exists():
         return None
     try:
@@ -335,8 +237,8 @@ def _partial_batch_size(partial: Path) -> int | None:
 
 
 def _existing_output(out: Path, expected: dict[str, Any], ids: np.ndarray, bounds: list[tuple[int, int]],
-                     console: Any, quiet: bool, t0: float) -> ExtractResult:
-    remedy = "pass --overwrite to replace it, or choose another --out"
+                     t0: float) -> ExtractResult:
+    remedy = "pass `overwrite` to replace it, or choose another `out`"
     try:
         h5 = open_feature_file(out)
     except UserError as exc:
@@ -361,18 +263,16 @@ def _existing_output(out: Path, expected: dict[str, Any], ids: np.ndarray, bound
         raise
     except (OSError, KeyError, ValueError, TypeError) as exc:
         raise UserError(f"{out}: exists and cannot be read as a feature file ({exc}); {remedy}") from exc
-    if not quiet:
-        console.print(f"{out} is already complete ({n} rows); nothing to do (--overwrite to extract again)")
     return ExtractResult(out, "already complete", n, dim, time.perf_counter() - t0, skipped)
 
 
 def _open_partial(partial: Path, expected: dict[str, Any], ids: np.ndarray, bounds: list[tuple[int, int]],
-                  overwrite: bool, console: Any) -> tuple[FeatureWriter, int, list[str]]:
+                  overwrite: bool, warn: Notify) -> tuple[FeatureWriter, int, list[str]]:
     """Continue ``partial`` when it belongs to this run, else start it afresh."""
     if partial.exists() and overwrite:
         partial.unlink()
     if partial.exists():
-        state = _resume_state(partial, expected, ids, bounds, console)
+        state = _resume_state(partial, expected, ids, bounds, warn)
         if state is not None:
             return state
         partial.unlink()
@@ -382,30 +282,30 @@ def _open_partial(partial: Path, expected: dict[str, Any], ids: np.ndarray, boun
     try:
         writer = FeatureWriter.create(partial, attrs, expected["dim"], expected["features_dtype"])
     except OSError as exc:
-        raise UserError(f"{partial}: cannot be created ({exc}); check the --out folder") from exc
+        raise UserError(f"{partial}: cannot be created ({exc}); check the `out` folder") from exc
     return writer, 0, []
 
 
 def _resume_state(partial: Path, expected: dict[str, Any], ids: np.ndarray, bounds: list[tuple[int, int]],
-                  console: Any) -> tuple[FeatureWriter, int, list[str]] | None:
-    remedy = "rerun the command that started it to finish it, or pass --overwrite to start again"
+                  warn: Notify) -> tuple[FeatureWriter, int, list[str]] | None:
+    remedy = "rerun the command that started it to finish it, or pass `overwrite` to start again"
     try:
         writer = FeatureWriter.reopen(partial)
     except OSError as exc:
         if "lock" in str(exc).lower():
             raise UserError(f"{partial}: another `probe extract` is writing it; wait for it to finish") from exc
-        _warn(console, f"{partial} cannot be opened (interrupted while writing?); starting again from scratch")
+        warn(f"{partial} cannot be opened (interrupted while writing?); starting again from scratch")
         return None
     try:
         found = written_identity(writer.h5)
         if found.get("schema") != SCHEMA:
-            _warn(console, f"{partial} is not an unfinished probe feature file; starting again from scratch")
+            warn(f"{partial} is not an unfinished probe feature file; starting again from scratch")
             writer.close()
             return None
         msg = _mismatch_message(partial, found, expected, remedy)
         if msg is None and int(found.get("batch_size", -1)) != expected["batch_size"]:
-            msg = (f"{partial}: was started with --batch-size {found.get('batch_size')}; resume with that "
-                   "batch size (or without --batch-size), or pass --overwrite to start again")
+            msg = (f"{partial}: was started with `batch_size` {found.get('batch_size')}; resume with that "
+                   "batch size (or without `batch_size`), or pass `overwrite` to start again")
         if msg:
             writer.close()
             raise UserError(msg)
@@ -421,97 +321,74 @@ def _resume_state(partial: Path, expected: dict[str, Any], ids: np.ndarray, boun
             raise OSError("non-finite features in committed rows")
         writer.truncate(rows)
         if found.get("device") != expected.get("device") or found.get("precision") != expected.get("precision"):
-            _warn(console, f"{partial} was started on {found.get('device')} ({found.get('precision')}); this run "
-                           f"uses {expected.get('device')} ({expected.get('precision')}): rows may differ in the "
-                           "last digits")
+            warn(f"{partial} was started on {found.get('device')} ({found.get('precision')}); this run "
+                 f"uses {expected.get('device')} ({expected.get('precision')}): rows may differ in the last digits")
     except UserError:
         raise
     except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
         writer.close()
-        _warn(console, f"{partial} is damaged ({' '.join(str(exc).split())[:100]}); starting again from scratch")
+        warn(f"{partial} is damaged ({' '.join(str(exc).split())[:100]}); starting again from scratch")
         return None
     return writer, done, skipped
 
 
-# Niceness of DataLoader workers when the model runs on the CPU. The workers then
-# share cores with torch's intra-op threads, whose parallel regions all wait for
-# their slowest thread: a worker holding a core stalls every region of the forward
-# pass. At a lower priority the kernel hands the core back to a waking torch thread
-# sooner, and the workers still get the time the model leaves idle. Not the lowest
-# priority (19): with other processes busy on the machine the workers would starve
-# and the model wait for them (measured on 2 cores: 19 collapses under outside load,
-# 5-10 holds up, 0 loses most of the overlap).
-CPU_WORKER_NICE = 10
+def _encoded_rows(spec: DatasetSpec, encoder: Encoder, rows: list[int], batch: Any,
+                  dtype: str) -> dict[str, np.ndarray]:
+    """Encode one batch: the datasets' values of its rows, features as stored."""
+    import torch
+
+    ids = spec.ids
+    feats = encoder.encode(batch)
+    arr = feats.detach().to("cpu", torch.float32).numpy().astype(dtype, copy=False)
+    finite = np.isfinite(arr).all(axis=1)
+    if not finite.all():
+        row = ids[rows[int(np.flatnonzero(~finite)[0])]]
+        hint = "; use `dtype` float32" if dtype == "float16" else "; check the weights"
+        raise UserError(f"encoder {encoder.name} gave NaN or infinite features for row {row!r}{hint}")
+    idx = np.asarray(rows, dtype=np.int64)
+    return {"features": arr, "y": spec.y[idx], "a": spec.a[idx], "group": spec.group[idx],
+            "split": spec.split[idx], "id": np.asarray([ids[i] for i in rows], dtype=object), "index": idx}
 
 
-class _WorkerInit:
-    def __init__(self, nice: int) -> None:
-        self.nice = nice
+class _Chunks:
+    """Encoded rows on their way into the file: appended and committed in chunks, so a kill
+    loses at most ``commit_seconds`` or MAX_BUFFER_ROWS of work."""
 
-    def __call__(self, _: int) -> None:
-        if self.nice and hasattr(os, "nice"):
-            try:
-                os.nice(self.nice)
-            except OSError:  # not permitted here: run at normal priority
-                pass
+    def __init__(self, writer: FeatureWriter, skipped: list[str], batches_done: int,
+                 commit_seconds: float) -> None:
+        self.writer = writer
+        self.skipped = skipped
+        self.done = batches_done
+        self.commit_seconds = commit_seconds
+        self.buffer: list[dict[str, np.ndarray]] = []
+        self.buffered = 0
+        self.last = time.monotonic()
 
+    def add(self, rows: dict[str, np.ndarray]) -> None:
+        self.buffer.append(rows)
+        self.buffered += len(rows["index"])
 
-def _progress(quiet: bool, console: Any) -> Any:
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        ProgressColumn,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-    from rich.text import Text
+    def batch_done(self) -> None:
+        self.done += 1
+        if self.buffered >= MAX_BUFFER_ROWS or time.monotonic() - self.last >= self.commit_seconds:
+            self.commit()
 
-    class RateColumn(ProgressColumn):
-        def render(self, task: Any) -> Text:
-            speed = task.finished_speed or task.speed
-            return Text(f"{speed:,.0f} rows/s" if speed else "? rows/s")
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(),
-                    TimeElapsedColumn(), TimeRemainingColumn(), console=console, disable=quiet)
+    def commit(self) -> None:
+        if self.buffer:
+            rows = {k: np.concatenate([b[k] for b in self.buffer]) for k in self.buffer[0]}
+            self.writer.append(rows)
+            self.buffer.clear()
+        self.writer.commit(batches_done=self.done, skipped=self.skipped)
+        self.buffered = 0
+        self.last = time.monotonic()
 
 
 def _run(spec: DatasetSpec, encoder: Encoder, partial: Path, bounds: list[tuple[int, int]],
-         batches_done: int, skipped: list[str], *, batch_size: int, workers: int, dtype: str,
-         skip_bad: bool, quiet: bool, commit_seconds: float, console: Any) -> None:
-    import torch
-    from torch.utils.data import DataLoader
-
+         batches_done: int, skipped: list[str], *, workers: int, dtype: str, skip_bad: bool,
+         commit_seconds: float, progress: Progress) -> None:
     todo = bounds[batches_done:]
     ids = spec.ids
-    buffer: list[dict[str, np.ndarray]] = []
-    state = {"done": batches_done, "buffered": 0, "last": time.monotonic()}
-
-    def commit() -> None:
-        if buffer:
-            rows = {k: np.concatenate([b[k] for b in buffer]) for k in buffer[0]}
-            writer.append(rows)
-            buffer.clear()
-        writer.commit(batches_done=state["done"], skipped=skipped)
-        state["buffered"] = 0
-        state["last"] = time.monotonic()
-
-    if workers > 0 and spec.modality == "text":
-        # Tokenizers' own threads and forked workers deadlock; workers already parallelise.
-        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    rows_ds, collate = _Rows(spec.items, encoder.prepare), _Collate(encoder.collate)
-    if workers > 0 and todo:
-        loader: Any = DataLoader(
-            rows_ds, batch_sampler=[list(range(s, e)) for s, e in todo], num_workers=workers, collate_fn=collate,
-            worker_init_fn=_WorkerInit(CPU_WORKER_NICE if encoder.device.type == "cpu" else 0),
-            pin_memory=encoder.device.type == "cuda", prefetch_factor=4,
-        )
-    else:
-        loader = _in_process_batches(rows_ds, collate, todo, decode_threads(spec.modality))
-    total = sum(e - s for s, e in bounds)
-    start_rows = sum(e - s for s, e in bounds[:batches_done])
-    finished = False
+    loader = batches(spec, encoder, todo, workers)
     # Start the workers before opening the file: a forked worker would inherit the
     # HDF5 file lock and, if this process is killed, hold it until it notices (~5 s),
     # refusing the rerun that should resume.
@@ -520,44 +397,34 @@ def _run(spec: DatasetSpec, encoder: Encoder, partial: Path, bounds: list[tuple[
         # model then writes to is copied once: with a large retained heap (see
         # tune_cpu_allocator) ~0.5 s on the first batch. Trimmed, it gets fresh pages.
         trim_heap()
-    batches = iter(loader)
+    items = iter(loader)
     writer = FeatureWriter.reopen(partial)
-    with _progress(quiet, console) as progress:
-        task = progress.add_task(f"{spec.name} > {encoder.name}", total=total, completed=start_rows)
+    chunks = _Chunks(writer, skipped, batches_done, commit_seconds)
+    finished = False
+    progress.start(f"{spec.name} > {encoder.name}", total=sum(e - s for s, e in bounds),
+                   completed=sum(e - s for s, e in bounds[:batches_done]))
+    try:
+        for rows, batch, bad in items:
+            if bad and not skip_bad:
+                i, item = bad[0]
+                raise UserError(f"{item.what}: cannot read row {ids[i]!r} ({item.reason}); fix or remove "
+                                "it, or pass `skip_bad` to leave such rows out")
+            skipped.extend(ids[i] for i, _ in bad)
+            if rows:
+                chunks.add(_encoded_rows(spec, encoder, rows, batch, dtype))
+            progress.advance(len(rows) + len(bad))
+            chunks.batch_done()
+        finished = True
+    finally:
+        # Whole batches already encoded are kept, whatever stopped the loop (Ctrl-C, a bad row).
         try:
-            for rows, batch, bad in batches:
-                if bad and not skip_bad:
-                    i, item = bad[0]
-                    raise UserError(f"{item.what}: cannot read row {ids[i]!r} ({item.reason}); fix or remove "
-                                    "it, or pass --skip-bad to leave such rows out")
-                skipped.extend(ids[i] for i, _ in bad)
-                if rows:
-                    feats = encoder.encode(batch)
-                    arr = feats.detach().to("cpu", torch.float32).numpy().astype(dtype, copy=False)
-                    finite = np.isfinite(arr).all(axis=1)
-                    if not finite.all():
-                        row = ids[rows[int(np.flatnonzero(~finite)[0])]]
-                        hint = "; use --dtype float32" if dtype == "float16" else "; check the weights"
-                        raise UserError(f"encoder {encoder.name} gave NaN or infinite features for row {row!r}{hint}")
-                    idx = np.asarray(rows, dtype=np.int64)
-                    buffer.append({"features": arr, "y": spec.y[idx], "a": spec.a[idx], "group": spec.group[idx],
-                                   "split": spec.split[idx], "id": np.asarray([ids[i] for i in rows], dtype=object),
-                                   "index": idx})
-                    state["buffered"] += len(rows)
-                state["done"] += 1
-                progress.advance(task, len(rows) + len(bad))
-                if state["buffered"] >= MAX_BUFFER_ROWS or time.monotonic() - state["last"] >= commit_seconds:
-                    commit()
-            finished = True
+            chunks.commit()
+            if finished:
+                writer.finish(batches_done=chunks.done, skipped=skipped)
+        except (OSError, RuntimeError, ValueError):
+            if finished:
+                raise
         finally:
-            # Whole batches already encoded are kept, whatever stopped the loop (Ctrl-C, a bad row).
-            try:
-                commit()
-                if finished:
-                    writer.finish(batches_done=state["done"], skipped=skipped)
-            except (OSError, RuntimeError, ValueError):
-                if finished:
-                    raise
-            finally:
-                writer.close()
-                del batches  # stops the workers
+            writer.close()
+            del items  # stops the workers
+            progress.finish()

@@ -19,9 +19,9 @@ import numpy as np
 
 from base.errors import UserError
 from base.io import atomic_path
+from base.progress import NoProgress, Progress
+from features.schema import LABEL_DATASETS, WRITE_IDENTITY
 from features.store import (
-    LABEL_DATASETS,
-    WRITE_IDENTITY,
     FeatureWriter,
     decode_json_attr,
     identity_difference,
@@ -68,6 +68,7 @@ def _inspect(path: Path) -> _Shard:
             i_text, n_text = shard.split("/")
             index, count = int(i_text), int(n_text)
         except ValueError:
+            # Literally --shard: it is `probe extract`'s flag, and only the running command's are translated.
             raise UserError(f"{path}: is not a shard (no 'i/N' shard attribute); merge only files written "
                             "with --shard") from None
         start, stop = (int(v) for v in decode_json_attr(attrs.get("shard_rows"), [0, 0]))
@@ -117,7 +118,8 @@ def _check(shards: list[_Shard]) -> None:
 
 
 def merge(out: str | Path, shard_paths: Sequence[str | Path], *, overwrite: bool = False,
-          quiet: bool = False) -> MergeResult:
+          progress: Progress | None = None) -> MergeResult:
+    """Join ``shard_paths`` into ``out``; ``progress`` follows the rows copied."""
     t0 = time.perf_counter()
     out = Path(out)
     paths = [Path(p) for p in shard_paths]
@@ -128,7 +130,7 @@ def merge(out: str | Path, shard_paths: Sequence[str | Path], *, overwrite: bool
     if any(p.resolve() == out.resolve() for p in paths if p.exists()) and out.exists():
         raise UserError(f"{out}: is also one of the shards; write the merged file under another name")
     if out.exists() and not overwrite:
-        raise UserError(f"{out}: already exists; pass --overwrite to replace it")
+        raise UserError(f"{out}: already exists; pass `overwrite` to replace it")
     shards = sorted((_inspect(p) for p in paths), key=lambda s: s.index)
     _check(shards)
     first = shards[0]
@@ -140,35 +142,31 @@ def merge(out: str | Path, shard_paths: Sequence[str | Path], *, overwrite: bool
                  created=min(str(sh.attrs.get("created", "")) for sh in shards),
                  merged_from=[sh.path.name for sh in shards])
     dtype = str(first.attrs["features_dtype"])
-    rows = 0
-    progress = _progress(quiet)
-    with progress, atomic_path(out) as tmp:
-        task = progress.add_task(f"merging into {out.name}", total=sum(sh.rows for sh in shards))
+    progress = progress or NoProgress()
+    with atomic_path(out) as tmp:
+        progress.start(f"merging into {out.name}", total=sum(sh.rows for sh in shards))
         writer = FeatureWriter.create(tmp, attrs, first.dim, dtype)
         try:
-            for sh in shards:
-                with h5py.File(sh.path, "r") as h5, malformed_is_user_error(sh.path):
-                    for s in range(0, sh.rows, COPY_ROWS):
-                        e = min(s + COPY_ROWS, sh.rows)
-                        block = {k: h5[k][s:e] for k in ("features", *LABEL_DATASETS, "index")}
-                        block["id"] = np.asarray([v.decode("utf-8") if isinstance(v, bytes) else v
-                                                  for v in block["id"]], dtype=object)
-                        writer.append(block)
-                        writer.commit()
-                        rows += e - s
-                        progress.advance(task, e - s)
+            rows = _copy_rows(shards, writer, progress)
             writer.finish()
         finally:
             writer.close()
-    seconds = time.perf_counter() - t0
-    if not quiet:
-        progress.console.print(f"merged {len(shards)} shards, {rows} rows, into {out} in {seconds:.1f} s")
-    return MergeResult(out, rows, len(shards), skipped, seconds)
+            progress.finish()
+    return MergeResult(out, rows, len(shards), skipped, time.perf_counter() - t0)
 
 
-def _progress(quiet: bool) -> Any:
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    console=Console(stderr=True, highlight=False), disable=quiet)
+def _copy_rows(shards: list[_Shard], writer: FeatureWriter, progress: Progress) -> int:
+    """Append every shard's rows, in shard order, a bounded block at a time."""
+    rows = 0
+    for sh in shards:
+        with h5py.File(sh.path, "r") as h5, malformed_is_user_error(sh.path):
+            for s in range(0, sh.rows, COPY_ROWS):
+                e = min(s + COPY_ROWS, sh.rows)
+                block = {k: h5[k][s:e] for k in ("features", *LABEL_DATASETS, "index")}
+                block["id"] = np.asarray([v.decode("utf-8") if isinstance(v, bytes) else v
+                                          for v in block["id"]], dtype=object)
+                writer.append(block)
+                writer.commit()
+                rows += e - s
+                progress.advance(e - s)
+    return rows

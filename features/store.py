@@ -1,24 +1,6 @@
-"""The HDF5 feature file (schema ``probe-features/1``): the contract between stages.
+"""Reading and writing HDF5 feature files, the contract between stages (layout: :mod:`features.schema`).
 
-Datasets (all of length N):
-    features  (N, D) float32 or float16, chunked by rows
-    y         (N,) int64   class index into ``class_names``
-    a         (N,) int64   spurious attribute, -1 where unknown
-    group     (N,) int64   group index into ``group_names``
-    split     (N,) int8    0 train, 1 val, 2 test
-    id        (N,) UTF-8   the source row, path or index
-
-Root attributes: schema, dataset, encoder, weights, preprocess, class_names and
-group_names (JSON lists), created, probe_version, complete (false until the last
-row is written), rows_written, and source (JSON: where the data came from).
-
-Written by `probe extract` beside those (readers may ignore them):
-    index     (N,) int64   the row's position in the dataset before sharding and
-                           skipping; `probe merge` orders rows by it
-    attributes: rows_sha256 (fingerprint of the dataset's ids, labels and names,
-    so a resume or merge cannot mix rows), total_rows, batch_size, batches_done,
-    shard ("i/N", "" when unsharded), shard_rows (JSON [start, stop)), skipped
-    (JSON list of ids dropped by --skip-bad), modality, precision, device.
+Every problem with a file a user hands in is one UserError naming the file.
 """
 
 from __future__ import annotations
@@ -34,14 +16,13 @@ import h5py
 import numpy as np
 
 from base.errors import UserError
-
-SCHEMA = "probe-features/1"
-SPLITS = {"train": 0, "val": 1, "test": 2}
-SPLIT_NAMES = {v: k for k, v in SPLITS.items()}
-LABEL_DATASETS = ("y", "a", "group", "split", "id")
-# Attributes that identify what produced the features: resuming or merging
-# files that differ in any of them would silently mix incompatible features.
-IDENTITY_ATTRS = ("schema", "dataset", "encoder", "weights", "preprocess")
+from features.schema import (
+    IDENTITY_ATTRS,
+    LABEL_DATASETS,
+    SCHEMA,
+    SPLIT_NAMES,
+    SPLITS,
+)
 
 
 @dataclass
@@ -158,7 +139,7 @@ def _read_features(h5: h5py.File, path: str | Path, allow_incomplete: bool) -> F
         written = attrs.get("rows_written", "?")
         raise UserError(
             f"{path}: extraction is incomplete ({written} rows written); rerun the same "
-            "`probe extract` command to finish it, or pass --allow-incomplete"
+            "`probe extract` command to finish it, or pass `allow_incomplete`"
         )
     missing = [k for k in ("features", *LABEL_DATASETS) if k not in h5]
     if missing:
@@ -273,11 +254,6 @@ def decode_json_attr(value: Any, default: Any) -> Any:
         except json.JSONDecodeError:
             return default
     return default if value is None else value
-
-
-# What must agree before rows of an existing file are resumed, reused or merged:
-# the producer (IDENTITY_ATTRS), the rows (fingerprint), the shard and the stored dtype.
-WRITE_IDENTITY = (*IDENTITY_ATTRS, "rows_sha256", "shard", "features_dtype")
 
 
 def written_identity(h5: h5py.File) -> dict[str, Any]:

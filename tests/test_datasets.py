@@ -13,6 +13,7 @@ import re
 import shutil
 import string
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -133,13 +134,13 @@ def test_waterbirds_bad_metadata(tmp_path: Path, edit, fragments: list[str]) -> 
 
 
 def test_waterbirds_root_errors(tmp_path: Path) -> None:
-    user_error(["--root is required", "metadata.csv"], load_dataset, "waterbirds", None)
-    user_error(["--root", "no such folder"], load_dataset, "waterbirds", tmp_path / "nope")
+    user_error(["`root` is required", "metadata.csv"], load_dataset, "waterbirds", None)
+    user_error(["`root`", "no such folder"], load_dataset, "waterbirds", tmp_path / "nope")
     (tmp_path / "empty").mkdir()
     user_error(["no metadata.csv", "waterbird_complete95_forest2water2"], load_dataset, "waterbirds",
                tmp_path / "empty")
     built = F.waterbirds(tmp_path / "x")
-    user_error(["--metadata", "no such file"], load_dataset, "waterbirds", built.root, metadata="other.csv")
+    user_error(["`metadata`", "no such file"], load_dataset, "waterbirds", built.root, metadata="other.csv")
     (built.folder / "metadata.csv").write_bytes(b"img_id,img_filename\n\xff\xfe\x00garbage\n")
     user_error(["metadata.csv"], load_dataset, "waterbirds", built.root)
 
@@ -149,8 +150,7 @@ def test_waterbirds_root_errors(tmp_path: Path) -> None:
     ("multinli", "spurious"), ("table", "text_source"), ("table", "target"),
 ])
 def test_options_that_do_not_apply_are_refused(tmp_path: Path, dataset: str, option: str) -> None:
-    flag = "--" + option.replace("_", "-")
-    user_error([flag, f"does not apply to dataset {dataset!r}"], load_dataset, dataset, tmp_path, **{option: "x"})
+    user_error([f"`{option}`", f"does not apply to dataset {dataset!r}"], load_dataset, dataset, tmp_path, **{option: "x"})
 
 
 # -- CelebA -----------------------------------------------------------------------
@@ -212,10 +212,10 @@ def test_celeba_any_attribute_pair(tmp_path: Path, fmt: str) -> None:
 @pytest.mark.parametrize("fmt", ["csv", "txt"])
 def test_celeba_attribute_errors(tmp_path: Path, fmt: str) -> None:
     built = F.celeba(tmp_path, fmt=fmt)
-    user_error(["--target 'Blonde_Hair'", "no such attribute", "attributes are: Blond_Hair,", "more)"],
+    user_error(["`target` 'Blonde_Hair'", "no such attribute", "attributes are: Blond_Hair,", "more)"],
                load_dataset, "celeba", built.root, target="Blonde_Hair")  # closest names first
-    user_error(["--spurious 'Female'"], load_dataset, "celeba", built.root, spurious="Female")
-    user_error(["--target and --spurious are both 'Male'"], load_dataset, "celeba", built.root, target="Male")
+    user_error(["`spurious` 'Female'"], load_dataset, "celeba", built.root, spurious="Female")
+    user_error(["`target` and `spurious` are both 'Male'"], load_dataset, "celeba", built.root, target="Male")
 
 
 @pytest.mark.parametrize("fmt", ["csv", "txt"])
@@ -350,8 +350,8 @@ def test_multinli_text_sources(tmp_path: Path) -> None:
     jsonl = F.multinli(tmp_path / "j", text="jsonl")
     glue = F.multinli(tmp_path / "g", text="glue")
     assert load_dataset("multinli", jsonl.root, text_source="jsonl").source["text_source"] == "jsonl"
-    user_error(["--root", "glue", "train.tsv"], load_dataset, "multinli", jsonl.root, text_source="glue")
-    user_error(["--text-source 'both'"], load_dataset, "multinli", jsonl.root, text_source="both")
+    user_error(["`root`", "glue", "train.tsv"], load_dataset, "multinli", jsonl.root, text_source="glue")
+    user_error(["`text_source` 'both'"], load_dataset, "multinli", jsonl.root, text_source="both")
     # Both present: auto prefers the raw release; the choice is recorded.
     for part in ("train", "dev_matched", "dev_mismatched"):
         shutil.copy(glue.files[part], jsonl.root / glue.files[part].name)
@@ -451,20 +451,20 @@ def test_table_errors(tmp_path: Path) -> None:
     built = F.image_table(tmp_path)
     root, meta = built.root, built.files["metadata"]
     kw = {"metadata": "meta.csv", "image_col": "path", "label_col": "label", "attr_col": "background"}
-    user_error(["needs --metadata"], load_dataset, "table", root, image_col="path")
-    user_error(["exactly one of --image-col", "--text-col"], load_dataset, "table", root,
+    user_error(["needs `metadata`"], load_dataset, "table", root, image_col="path")
+    user_error(["exactly one of `image_col`", "`text_col`"], load_dataset, "table", root,
                **{**kw, "text_col": "label"})
-    user_error(["exactly one of --image-col"], load_dataset, "table", root, metadata="meta.csv", label_col="label",
+    user_error(["exactly one of `image_col`"], load_dataset, "table", root, metadata="meta.csv", label_col="label",
                attr_col="background")
-    user_error(["meta.csv", "--label-col 'lbl' not found", "'path', 'label', 'background', 'split', 'grp'"],
+    user_error(["meta.csv", "`label_col` 'lbl' not found", "'path', 'label', 'background', 'split', 'grp'"],
                load_dataset, "table", root, **{**kw, "label_col": "lbl"})
-    user_error(["--label-col (default) 'y' not found"], load_dataset, "table", root,
+    user_error(["`label_col` (default) 'y' not found"], load_dataset, "table", root,
                metadata="meta.csv", image_col="path", attr_col="background")
-    user_error(["give --attr-col", "or --group-col"], load_dataset, "table", root, metadata="meta.csv",
+    user_error(["give `attr_col`", "or `group_col`"], load_dataset, "table", root, metadata="meta.csv",
                image_col="path", label_col="label")
-    user_error(["--text-col 'a,b,c'"], load_dataset, "table", root, metadata="meta.csv", text_col="a,b,c",
+    user_error(["`text_col` 'a,b,c'"], load_dataset, "table", root, metadata="meta.csv", text_col="a,b,c",
                label_col="label", attr_col="background")
-    user_error(["--metadata", "no such file"], load_dataset, "table", root, **{**kw, "metadata": "nope.csv"})
+    user_error(["`metadata`", "no such file"], load_dataset, "table", root, **{**kw, "metadata": "nope.csv"})
     (root / "t.parquet").write_bytes(b"PAR1")
     user_error(["save the table as CSV"], load_dataset, "table", root, **{**kw, "metadata": "t.parquet"})
     _rewrite(meta, lambda ls: _set_field(ls, 8, 3, "holdout"))
@@ -490,3 +490,27 @@ def test_cli_reports_adapter_errors_on_one_line(tmp_path: Path, capsys: pytest.C
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     assert len(err) == 1 and "--target does not apply to dataset 'waterbirds'" in err[0]
     assert not (tmp_path / "w.h5").exists()
+
+
+def test_a_new_dataset_is_one_registered_loader(monkeypatch: pytest.MonkeyPatch) -> None:
+    from features.datasets import datasets, registry
+
+    assert list(datasets()) == ["demo", "waterbirds", "celeba", "multinli", "table"]
+    assert registry.option_help("metadata") == ("table: the CSV or TSV table; other datasets: a metadata file "
+                                                "name overriding the standard one.")
+    monkeypatch.setattr(registry, "_DATASETS", dict(registry._DATASETS))
+    calls = []
+
+    @registry.register("toy", modalities=("text",), options=(registry.METADATA_OPTION,
+                                                            registry.DatasetOption("size", "rows to make")))
+    def load(root: Path | None, **options: Any) -> Any:
+        calls.append((root, options))
+        return "spec"
+
+    assert load_dataset("toy", None, size="3") == "spec" and calls == [(None, {"size": "3"})]
+    user_error(["`target` does not apply to dataset 'toy'; it takes `root` and `metadata`, `size`"],
+               load_dataset, "toy", None, target="x")
+    assert registry.option_help("size") == "toy: rows to make."
+    assert registry.option_help("metadata").endswith("other datasets: a metadata file name overriding the "
+                                                     "standard one.")
+    user_error(["unknown dataset 'nope'", "table, toy"], load_dataset, "nope")

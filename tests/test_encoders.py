@@ -128,15 +128,15 @@ def test_open_clip_local_weights_reproduce_the_model(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("kwargs", "match"), [
     ({"name": "resnet50"}, "not known"),
-    ({"name": "open_clip:ViT-B-32"}, "needs --weights"),
+    ({"name": "open_clip:ViT-B-32"}, "needs `weights`"),
     ({"name": "open_clip:NoSuchNet", "weights": "none"}, "unknown architecture"),
     ({"name": "open_clip:ViT-B-32", "weights": "/no/such/file.pt"}, "no such file"),
     ({"name": "open_clip:ViT-B-32", "weights": "not-a-tag"}, "not a file and not a pretrained tag"),
     ({"name": "open_clip:ViT-B-32", "weights": "local-dir:/no/such/dir"}, "open_clip_config.json"),
-    ({"name": "efficientnet-lite0", "pooling": "mean"}, "--pooling does not apply"),
+    ({"name": "efficientnet-lite0", "pooling": "mean"}, "`pooling` does not apply"),
     ({"name": "efficientnet-lite0", "tower": "text"}, "only encodes images"),
-    ({"name": "minilm", "weights": "x.pt"}, "--weights does not apply"),
-    ({"name": "minilm", "pooling": "max"}, "--pooling 'max'"),
+    ({"name": "minilm", "weights": "x.pt"}, "`weights` does not apply"),
+    ({"name": "minilm", "pooling": "max"}, "`pooling` 'max'"),
     ({"name": "minilm", "device": "tpu"}, "--device"),
 ])
 def test_bad_choices_are_user_errors(kwargs: dict, match: str) -> None:
@@ -181,4 +181,32 @@ def test_pretrained_tag_offline_is_one_line(tmp_path: Path) -> None:
                          timeout=120)
     lines = res.stdout.strip().splitlines()
     assert len(lines) == 1, res.stdout + res.stderr
-    assert "--weights openai" in lines[0] and "local file" in lines[0]
+    assert "`weights` openai" in lines[0] and "local file" in lines[0]
+
+
+def test_a_new_family_is_one_registered_loader(monkeypatch: pytest.MonkeyPatch) -> None:
+    from torch import nn
+
+    from features.encoders import Encoder, TextPrepare, families, registry
+
+    assert [f.name for f in families()] == ["open_clip:", "hf:", "minilm", "efficientnet-lite0"]
+    monkeypatch.setattr(registry, "_FAMILIES", dict(registry._FAMILIES))
+    calls = []
+
+    @registry.register("toy:", help="toy:<width>", modalities=("text",), batch_size={"text": {"cpu": 3, "cuda": 5}})
+    def load(width: str, *, device: torch.device) -> Encoder:
+        calls.append(width)
+        return Encoder(name=f"toy:{width}", weights="none", weights_path="", preprocess="", modality="text",
+                       dim=int(width), module=nn.Identity(), forward=lambda b: b, device=device,
+                       prepare=TextPrepare(), collate=list)
+
+    enc = load_encoder("toy:7", device="cpu")
+    assert calls == ["7"] and enc.dim == 7 and enc.default_batch_size == 3
+    with pytest.raises(UserError, match="`pooling` does not apply to `encoder` toy:7"):
+        load_encoder("toy:7", pooling="cls", device="cpu")
+    with pytest.raises(UserError, match="`tower` image: `encoder` toy:7 only encodes texts"):
+        load_encoder("toy:7", tower="image", device="cpu")
+    with pytest.raises(UserError, match=r"use one of: .*efficientnet-lite0, toy:<width>$"):
+        load_encoder("nothing", device="cpu")
+    with pytest.raises(ValueError, match="registered twice"):
+        registry.register("toy:", help="again", modalities=("text",))(load)

@@ -91,7 +91,7 @@ def spec(tmp_path: Path) -> DatasetSpec:
 
 
 def test_round_trip_matches_direct_encoding(tmp_path: Path, enc: Encoder, spec: DatasetSpec) -> None:
-    res = extract(spec, enc, tmp_path / "f.h5", batch_size=8, workers=0, quiet=True)
+    res = extract(spec, enc, tmp_path / "f.h5", batch_size=8, workers=0)
     assert res.status == "written" and res.rows == len(spec)
     fs = read_features(tmp_path / "f.h5")
     direct = torch.cat([enc.encode_items(spec.items[s:e]) for s, e in batch_bounds(len(spec), 8)]).numpy()
@@ -107,16 +107,16 @@ def test_round_trip_matches_direct_encoding(tmp_path: Path, enc: Encoder, spec: 
 
 
 def test_workers_do_not_change_numbers(tmp_path: Path, enc: Encoder, spec: DatasetSpec) -> None:
-    extract(spec, enc, tmp_path / "w0.h5", batch_size=8, workers=0, quiet=True)
-    extract(spec, enc, tmp_path / "w2.h5", batch_size=8, workers=2, quiet=True)
+    extract(spec, enc, tmp_path / "w0.h5", batch_size=8, workers=0)
+    extract(spec, enc, tmp_path / "w2.h5", batch_size=8, workers=2)
     a, b = read_features(tmp_path / "w0.h5"), read_features(tmp_path / "w2.h5")
     np.testing.assert_array_equal(a.features, b.features)
     assert list(a.ids) == list(b.ids)
 
 
 def test_float16_storage(tmp_path: Path, enc: Encoder, spec: DatasetSpec) -> None:
-    extract(spec, enc, tmp_path / "h.h5", batch_size=8, workers=0, dtype="float16", quiet=True)
-    extract(spec, enc, tmp_path / "s.h5", batch_size=8, workers=0, quiet=True)
+    extract(spec, enc, tmp_path / "h.h5", batch_size=8, workers=0, dtype="float16")
+    extract(spec, enc, tmp_path / "s.h5", batch_size=8, workers=0)
     with h5py.File(tmp_path / "h.h5") as h5:
         assert h5["features"].dtype == np.float16
     half, full = read_features(tmp_path / "h.h5"), read_features(tmp_path / "s.h5")
@@ -125,61 +125,61 @@ def test_float16_storage(tmp_path: Path, enc: Encoder, spec: DatasetSpec) -> Non
 
 def test_complete_output_is_left_alone(tmp_path: Path, enc: Encoder, spec: DatasetSpec) -> None:
     out = tmp_path / "f.h5"
-    extract(spec, enc, out, batch_size=8, workers=0, quiet=True)
+    extract(spec, enc, out, batch_size=8, workers=0)
     before = out.read_bytes()
-    res = extract(spec, enc, out, batch_size=8, workers=0, quiet=True)
+    res = extract(spec, enc, out, batch_size=8, workers=0)
     assert res.status == "already complete" and res.rows == len(spec)
     assert out.read_bytes() == before
-    res = extract(spec, enc, out, batch_size=8, workers=0, quiet=True, overwrite=True)
+    res = extract(spec, enc, out, batch_size=8, workers=0, overwrite=True)
     assert res.status == "written"
     np.testing.assert_array_equal(read_features(out).features, np.asarray(read_features(out).features))
 
 
 def test_other_encoder_or_rows_refused(tmp_path: Path, enc: Encoder, spec: DatasetSpec) -> None:
     out = tmp_path / "f.h5"
-    extract(spec, enc, out, batch_size=8, workers=0, quiet=True)
+    extract(spec, enc, out, batch_size=8, workers=0)
     before = out.read_bytes()
     other = tiny_encoder(tmp_path, seed=1)
-    with pytest.raises(UserError, match=r"f\.h5.*weights.*--overwrite") as exc:
-        extract(spec, other, out, batch_size=8, workers=0, quiet=True)
+    with pytest.raises(UserError, match=r"f\.h5.*weights.*`overwrite`") as exc:
+        extract(spec, other, out, batch_size=8, workers=0)
     assert "\n" not in str(exc.value)
     fewer = image_spec(tmp_path / "images", n=30)
     with pytest.raises(UserError, match="other rows"):
-        extract(fewer, enc, out, batch_size=8, workers=0, quiet=True)
+        extract(fewer, enc, out, batch_size=8, workers=0)
     with pytest.raises(UserError, match="features_dtype"):
-        extract(spec, enc, out, batch_size=8, workers=0, quiet=True, dtype="float16")
+        extract(spec, enc, out, batch_size=8, workers=0, dtype="float16")
     assert out.read_bytes() == before
 
 
 def test_not_a_feature_file_at_out_refused(tmp_path: Path, enc: Encoder, spec: DatasetSpec) -> None:
     out = tmp_path / "notes.h5"
     out.write_text("my notes\n")
-    with pytest.raises(UserError, match="notes.h5.*--overwrite"):
-        extract(spec, enc, out, batch_size=8, workers=0, quiet=True)
+    with pytest.raises(UserError, match="notes.h5.*`overwrite`"):
+        extract(spec, enc, out, batch_size=8, workers=0)
     assert out.read_text() == "my notes\n"
 
 
 def test_bad_image_stops_then_resumes_identically(tmp_path: Path, enc: Encoder) -> None:
     spec = image_spec(tmp_path / "images")
     ref = tmp_path / "ref.h5"
-    extract(spec, enc, ref, batch_size=4, workers=0, quiet=True)
+    extract(spec, enc, ref, batch_size=4, workers=0)
     bad_path = Path(spec.items[21])
     good_bytes = bad_path.read_bytes()
     bad_path.write_bytes(good_bytes[:40])  # a truncated JPEG
     out = tmp_path / "f.h5"
-    with pytest.raises(UserError, match=r"img021\.jpg.*--skip-bad"):
-        extract(spec, enc, out, batch_size=4, workers=2, quiet=True, commit_seconds=0)
+    with pytest.raises(UserError, match=r"img021\.jpg.*`skip_bad`"):
+        extract(spec, enc, out, batch_size=4, workers=2, commit_seconds=0)
     part = partial_path(out)
     assert part.exists() and not out.exists()
     with h5py.File(part) as h5:  # the batches before the bad one were kept
         assert int(h5.attrs["rows_written"]) == 20 and not h5.attrs["complete"]
     # An unfinished file made by another encoder is not mixed with this one.
     with pytest.raises(UserError, match=r"\.partial.*weights"):
-        extract(spec, tiny_encoder(tmp_path, seed=1), out, batch_size=4, workers=0, quiet=True)
-    with pytest.raises(UserError, match="--batch-size 4"):
-        extract(spec, enc, out, batch_size=8, workers=0, quiet=True)
+        extract(spec, tiny_encoder(tmp_path, seed=1), out, batch_size=4, workers=0)
+    with pytest.raises(UserError, match="`batch_size` 4"):
+        extract(spec, enc, out, batch_size=8, workers=0)
     bad_path.write_bytes(good_bytes)
-    res = extract(spec, enc, out, workers=0, quiet=True)  # batch size taken from the partial file
+    res = extract(spec, enc, out, workers=0)  # batch size taken from the partial file
     assert res.status == "resumed" and res.resumed_from == 20
     a, b = read_features(ref), read_features(out)
     np.testing.assert_array_equal(a.features, b.features)
@@ -189,12 +189,12 @@ def test_bad_image_stops_then_resumes_identically(tmp_path: Path, enc: Encoder) 
 def test_skip_bad_drops_and_records(tmp_path: Path, enc: Encoder) -> None:
     spec = image_spec(tmp_path / "images")
     ref = tmp_path / "ref.h5"
-    extract(spec, enc, ref, batch_size=8, workers=0, quiet=True)
+    extract(spec, enc, ref, batch_size=8, workers=0)
     Path(spec.items[3]).unlink()
     Path(spec.items[17]).write_bytes(b"not a jpeg at all")
     with pytest.raises(UserError, match=r"img003\.jpg"):
-        extract(spec, enc, tmp_path / "stop.h5", batch_size=8, workers=0, quiet=True)
-    res = extract(spec, enc, tmp_path / "f.h5", batch_size=8, workers=2, quiet=True, skip_bad=True)
+        extract(spec, enc, tmp_path / "stop.h5", batch_size=8, workers=0)
+    res = extract(spec, enc, tmp_path / "f.h5", batch_size=8, workers=2, skip_bad=True)
     assert res.skipped == ["img003", "img017"] and res.rows == len(spec) - 2
     fs, full = read_features(tmp_path / "f.h5"), read_features(ref)
     assert json.loads(fs.attrs["skipped"]) == ["img003", "img017"]
@@ -209,28 +209,30 @@ def test_damaged_partial_restarts_with_warning(tmp_path: Path, enc: Encoder, spe
                                                capfd: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "f.h5"
     partial_path(out).write_bytes(b"\x89HDF\r\n\x1a\n" + b"\x00" * 100)  # killed while writing its header
-    res = extract(spec, enc, out, batch_size=8, workers=0, quiet=True)
+    warnings: list[str] = []
+    res = extract(spec, enc, out, batch_size=8, workers=0, warn=warnings.append)
     assert res.status == "written" and read_features(out).features.shape == (len(spec), 16)
-    assert "starting again from scratch" in capfd.readouterr().err
+    assert len(warnings) == 1 and "starting again from scratch" in warnings[0]
+    assert capfd.readouterr().err == ""  # the library reports through its callbacks only
 
 
 def test_modality_and_flags_checked(tmp_path: Path, enc: Encoder, spec: DatasetSpec) -> None:
     texts = DatasetSpec(name="t", modality="text", items=["a", "b"], ids=["0", "1"], y=[0, 1], a=[0, 1],
                         group=[0, 3], split=[0, 0], class_names=["c0", "c1"], group_names=list("abcd"))
     with pytest.raises(UserError, match="encodes images.*texts"):
-        extract(texts, enc, tmp_path / "t.h5", quiet=True)
+        extract(texts, enc, tmp_path / "t.h5")
     with pytest.raises(UserError, match="does not exist"):
-        extract(spec, enc, tmp_path / "missing" / "f.h5", quiet=True)
+        extract(spec, enc, tmp_path / "missing" / "f.h5")
     with pytest.raises(UserError, match="is a folder"):
-        extract(spec, enc, tmp_path, quiet=True)
-    with pytest.raises(UserError, match="--dtype"):
-        extract(spec, enc, tmp_path / "f.h5", dtype="int8", quiet=True)
-    with pytest.raises(UserError, match="--batch-size 0"):
-        extract(spec, enc, tmp_path / "f.h5", batch_size=0, quiet=True)
-    with pytest.raises(UserError, match="--workers -1"):
-        extract(spec, enc, tmp_path / "f.h5", workers=-1, quiet=True)
+        extract(spec, enc, tmp_path)
+    with pytest.raises(UserError, match="`dtype`"):
+        extract(spec, enc, tmp_path / "f.h5", dtype="int8")
+    with pytest.raises(UserError, match="`batch_size` 0"):
+        extract(spec, enc, tmp_path / "f.h5", batch_size=0)
+    with pytest.raises(UserError, match="`workers` -1"):
+        extract(spec, enc, tmp_path / "f.h5", workers=-1)
     for bad in ("3", "4/4", "a/b", "-1/2", "1/0"):
-        with pytest.raises(UserError, match="--shard"):
+        with pytest.raises(UserError, match="`shard`"):
             parse_shard(bad)
 
 
@@ -241,8 +243,8 @@ def test_text_pairs_tokenised_in_workers(tmp_path: Path) -> None:
     spec = DatasetSpec(name="nli", modality="text", items=pairs, ids=[f"p{i}" for i in range(30)],
                        y=np.arange(30) % 3, a=(np.arange(30) % 3 > 0).astype(int), group=np.arange(30) % 6,
                        split=np.arange(30) % 3, class_names=["c", "e", "n"], group_names=list("abcdef"))
-    extract(spec, minilm, tmp_path / "w0.h5", batch_size=8, workers=0, quiet=True)
-    extract(spec, minilm, tmp_path / "w2.h5", batch_size=8, workers=2, quiet=True)
+    extract(spec, minilm, tmp_path / "w0.h5", batch_size=8, workers=0)
+    extract(spec, minilm, tmp_path / "w2.h5", batch_size=8, workers=2)
     a, b = read_features(tmp_path / "w0.h5"), read_features(tmp_path / "w2.h5")
     np.testing.assert_array_equal(a.features, b.features)
     assert a.features.shape == (30, 384) and a.attrs["modality"] == "text"
@@ -297,7 +299,7 @@ from features.datasets import load_dataset
 from features.extract import extract
 from tests.test_extract import conv_encoder
 out, delay = sys.argv[1], float(sys.argv[2])
-res = extract(load_dataset("demo"), conv_encoder(delay), out, batch_size=32, workers=1, quiet=True,
+res = extract(load_dataset("demo"), conv_encoder(delay), out, batch_size=32, workers=1,
               commit_seconds=0)
 print(res.status, res.resumed_from, flush=True)
 """
@@ -338,7 +340,7 @@ def test_sigkill_then_rerun_is_bit_identical(tmp_path: Path) -> None:
 
     resumed = _run_script(out, delay=0.0)
     ref = tmp_path / "ref.h5"
-    extract(load_dataset("demo"), conv_encoder(), ref, batch_size=32, workers=1, quiet=True)
+    extract(load_dataset("demo"), conv_encoder(), ref, batch_size=32, workers=1)
     res_out, res_err = resumed.communicate(timeout=120)
     assert resumed.returncode == 0, res_err
     status, resumed_from = res_out.split()

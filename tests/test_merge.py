@@ -25,7 +25,7 @@ def _shards(tmp_path: Path, enc: Encoder, spec: object, count: int, **kw: object
     paths = []
     for i in range(count):
         out = shard_output_path(tmp_path / "f.h5", (i, count))
-        extract(spec, enc, out, batch_size=4, workers=0, shard=(i, count), quiet=True, **kw)
+        extract(spec, enc, out, batch_size=4, workers=0, shard=(i, count), **kw)
         paths.append(out)
     return paths
 
@@ -43,11 +43,11 @@ def _assert_same(a_path: Path, b_path: Path) -> None:
 @pytest.mark.parametrize("count", [1, 3, 5])
 def test_merged_shards_equal_unsharded(setup: tuple, count: int) -> None:
     tmp_path, enc, spec = setup
-    extract(spec, enc, tmp_path / "full.h5", batch_size=4, workers=0, quiet=True)
+    extract(spec, enc, tmp_path / "full.h5", batch_size=4, workers=0)
     shards = _shards(tmp_path, enc, spec, count)
     sizes = [read_features(p).features.shape[0] for p in shards]
     assert sum(sizes) == 45 and all(s > 0 for s in sizes)
-    res = merge(tmp_path / "merged.h5", list(reversed(shards)), quiet=True)  # any order
+    res = merge(tmp_path / "merged.h5", list(reversed(shards)))  # any order
     assert res.rows == 45 and res.shards == count
     _assert_same(tmp_path / "full.h5", tmp_path / "merged.h5")
 
@@ -55,9 +55,9 @@ def test_merged_shards_equal_unsharded(setup: tuple, count: int) -> None:
 def test_merge_with_skipped_rows(setup: tuple) -> None:
     tmp_path, enc, spec = setup
     Path(spec.items[5]).unlink()
-    extract(spec, enc, tmp_path / "full.h5", batch_size=4, workers=0, quiet=True, skip_bad=True)
+    extract(spec, enc, tmp_path / "full.h5", batch_size=4, workers=0, skip_bad=True)
     shards = _shards(tmp_path, enc, spec, 2, skip_bad=True)
-    merge(tmp_path / "merged.h5", shards, quiet=True)
+    merge(tmp_path / "merged.h5", shards)
     _assert_same(tmp_path / "full.h5", tmp_path / "merged.h5")
     assert read_features(tmp_path / "merged.h5").attrs["skipped"] == '["img005"]'
 
@@ -67,31 +67,31 @@ def test_bad_shard_sets_refused(setup: tuple) -> None:
     shards = _shards(tmp_path, enc, spec, 3)
     out = tmp_path / "merged.h5"
     with pytest.raises(UserError, match="missing shard.*2/3"):
-        merge(out, shards[:2], quiet=True)
+        merge(out, shards[:2])
     with pytest.raises(UserError, match="pass each shard once"):
-        merge(out, [*shards, shards[1]], quiet=True)
+        merge(out, [*shards, shards[1]])
     full = tmp_path / "full.h5"
-    extract(spec, enc, full, batch_size=4, workers=0, quiet=True)
+    extract(spec, enc, full, batch_size=4, workers=0)
     with pytest.raises(UserError, match="not a shard"):
-        merge(out, [full], quiet=True)
+        merge(out, [full])
     other = tmp_path / "other"
     other.mkdir()
     other_enc = tiny_encoder(tmp_path, seed=1)
     odd = shard_output_path(other / "f.h5", (1, 3))
-    extract(spec, other_enc, odd, batch_size=4, workers=0, shard=(1, 3), quiet=True)
+    extract(spec, other_enc, odd, batch_size=4, workers=0, shard=(1, 3))
     with pytest.raises(UserError, match="weights"):
-        merge(out, [shards[0], odd, shards[2]], quiet=True)
+        merge(out, [shards[0], odd, shards[2]])
     with h5py.File(shards[2], "r+") as h5:
         h5.attrs["complete"] = False
     with pytest.raises(UserError, match="incomplete"):
-        merge(out, shards, quiet=True)
+        merge(out, shards)
     assert not out.exists()
     out.write_text("keep me")
-    with pytest.raises(UserError, match="already exists.*--overwrite"):
-        merge(out, shards, quiet=True)
+    with pytest.raises(UserError, match="already exists.*`overwrite`"):
+        merge(out, shards)
     assert out.read_text() == "keep me"
     with pytest.raises(UserError, match="no such file"):
-        merge(tmp_path / "m2.h5", [tmp_path / "nope.h5"], quiet=True)
+        merge(tmp_path / "m2.h5", [tmp_path / "nope.h5"])
 
 
 def test_cli_merge(setup: tuple, capsys: pytest.CaptureFixture[str]) -> None:

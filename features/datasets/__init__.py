@@ -1,32 +1,22 @@
 """Dataset adapters, one module each, selected by name.
 
-Each adapter module exposes ``load(root: Path | None, **options) -> DatasetSpec``.
+Each adapter module registers its ``load(root, **options) -> DatasetSpec`` with
+:func:`features.datasets.registry.register`, declaring its name, modalities,
+root folder, default encoder and options. A new dataset is one module here that
+registers its loader, plus its import below.
 """
 
-from __future__ import annotations
-
-import importlib
-from pathlib import Path
-from typing import Any
-
-from base.errors import UserError
+# isort: off
+# Each module registers its dataset; the order here is the order datasets are listed in.
+from features.datasets import demo, waterbirds, celeba, multinli, table  # noqa: F401
+# isort: on
 from features.datasets.base import DatasetSpec
+from features.datasets.registry import (
+    DatasetInfo,
+    DatasetOption,
+    dataset_info,
+    datasets,
+    load_dataset,
+)
 
-# name -> module; imported lazily so `probe --help` stays fast.
-ADAPTERS = {
-    "demo": "features.datasets.demo",
-    "waterbirds": "features.datasets.waterbirds",
-    "celeba": "features.datasets.celeba",
-    "multinli": "features.datasets.multinli",
-    "table": "features.datasets.table",
-}
-
-
-def load_dataset(name: str, root: Path | None = None, **options: Any) -> DatasetSpec:
-    if name not in ADAPTERS:
-        raise UserError(f"unknown dataset {name!r}; choose one of: {', '.join(ADAPTERS)}")
-    module = importlib.import_module(ADAPTERS[name])
-    return module.load(root, **options)
-
-
-__all__ = ["ADAPTERS", "DatasetSpec", "load_dataset"]
+__all__ = ["DatasetInfo", "DatasetOption", "DatasetSpec", "dataset_info", "datasets", "load_dataset"]

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 import numpy as np
 
@@ -32,38 +32,24 @@ SPLIT_CODES = (0, 1, 2)
 _BOOLS = {"false": 0, "true": 1}
 
 
-def flag(option: str) -> str:
-    """The command-line flag of a keyword option: ``image_col`` -> ``--image-col``."""
-    return "--" + option.replace("_", "-")
-
-
-def check_options(dataset: str, options: Mapping[str, Any], allowed: Iterable[str]) -> None:
-    """Refuse an option the dataset does not use, rather than silently ignoring it."""
-    allowed = tuple(allowed)
-    for key in options:
-        if key not in allowed:
-            takes = ", ".join(flag(k) for k in allowed) or "no dataset options"
-            raise UserError(f"{flag(key)} does not apply to dataset {dataset!r}; it takes --root and {takes}")
-
-
 def resolve_root(root: str | Path | None, dataset: str, expected: str) -> Path:
-    """The --root folder, which must exist; ``expected`` says what it should hold."""
+    """The ``root`` folder, which must exist; ``expected`` says what it should hold."""
     if root is None:
-        raise UserError(f"--root is required for dataset {dataset!r}: the folder holding {expected}")
+        raise UserError(f"`root` is required for dataset {dataset!r}: the folder holding {expected}")
     path = Path(root).expanduser()
     if not path.exists():
-        raise UserError(f"--root {path}: no such folder; give the folder holding {expected}")
+        raise UserError(f"`root` {path}: no such folder; give the folder holding {expected}")
     if not path.is_dir():
-        raise UserError(f"--root {path}: is a file, not a folder; give the folder holding {expected}")
+        raise UserError(f"`root` {path}: is a file, not a folder; give the folder holding {expected}")
     return path.resolve()
 
 
 def resolve_file(name: str | Path, base: Path, what: str) -> Path:
-    """A user-given file: absolute, or relative to ``base`` (the --root folder)."""
+    """A user-given file: absolute, or relative to ``base`` (the ``root`` folder)."""
     path = Path(name).expanduser()
     path = path if path.is_absolute() else base / path
     if not path.exists():
-        raise UserError(f"{what} {name}: no such file (looked for {path}); relative paths are taken from --root")
+        raise UserError(f"{what} {name}: no such file (looked for {path}); relative paths are taken from `root`")
     if path.is_dir():
         raise UserError(f"{what} {name}: {path} is a folder; give the file")
     return path
@@ -93,7 +79,7 @@ def open_text(path: Path, what: str) -> Iterator[TextIO]:
     try:
         fh = open(path, encoding="utf-8-sig", newline="")
     except FileNotFoundError as exc:
-        raise UserError(f"{path}: no such {what}; check --root") from exc
+        raise UserError(f"{path}: no such {what}; check `root`") from exc
     except IsADirectoryError as exc:
         raise UserError(f"{path}: is a folder, not the {what}") from exc
     except OSError as exc:
@@ -218,17 +204,17 @@ def read_header(path: Path, what: str, delimiter: str = ",") -> list[str]:
 
 
 def read_table(path: Path, columns: Sequence[str], *, what: str, hint: str = "",
-               flags: Mapping[str, str] | None = None, delimiter: str = ",", quoting: int = csv.QUOTE_MINIMAL,
+               named_by: Mapping[str, str] | None = None, delimiter: str = ",", quoting: int = csv.QUOTE_MINIMAL,
                index_col0: bool = False, ragged_ok: bool = False) -> Table:
     """Read ``columns`` (by header name) of a delimited file with a header line.
 
-    ``flags`` maps a column name to the flag that named it, for the error message.
+    ``named_by`` maps a column name to the option that named it (```label_col```), for the error message.
     ``index_col0`` keeps the first column as the row index (pandas' ``index_col=0``),
     whatever its header says. A row with a different number of fields than the header
     is an error unless ``ragged_ok`` (then only the wanted fields must be present).
     Blank lines are skipped, as pandas does.
     """
-    flags = flags or {}
+    named_by = named_by or {}
     if csv.field_size_limit() < _FIELD_LIMIT:
         csv.field_size_limit(min(_FIELD_LIMIT, sys.maxsize))
     with open_text(path, what) as fh:
@@ -243,7 +229,7 @@ def read_table(path: Path, columns: Sequence[str], *, what: str, hint: str = "",
                 line = reader.line_num
             if header is None:
                 raise UserError(f"{path}: the {what} is empty (no header line); {hint or 'check the file'}")
-            positions = _column_positions(path, header, columns, what, flags, hint)
+            positions = _column_positions(path, header, columns, what, named_by, hint)
             first = 1 if index_col0 else 0
             values: dict[str, list[str]] = {c: [] for c in columns}
             index: list[str] = []
@@ -274,14 +260,14 @@ def read_table(path: Path, columns: Sequence[str], *, what: str, hint: str = "",
 
 
 def _column_positions(path: Path, header: list[str], columns: Sequence[str], what: str,
-                      flags: Mapping[str, str], hint: str) -> dict[str, int]:
+                      named_by: Mapping[str, str], hint: str) -> dict[str, int]:
     positions: dict[str, int] = {}
     for c in columns:
         hits = [i for i, h in enumerate(header) if h == c]
-        named = f"{flags[c]} {c!r}" if c in flags else f"column {c!r}"
+        named = f"{named_by[c]} {c!r}" if c in named_by else f"column {c!r}"
         if not hits:
             shown = ", ".join(repr(h) for h in header[:40]) + (" ..." if len(header) > 40 else "")
-            advice = f"; {hint}" if hint and c not in flags else ""
+            advice = f"; {hint}" if hint and c not in named_by else ""
             raise UserError(f"{path}: {named} not found in the {what}; its columns are: {shown}{advice}")
         if len(hits) > 1:
             raise UserError(f"{path}: {named} appears {len(hits)} times in the header; rename the duplicates")

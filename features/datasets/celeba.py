@@ -22,10 +22,12 @@ import numpy as np
 from base.errors import UserError
 from features.datasets import _tables as T
 from features.datasets.base import DatasetSpec
+from features.datasets.registry import METADATA_OPTION, DatasetOption, register
 
 DEFAULT_TARGET = "Blond_Hair"
 DEFAULT_SPURIOUS = "Male"
-OPTIONS = ("target", "spurious", "metadata")
+TARGET = DatasetOption("target", f"target attribute (default {DEFAULT_TARGET})")
+SPURIOUS = DatasetOption("spurious", f"spurious attribute (default {DEFAULT_SPURIOUS})")
 SUBFOLDERS = ("", "celebA_v1.0", "celeba", "CelebA")
 ATTR_FILES = ("list_attr_celeba.csv", "list_attr_celeba.txt", "Anno/list_attr_celeba.txt")
 PARTITION_FILES = ("list_eval_partition.csv", "list_eval_partition.txt", "Eval/list_eval_partition.txt")
@@ -40,8 +42,8 @@ def _find_folder(root: Path) -> tuple[Path, Path]:
         attr = T.first_existing(folder / f for f in ATTR_FILES)
         if attr is not None:
             return folder, attr
-    raise UserError(f"--root {root}: no list_attr_celeba.csv or list_attr_celeba.txt there or in celebA_v1.0/; "
-                    "point --root at the CelebA folder (the one holding the attribute and partition files)")
+    raise UserError(f"`root` {root}: no list_attr_celeba.csv or list_attr_celeba.txt there or in celebA_v1.0/; "
+                    "point `root` at the CelebA folder (the one holding the attribute and partition files)")
 
 
 def _is_txt(path: Path) -> bool:
@@ -76,9 +78,9 @@ def _read_attr_txt(path: Path, wanted: list[str]) -> T.Table:
         if names is None:
             names = fields
             header = ["image_id", *names]
-            for flag, w in zip(("--target", "--spurious"), wanted, strict=True):
+            for param, w in zip(("`target`", "`spurious`"), wanted, strict=True):
                 if w not in names:
-                    raise UserError(f"{flag} {w!r}: no such attribute in {path} (line {line_no}); attributes "
+                    raise UserError(f"{param} {w!r}: no such attribute in {path} (line {line_no}); attributes "
                                     f"are: {T.suggest(w, names)}")
                 positions[w] = header.index(w)
             continue
@@ -170,15 +172,15 @@ def _check_agreement(attrs: T.Table, parts: T.Table) -> np.ndarray:
     return out
 
 
+@register("celeba", modalities=("image",), options=(TARGET, SPURIOUS, METADATA_OPTION))
 def load(root: Path | None, **options: Any) -> DatasetSpec:
-    T.check_options("celeba", options, OPTIONS)
     base = T.resolve_root(root, "celeba", "list_attr_celeba.csv/.txt, list_eval_partition and img_align_celeba/")
     target = options.get("target", DEFAULT_TARGET)
     spurious = options.get("spurious", DEFAULT_SPURIOUS)
     if target == spurious:
-        raise UserError(f"--target and --spurious are both {target!r}; choose two different attributes")
+        raise UserError(f"`target` and `spurious` are both {target!r}; choose two different attributes")
     if "metadata" in options:
-        attr = T.resolve_file(options["metadata"], base, "--metadata")
+        attr = T.resolve_file(options["metadata"], base, "`metadata`")
         try:
             folder, _ = _find_folder(base)
         except UserError:
@@ -193,9 +195,9 @@ def load(root: Path | None, **options: Any) -> DatasetSpec:
         fmt = "Kaggle CSV"
         header = T.read_header(attr, "CelebA attribute file")
         names = [h for h in header if h != "image_id"]
-        for flag, w in (("--target", target), ("--spurious", spurious)):
+        for param, w in (("`target`", target), ("`spurious`", spurious)):
             if "image_id" in header and w not in names:
-                raise UserError(f"{flag} {w!r}: no such attribute in {attr}; attributes are: {T.suggest(w, names)}")
+                raise UserError(f"{param} {w!r}: no such attribute in {attr}; attributes are: {T.suggest(w, names)}")
         table = T.read_table(attr, ["image_id", *wanted], what="CelebA attribute file",
                              hint="list_attr_celeba.csv has image_id and the 40 attribute columns")
     partition = _partition_file(attr, folder)

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from features.datasets.base import DatasetSpec
+from features.datasets.registry import register
 
 CLASS_NAMES = ["small", "large"]
 ATTRIBUTE_NAMES = ["blue", "green"]
@@ -84,6 +85,9 @@ def _background(y: np.ndarray, split: np.ndarray, rng: np.random.Generator) -> n
     return a
 
 
+# Bundled and built in memory: no folder, and (as always) options it has no use for are ignored.
+@register("demo", modalities=("image",), root="unused", default_encoder="efficientnet-lite0",
+          help="bundled, built from scikit-learn digits", strict=False)
 def load(root: Path | None = None, seed: int = 0, **_: Any) -> DatasetSpec:
     import sklearn
     from sklearn.datasets import load_digits

@@ -25,9 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from base.errors import UserError
+from base.errors import UserError, either
 from features.datasets import _tables as T
 from features.datasets.base import DatasetSpec
+from features.datasets.registry import METADATA_OPTION, DatasetOption, register
 
 CLASS_NAMES = ["contradiction", "entailment", "neutral"]
 TEXT_LABELS = {name: i for i, name in enumerate(CLASS_NAMES)}
@@ -43,8 +44,8 @@ JSONL_FILES = tuple(f"multinli_1.0_{p}.jsonl" for p in PARTS)
 GLUE_FILES = tuple(f"{p}.tsv" for p in PARTS)
 METADATA = "metadata_random.csv"
 META_COLUMNS = ("gold_label", "sentence2_has_negation", "split")
-OPTIONS = ("metadata", "text_source")
 TEXT_SOURCES = ("auto", "jsonl", "glue")
+TEXT_SOURCE = DatasetOption("text_source", "where the raw text comes from", metavar="|".join(TEXT_SOURCES))
 
 
 def has_negation(hypothesis: str) -> int:
@@ -134,8 +135,8 @@ def _find_text(root: Path, meta: Path, source: str) -> tuple[str, list[Path]]:
                 partial.append(f"{d} lacks {', '.join(missing)}")
     need = " or ".join(", ".join(kinds[k]) for k in wanted)
     detail = f" ({'; '.join(partial)})" if partial else ""
-    raise UserError(f"--root {root}: MultiNLI text not found{detail}; put {need} beside {meta.name} (or in "
-                    "multinli_1.0/ or glue_data/MNLI/ under --root)")
+    raise UserError(f"`root` {root}: MultiNLI text not found{detail}; put {need} beside {meta.name} (or in "
+                    "multinli_1.0/ or glue_data/MNLI/ under `root`)")
 
 
 def _find_metadata(root: Path) -> Path:
@@ -143,8 +144,8 @@ def _find_metadata(root: Path) -> Path:
         path = (root / sub / METADATA) if sub else root / METADATA
         if path.is_file():
             return path
-    raise UserError(f"--root {root}: no {METADATA} there or in data/; point --root at the MultiNLI folder from "
-                    "group_DRO (or pass --metadata FILE)")
+    raise UserError(f"`root` {root}: no {METADATA} there or in data/; point `root` at the MultiNLI folder from "
+                    "group_DRO (or pass `metadata` FILE)")
 
 
 def _read_metadata(path: Path) -> tuple[T.Table, list[str]]:
@@ -174,13 +175,13 @@ def _check(meta: T.Table, ids: list[str], what: str, expected: np.ndarray, found
                "train + dev_matched + dev_mismatched?)"))
 
 
+@register("multinli", modalities=("text",), options=(METADATA_OPTION, TEXT_SOURCE))
 def load(root: Path | None, **options: Any) -> DatasetSpec:
-    T.check_options("multinli", options, OPTIONS)
-    source = str(options.get("text_source", "auto")).lower()
+    source = str(options.get("text_source", TEXT_SOURCES[0])).lower()
     if source not in TEXT_SOURCES:
-        raise UserError(f"--text-source {options['text_source']!r}: choose auto, jsonl or glue")
+        raise UserError(f"`text_source` {options['text_source']!r}: choose {either(TEXT_SOURCES)}")
     base = T.resolve_root(root, "multinli", f"{METADATA} and the MNLI text (jsonl or GLUE TSVs)")
-    meta_path = (T.resolve_file(options["metadata"], base, "--metadata") if "metadata" in options
+    meta_path = (T.resolve_file(options["metadata"], base, "`metadata`") if "metadata" in options
                  else _find_metadata(base))
     meta, ids = _read_metadata(meta_path)
     y = meta.ints("gold_label", (0, 1, 2), hint="gold_label is 0 contradiction, 1 entailment, 2 neutral")

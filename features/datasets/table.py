@@ -1,16 +1,17 @@
 """Any dataset described by one table, as DFR v2, BalancingGroups and SubpopBench keep them.
 
-``--metadata FILE`` (CSV, or TSV by its .tsv/.tab suffix; relative to ``--root``) with one
-row per example and the columns named by the flags:
+``metadata`` (CSV, or TSV by its .tsv/.tab suffix; relative to ``root``) with one row per
+example and the columns named by the options (``--image-col`` for ``image_col`` on the
+command line):
 
-- ``--image-col`` (image paths, relative to ``--root``; without ``--root``, to the table's
-  folder) or ``--text-col`` (a text, or two comma-separated columns for a sentence pair);
-- ``--label-col`` (default ``y``): strings or integers; classes are the sorted distinct
+- ``image_col`` (image paths, relative to ``root``; without ``root``, to the table's
+  folder) or ``text_col`` (a text, or two comma-separated columns for a sentence pair);
+- ``label_col`` (default ``y``): strings or integers; classes are the sorted distinct
   values (integers sorted numerically);
-- ``--attr-col`` (default ``a`` when present) and/or ``--group-col``: with an attribute,
+- ``attr_col`` (default ``a`` when present) and/or ``group_col``: with an attribute,
   group = class index * number of attribute values + attribute index; with only a
   group column, groups are its sorted distinct values and the attribute is -1;
-- ``--split-col`` (default ``split``): 0/1/2 or train/val/valid/validation/test (any case).
+- ``split_col`` (default ``split``): 0/1/2 or train/val/valid/validation/test (any case).
 """
 
 from __future__ import annotations
@@ -23,8 +24,17 @@ import numpy as np
 from base.errors import UserError
 from features.datasets import _tables as T
 from features.datasets.base import DatasetSpec
+from features.datasets.registry import METADATA_OPTION, DatasetOption, register
 
-OPTIONS = ("metadata", "image_col", "text_col", "label_col", "attr_col", "group_col", "split_col")
+# The options that name the table's columns.
+COLUMNS = (
+    DatasetOption("image_col", "column of image paths"),
+    DatasetOption("text_col", "text column (two, comma-separated, for sentence pairs)"),
+    DatasetOption("label_col", "label column"),
+    DatasetOption("attr_col", "spurious attribute column"),
+    DatasetOption("group_col", "group column (instead of an attribute)"),
+    DatasetOption("split_col", "split column"),
+)
 DEFAULTS = {"label_col": "y", "split_col": "split", "attr_col": "a"}
 
 
@@ -46,44 +56,46 @@ def _part(column: str, value: str) -> str:
 def _delimiter(path: Path) -> str:
     suffix = path.suffix.lower()
     if suffix in (".parquet", ".pq", ".feather", ".arrow"):
-        raise UserError(f"--metadata {path}: {suffix} tables are not read (pyarrow is not a dependency); save "
+        raise UserError(f"`metadata` {path}: {suffix} tables are not read (pyarrow is not a dependency); save "
                         "the table as CSV (e.g. pandas: df.to_csv('table.csv', index=False))")
     return "\t" if suffix in (".tsv", ".tab") else ","
 
 
 def _columns(options: dict[str, Any], header: list[str], path: Path) -> dict[str, Any]:
-    """Column names from the flags, or the conventional defaults when the table has them."""
-    cols: dict[str, Any] = {k: options[k] for k in OPTIONS[1:] if k in options}
+    """Column names from the options, or the conventional defaults when the table has them."""
+    cols: dict[str, Any] = {c.name: options[c.name] for c in COLUMNS if c.name in options}
     for key in ("label_col", "split_col"):
         cols.setdefault(key, DEFAULTS[key])
     if "attr_col" not in cols and "group_col" not in cols:
         if DEFAULTS["attr_col"] not in header:
-            raise UserError(f"{path}: give --attr-col (spurious attribute) or --group-col; the table has no "
+            raise UserError(f"{path}: give `attr_col` (spurious attribute) or `group_col`; the table has no "
                             f"column 'a' to use by default (columns: {', '.join(map(repr, header[:30]))})")
         cols["attr_col"] = DEFAULTS["attr_col"]
     has_image, has_text = "image_col" in cols, "text_col" in cols
     if has_image == has_text:
-        raise UserError("dataset 'table' needs exactly one of --image-col (image paths) or --text-col (a text "
+        raise UserError("dataset 'table' needs exactly one of `image_col` (image paths) or `text_col` (a text "
                         "column, or two comma-separated for sentence pairs)")
     if has_text:
         texts = [c.strip() for c in str(cols["text_col"]).split(",")]
         if not 1 <= len(texts) <= 2 or not all(texts):
-            raise UserError(f"--text-col {cols['text_col']!r}: give one column, or two separated by a comma "
-                            "for sentence pairs (e.g. --text-col premise,hypothesis)")
+            raise UserError(f"`text_col` {cols['text_col']!r}: give one column, or two separated by a comma "
+                            "for sentence pairs (e.g. `text_col` premise,hypothesis)")
         cols["text_col"] = texts
     return cols
 
 
+@register("table", modalities=("image", "text"), root="optional",
+          options=(METADATA_OPTION.meaning("the CSV or TSV table"), *COLUMNS),
+          help="any CSV or TSV table; see the column options")
 def load(root: Path | None, **options: Any) -> DatasetSpec:
-    T.check_options("table", options, OPTIONS)
     if "metadata" not in options:
-        raise UserError("dataset 'table' needs --metadata FILE: the CSV with one row per example "
-                        "(relative paths are taken from --root)")
+        raise UserError("dataset 'table' needs `metadata` FILE: the CSV with one row per example "
+                        "(relative paths are taken from `root`)")
     if root is not None:
         base = T.resolve_root(root, "table", "the table and the files it names")
-        path = T.resolve_file(options["metadata"], base, "--metadata")
+        path = T.resolve_file(options["metadata"], base, "`metadata`")
     else:
-        path = T.resolve_file(options["metadata"], Path.cwd(), "--metadata")
+        path = T.resolve_file(options["metadata"], Path.cwd(), "`metadata`")
         base = path.parent.resolve()
     delimiter = _delimiter(path)
     what = "table"
@@ -91,12 +103,12 @@ def load(root: Path | None, **options: Any) -> DatasetSpec:
     if not header:
         raise UserError(f"{path}: the table is empty (no header line); it needs a header and one row per example")
     cols = _columns(options, header, path)
-    flags = {}
+    named_by = {}
     for key, value in cols.items():
         for name in value if isinstance(value, list) else [value]:
-            flags.setdefault(name, T.flag(key) + (" (default)" if key not in options else ""))
+            named_by.setdefault(name, f"`{key}`" + (" (default)" if key not in options else ""))
     wanted = list(dict.fromkeys(n for v in cols.values() for n in (v if isinstance(v, list) else [v])))
-    table = T.read_table(path, wanted, what=what, flags=flags, delimiter=delimiter)
+    table = T.read_table(path, wanted, what=what, named_by=named_by, delimiter=delimiter)
 
     label_col = cols["label_col"]
     class_names, y = _categories(table.nonempty(label_col, hint="every row needs a label"))

@@ -3,7 +3,7 @@
 ``metadata.csv``: ``img_id,img_filename,y,split,place,place_filename``; ``y`` 1 waterbird,
 0 landbird; ``place`` 1 water, 0 land; ``split`` 0 train, 1 val, 2 test; ``img_filename``
 relative to the dataset folder. Group = ``2*y + place`` (the index group_DRO and WILDS use).
-``--root`` may be the dataset folder or the folder holding it.
+``root`` may be the dataset folder or the folder holding it.
 """
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ from typing import Any
 from base.errors import UserError
 from features.datasets import _tables as T
 from features.datasets.base import DatasetSpec
+from features.datasets.registry import METADATA_OPTION, register
 
 CLASS_NAMES = ["landbird", "waterbird"]
 PLACE_NAMES = ["land", "water"]
 GROUP_NAMES = [f"{c}/{p}" for c in CLASS_NAMES for p in PLACE_NAMES]
 LAYOUTS = ("waterbird_complete95_forest2water2", "waterbirds_v1.0")
 COLUMNS = ("img_filename", "y", "split", "place")
-OPTIONS = ("metadata",)
 HINT = "Waterbirds' metadata.csv has columns img_id,img_filename,y,split,place,place_filename"
 
 
@@ -35,17 +35,17 @@ def dataset_folder(root: Path) -> Path:
     if len(found) == 1:
         return found[0]
     if len(found) > 1:
-        raise UserError(f"--root {root}: several folders hold a metadata.csv ({', '.join(p.name for p in found)}); "
-                        "point --root at the Waterbirds folder itself")
-    raise UserError(f"--root {root}: no metadata.csv there, nor in {' or '.join(LAYOUTS)}/; point --root at the "
+        raise UserError(f"`root` {root}: several folders hold a metadata.csv ({', '.join(p.name for p in found)}); "
+                        "point `root` at the Waterbirds folder itself")
+    raise UserError(f"`root` {root}: no metadata.csv there, nor in {' or '.join(LAYOUTS)}/; point `root` at the "
                     "Waterbirds folder (the one holding metadata.csv and the image folders)")
 
 
+@register("waterbirds", modalities=("image",), options=(METADATA_OPTION,))
 def load(root: Path | None, **options: Any) -> DatasetSpec:
-    T.check_options("waterbirds", options, OPTIONS)
     base = T.resolve_root(root, "waterbirds", f"metadata.csv (or {LAYOUTS[0]}/ or {LAYOUTS[1]}/)")
     if "metadata" in options:
-        meta = T.resolve_file(options["metadata"], base, "--metadata")
+        meta = T.resolve_file(options["metadata"], base, "`metadata`")
         # Images stay where the dataset folder is; the override only replaces its table.
         try:
             folder = dataset_folder(base)
