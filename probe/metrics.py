@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from base.lazy import lazy_import
-from features.store import SPLITS, FeatureSet
+from features.schema import SPLITS
+
+if TYPE_CHECKING:
+    from features.store import FeatureSet
 
 torch = lazy_import("torch")
 

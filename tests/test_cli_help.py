@@ -12,9 +12,10 @@ from tests.conftest import REPO, run_cli
 
 def test_building_the_cli_imports_no_model_library() -> None:
     # A fresh interpreter: in this one other tests have long imported torch.
-    code = ("import sys\nimport cli.main\n"
+    # torch may be bound lazily (base.lazy) but must not have been imported.
+    code = ("import sys\nimport cli.main\nfrom base.lazy import is_loaded\n"
             "print(sorted(m for m in ('torch', 'torchvision', 'transformers', 'open_clip', 'h5py') "
-            "if m in sys.modules))")
+            "if is_loaded(m)))")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "[]"

@@ -25,14 +25,17 @@ same :class:`probe.results.Result` records, scored by the same code.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from features.store import SPLITS, FeatureSet
+from features.schema import SPLITS
 from probe.methods.base import Method, register
 from probe.metrics import metrics_by_head
 from probe.results import Result, run_id
+
+if TYPE_CHECKING:
+    from features.store import FeatureSet
 
 C_OPTIONS = (1.0, 0.7, 0.3, 0.1, 0.07, 0.03, 0.01)
 N_RETRAINS = 20
