@@ -26,15 +26,21 @@ from probe.train.settings import DTYPES, user_settings
 def grid_option(name: str) -> OptionSpec:
     """A grid flag: the declaration's help, which methods take it, and their default grids."""
     pairs = all_params()[name]
+    takers = [m.name for m, _ in pairs]
     if name in COMMON:
-        takers = [m.name for m, _ in pairs]
         scope = "" if len(takers) >= len(method_names()) - 1 else f" ({', '.join(takers)})"
-        text = f"{COMMON[name].help}{scope} Default {format_values(COMMON[name].default_grid)}."
+        text = f"{COMMON[name].help}{scope}"
     elif len(pairs) == 1:
-        text = f"{pairs[0][1].help} Default {format_values(pairs[0][1].default_grid)}."
+        text = pairs[0][1].help
     else:
-        text = " ".join(f"{m.name}: {p.help}" for m, p in pairs) + " Default: " + "; ".join(
-            f"{m.name} {format_values(p.default_grid)}" for m, p in pairs) + "."
+        text = " ".join(f"{m.name}: {p.help}" for m, p in pairs)
+    defaults: dict[str, list[str]] = {}
+    for m, p in pairs:
+        defaults.setdefault(format_values(p.default_grid), []).append(m.name)
+    if len(defaults) == 1:
+        text += f" Default {next(iter(defaults))}."
+    else:
+        text += " Default: " + "; ".join(f"{', '.join(ms)} {v}" for v, ms in defaults.items()) + "."
     what = "a comma list (a grid dimension)" if pairs[0][1].kind is str else f"Grid flag: {RANGE_HELP}"
     return OptionSpec(name, f"{text} {what}.", metavar="VALUES")
 

@@ -89,7 +89,7 @@ def fit_grid(features: FeatureSet | str | Path, methods: list[str] | str, grid: 
     out_path = Path(out) if out is not None else None
     if out_path is not None:
         prepare_run_dir(out_path, overwrite)
-    configs = {m: get_method(m).configs(grid) for m in names}
+    configs = {m: get_method(m).configs(grid, st.steps) for m in names}
     # Planned once: the progress total and the fit then agree on the chunks.
     chunks = {m: plan_method(fs, m, configs[m], st) for m in names}
     if progress is not None:

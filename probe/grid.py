@@ -28,6 +28,25 @@ MAX_GRID_SIZE = 1_000_000
 
 
 @dataclass(frozen=True)
+class OfSteps:
+    """A default grid value given as a fraction of the fit's steps (an anneal that keeps
+    its meaning whatever ``steps`` is); resolved to a whole step count by ``resolve``."""
+
+    fraction: float
+
+    def resolve(self, steps: int) -> int:
+        return int(round(self.fraction * steps))
+
+    def __str__(self) -> str:
+        return f"{self.fraction:g}×steps"
+
+
+def resolve(values: Iterable[Any], steps: int) -> list[Any]:
+    """Grid values with every OfSteps made a step count (repeats dropped)."""
+    return list(dict.fromkeys(v.resolve(steps) if isinstance(v, OfSteps) else v for v in values))
+
+
+@dataclass(frozen=True)
 class Param:
     """One per-head hyperparameter: its type, allowed values, default and default grid.
 
@@ -50,7 +69,10 @@ class Param:
         if self.kind not in (float, int, str):
             raise TypeError(f"Param {self.name}: kind must be float, int or str")
         for v in (self.default, *self.grid):
-            if v is not None:
+            if isinstance(v, OfSteps):
+                if not 0 <= v.fraction <= 1:
+                    raise ValueError(f"Param {self.name}: {v} is not a fraction of the steps")
+            elif v is not None:
                 self.check(v)
 
     @property

@@ -146,6 +146,32 @@ def metrics_by_head(fs: FeatureSet, predictions: dict[str, torch.Tensor]) -> lis
              for name, (correct, total) in per_split.items()} for h in range(heads)]
 
 
+#: a head is collapsed when it predicts one class for the whole validation split, or when
+#: its predictions are this confident on average while it is no better than the majority class
+SATURATED_CONFIDENCE = 0.99
+CHANCE_MARGIN = 0.01
+
+
+def collapsed_heads(pred: torch.Tensor, confidence: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """(G,) bool: heads whose validation predictions collapsed.
+
+    ``pred`` (G, n) predicted classes and ``confidence`` (G, n) their probabilities on the
+    validation rows, whose labels are ``y`` (n,). Collapsed: every row predicted as one
+    class (while the rows have several), or a mean confidence of at least
+    ``SATURATED_CONFIDENCE`` at an accuracy within ``CHANCE_MARGIN`` of always answering
+    the majority class, which is what a head looks like after escaping a dominant
+    Hessian penalty by saturating (the penalty is then near zero and nothing is learned).
+    """
+    y = y.to(pred.device)
+    if pred.shape[1] == 0 or int(torch.unique(y).numel()) < 2:
+        return torch.zeros(pred.shape[0], dtype=torch.bool, device=pred.device)
+    one_class = (pred == pred[:, :1]).all(dim=1)
+    chance = torch.bincount(y).max().to(torch.float64) / len(y)
+    acc = (pred == y).to(torch.float64).mean(dim=1)
+    saturated = (confidence.to(torch.float64).mean(dim=1) >= SATURATED_CONFIDENCE) & (acc <= chance + CHANCE_MARGIN)
+    return one_class | saturated
+
+
 def _stats(values: Sequence[float]) -> dict[str, float | None]:
     if not values:
         return {"mean": None, "std": None}

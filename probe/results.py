@@ -19,8 +19,10 @@ from typing import Any
 from base.errors import UserError
 from base.io import json_default, write_text_atomic
 
-#: a configuration's fate: finished, its loss stopped being finite, or stopped by Ctrl-C
-STATUSES = ("ok", "diverged", "interrupted")
+#: a configuration's fate: finished; finished but its head collapsed (one class predicted,
+#: or saturated at chance: probe.metrics.collapsed_heads); its loss stopped being finite;
+#: stopped by Ctrl-C
+STATUSES = ("ok", "collapsed", "diverged", "interrupted")
 SPLIT_NAMES = ("train", "val", "test")
 #: history series every gradient-trained row has (penalties go under "penalty")
 HISTORY_KEYS = ("step", "loss", "ce", "val_wga", "val_acc")

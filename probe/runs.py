@@ -47,12 +47,15 @@ def prepare_run_dir(out: Path, overwrite: bool) -> None:
 def select(rows: list[Result], select_by: str = "val_wga") -> list[Result] | None:
     """Group configurations by hyperparameters without the seed (``Result.config_key``);
     pick the group with the best mean validation score (ties: the earlier configuration).
-    Only rows with status "ok" take part. Returns the chosen group's rows, or None."""
+    Only rows with status "ok" take part, or, when none is ok, the collapsed ones (a
+    collapsed head is never chosen over one that is not). Returns the chosen rows, or None."""
     metric = SELECT_KEYS[select_by]
+    usable = [r for r in rows if r.status == "ok" and r.split("val")]
+    if not usable:
+        usable = [r for r in rows if r.status == "collapsed" and r.split("val")]
     groups: dict[str, list[Result]] = {}
-    for r in rows:
-        if r.status == "ok" and r.split("val"):
-            groups.setdefault(r.config_key, []).append(r)
+    for r in usable:
+        groups.setdefault(r.config_key, []).append(r)
     best, best_score = None, -1.0
     for members in groups.values():
         vals = [m.split("val")[metric] for m in members if m.split("val")[metric] is not None]
@@ -64,10 +67,10 @@ def select(rows: list[Result], select_by: str = "val_wga") -> list[Result] | Non
 
 def summarize_method(rows: list[Result], select_by: str) -> dict[str, Any]:
     members = select(rows, select_by)
-    n_div = sum(r.status == "diverged" for r in rows)
+    counts = {"n_configs": len(rows), "n_diverged": sum(r.status == "diverged" for r in rows),
+              "n_collapsed": sum(r.status == "collapsed" for r in rows)}
     if members is None:
-        return {"selected": None, "metrics": None, "seeds": None, "head": None, "n_configs": len(rows),
-                "n_diverged": n_div}
+        return {"selected": None, "metrics": None, "seeds": None, "head": None, **counts}
     hp = {k: v for k, v in members[0].hparams.items() if k != "seed"}
     splits = ("train", "val", "test")
     return {
@@ -75,8 +78,7 @@ def summarize_method(rows: list[Result], select_by: str) -> dict[str, Any]:
         "metrics": {s: mean_metrics([m.split(s) for m in members]) for s in splits},
         "seeds": {s: mean_std([m.split(s) for m in members if m.split(s)]) for s in splits},
         "head": None,
-        "n_configs": len(rows),
-        "n_diverged": n_div,
+        **counts,
     }
 
 

@@ -288,7 +288,7 @@ def test_keyboard_interrupt_keeps_finished_configurations(tmp_path: Path) -> Non
 
 def test_fit_grid_writes_run_folder_and_selects_by_val_wga(tmp_path: Path) -> None:
     fs = _fs(tmp_path)
-    res = fit_grid(fs, ["erm", "cma"], {"alpha": [0.0, 10.0], "beta": [1.0], "seed": [0, 1]}, tmp_path / "run",
+    res = fit_grid(fs, ["erm", "cma"], {"alpha": [0.0, 10.0], "beta": [1.0], "anneal": [0], "seed": [0, 1]}, tmp_path / "run",
                    steps=40, batch_size=16, eval_every=10, command="probe fit toy.h5")
     run = tmp_path / "run"
     rows = [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines()]
@@ -392,7 +392,7 @@ def test_linear_head_estimator() -> None:
     ({"alpha": ["big"]}, "`alpha`: 'big' is not a number"),
     ({"weight_decay": [float("nan")]}, "`weight_decay`: nan is not allowed"),
     ({"preprocess": ["whiten"]}, "`preprocess` 'whiten'"),
-    ({"gamma": [1.0]}, "unknown hyperparameter 'gamma'"),
+    ({"delta": [1.0]}, "unknown hyperparameter 'delta'"),
 ])
 def test_fit_grid_checks_a_grid_given_in_python(tmp_path: Path, grid: dict, fragment: str) -> None:
     import re

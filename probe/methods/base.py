@@ -25,11 +25,11 @@ Cross-entropy weighting (``ce_weighting``), the same for every gradient method b
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from base.errors import UserError
-from probe.grid import Param, expand
+from probe.grid import OfSteps, Param, expand, resolve
 from probe.preprocess import KINDS as PREPROCESS_KINDS
 
 if TYPE_CHECKING:
@@ -107,10 +107,12 @@ class Method:
         return {**{p.name: p for p in cls.params}, **{n: COMMON[n] for n in cls.common}}
 
     @classmethod
-    def configs(cls, grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    def configs(cls, grid: dict[str, list[Any]], steps: int) -> list[dict[str, Any]]:
         """The configurations to fit: ``grid``'s values for the hyperparameters this method
-        takes, its default grid for the others; keys it does not take are ignored."""
-        values = {n: list(grid[n]) if grid.get(n) else p.default_grid for n, p in cls.hyperparameters().items()}
+        takes, its default grid for the others (fractions of ``steps`` resolved); keys it
+        does not take are ignored."""
+        values = {n: list(grid[n]) if grid.get(n) else resolve(p.default_grid, steps)
+                  for n, p in cls.hyperparameters().items()}
         return expand(values)
 
     @classmethod
@@ -137,6 +139,9 @@ class GradientMethod(Method):
     ce_default: ClassVar[str | None] = "pooled"
     #: uses the Gram matrix X̃X̃ᵀ of the batch (the trainer may supply it precomputed)
     uses_gram: ClassVar[bool] = False
+    #: default anneal values of a penalised method: penalties on from the start, or after
+    #: a share of the steps, so the head first fits the labels (the paper's annealing)
+    anneal_grid: ClassVar[tuple[Any, ...]] = (OfSteps(0.0), OfSteps(0.5))
 
     def __init__(self, hp: dict[str, torch.Tensor], settings: Settings, scale: FeatureScale | None = None) -> None:
         self.hp = hp
@@ -156,6 +161,8 @@ class GradientMethod(Method):
         out = super().hyperparameters()
         if not cls.penalized():
             out.pop("anneal", None)  # nothing to anneal
+        elif "anneal" in out:
+            out["anneal"] = replace(out["anneal"], grid=cls.anneal_grid)
         return out
 
     @classmethod

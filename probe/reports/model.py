@@ -105,6 +105,7 @@ class MethodResult:
     varied: list[str]  # hyperparameters that take several values in this method's grid
     n_configs: int
     n_diverged: int
+    n_collapsed: int = 0
 
     def get(self, split: str, key: str) -> Stat:
         return self.stats.get(split, {}).get(key, Stat(None))
@@ -262,11 +263,14 @@ def _method_result(run: RunFolder, method: str, label: str) -> MethodResult:
     n_div = entry.get("n_diverged")
     if n_div is None:
         n_div = sum(1 for r in rows if r.status == "diverged")
+    n_col = entry.get("n_collapsed")
+    if n_col is None:  # written before collapse was detected
+        n_col = sum(1 for r in rows if r.status == "collapsed")
     return MethodResult(
         run=run, method=method, label=label, selected=selected, run_ids=run_ids,
         n_seeds=n_seeds, stats=stats, per_group=_per_group(sel_rows, summary_metrics),
         configs=configs, selected_config=sel_config, varied=_varied(configs),
-        n_configs=int(entry.get("n_configs") or len(configs)), n_diverged=int(n_div),
+        n_configs=int(entry.get("n_configs") or len(configs)), n_diverged=int(n_div), n_collapsed=int(n_col),
     )
 
 

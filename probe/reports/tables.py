@@ -156,18 +156,27 @@ def _best_cells(rows: list[list[Cell]], col: int) -> set[tuple[int, int]]:
     return {(i, col) for i, v in enumerate(vals) if v == best}
 
 
+COLLAPSE_HINT = (
+    "Collapsed fits: heads that predict one class on validation, or are saturated at chance "
+    "accuracy (never selected while another fit is not). For CMA this is the Hessian-only escape: "
+    "the Hessian penalty outweighs the loss before the head has learned, and the head saturates; "
+    "anneal longer (a larger anneal) or lower beta."
+)
+
+
 def selection_table(report: Report) -> Table:
     """What was searched and selected per method."""
     rows: list[list[Cell]] = [
         [m.label, ", ".join(m.varied) or MISSING, m.short_hparams, str(m.n_configs),
-         str(m.n_diverged)]
+         str(m.n_diverged), str(m.n_collapsed)]
         for m in report.methods
     ]
     return Table(
         title=f"Selected configurations (by {report.selection()})",
-        headers=["Method", "Searched", "Selected values", "Configs", "Diverged fits"],
+        headers=["Method", "Searched", "Selected values", "Configs", "Diverged fits", "Collapsed fits"],
         rows=rows,
         first_numeric=3,
+        caption=COLLAPSE_HINT if any(m.n_collapsed for m in report.methods) else "",
     )
 
 

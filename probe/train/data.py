@@ -43,15 +43,25 @@ class Split:
 
     def predict(self, theta: torch.Tensor, X: torch.Tensor | None = None) -> torch.Tensor:
         """(G, n) predicted classes, in row chunks sized to the grid."""
+        return self.predict_with_confidence(theta, X)[0]
+
+    def predict_with_confidence(self, theta: torch.Tensor,
+                                X: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(G, n) predicted classes and (G, n) the probability each head gives its prediction."""
         G, C, _ = theta.shape
         chunk = max(256, min(16384, (64 * 1024**2) // max(1, G * C * theta.element_size())))
         n = len(self.rows)
-        parts = []
+        preds, confs = [], []
         for i in range(0, n, chunk):
             Xi = X[i: i + chunk] if X is not None else self.X(torch.arange(i, min(i + chunk, n),
                                                                            device=self.rows.device))
-            parts.append(moments.logits(theta, Xi).argmax(-1))
-        return torch.cat(parts, dim=-1) if parts else torch.zeros(G, 0, dtype=torch.long, device=theta.device)
+            conf, pred = torch.softmax(moments.logits(theta, Xi), -1).max(-1)
+            preds.append(pred)
+            confs.append(conf)
+        if not preds:
+            empty = torch.zeros(G, 0, device=theta.device)
+            return empty.long(), empty.to(theta.dtype)
+        return torch.cat(preds, dim=-1), torch.cat(confs, dim=-1)
 
     def mean_sq_norm(self, chunk: int = 16384) -> float:
         """Mean ‖x̃‖² over the rows, preprocessed, the bias column included (computed once)."""

@@ -14,7 +14,7 @@ import torch
 
 from features.store import FeatureSet
 from probe.methods.base import FeatureScale, GradientMethod
-from probe.metrics import correct_by_group, group_sizes, metrics_by_head
+from probe.metrics import collapsed_heads, correct_by_group, group_sizes, metrics_by_head
 from probe.results import HISTORY_KEYS, Result, run_id
 from probe.train.data import Split, Stream, forward, prepare
 from probe.train.optim import BatchedOptimizer
@@ -139,13 +139,18 @@ class ChunkFit:
 
     @torch.no_grad()
     def results(self) -> list[Result]:
-        metrics = metrics_by_head(self.fs, {name: sp.predict(self.best_theta) for name, sp in self.splits.items()})
+        preds = {name: sp.predict(self.best_theta) for name, sp in self.splits.items() if name != "val"}
+        va = self.splits["val"]
+        preds["val"], confidence = va.predict_with_confidence(self.best_theta, self.val_X)
+        collapsed = collapsed_heads(preds["val"], confidence, va.y)
+        metrics = metrics_by_head(self.fs, {name: preds[name] for name in self.splits})
         pre_state = {k: v.detach().cpu() for k, v in self.splits["train"].pre.state.items()}
         st = self.settings
         fixed = {"steps": st.steps, "batch_size": st.batch_size, "optimizer": st.optimizer, "domain": st.domain,
                  "ce_weighting": self.objective.ce or self.method.name}
         return [Result(method=self.method.name, hparams={**cfg, **fixed},
-                       status="diverged" if bool(self.diverged[g]) else "ok", steps_run=int(self.steps_run[g]),
+                       status=("diverged" if bool(self.diverged[g]) else "collapsed" if bool(collapsed[g]) else "ok"),
+                       steps_run=int(self.steps_run[g]),
                        best_step=int(self.best_step[g]), metrics=metrics[g], history=self._history_of(g),
                        theta=self.best_theta[g].detach().cpu(), pre=pre_state)
                 for g, cfg in enumerate(self.configs)]

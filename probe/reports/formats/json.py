@@ -34,7 +34,7 @@ def report_dict(report: Report) -> dict[str, Any]:
         ],
         "comparison": [
             {**ident(m), "n_seeds": m.n_seeds, "selected_hparams": m.selected,
-             "run_ids": m.run_ids, "n_configs": m.n_configs, "n_diverged": m.n_diverged,
+             "run_ids": m.run_ids, "n_configs": m.n_configs, "n_diverged": m.n_diverged, "n_collapsed": m.n_collapsed,
              **stats(m.stats)}
             for m in report.methods
         ],
