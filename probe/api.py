@@ -190,7 +190,8 @@ class LinearHead(ClassifierMixin, BaseEstimator):
         st = make_settings(self.device, self.dtype, **given)
         row = fit_method(fs, cls, [cfg], st)[0]
         self.coef_ = row.theta
-        self.preprocessor_ = Preprocessor(cfg["preprocess"], self.pca_dim, dict(row.pre))
+        self.preprocessor_ = Preprocessor(cfg["preprocess"], self.pca_dim, dict(row.pre), self.isr_class,
+                                          self.isr_dims)
         self.result_ = row
         if not has_val:
             row.metrics = {"train": row.metrics["train"], "val": None}

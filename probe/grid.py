@@ -63,6 +63,7 @@ class Param:
     minimum: float = 0.0
     maximum: float | None = None
     choices: tuple[str, ...] = ()
+    chain: bool = False  # a text value may join several choices with + (a preprocessing chain)
     symbol: str = ""  # how papers write it (α), for labels
 
     def __post_init__(self) -> None:
@@ -82,8 +83,10 @@ class Param:
     def check(self, value: Any) -> Any:
         """One value, validated and converted to ``kind``."""
         if self.kind is str:
-            if not isinstance(value, str) or (self.choices and value not in self.choices):
-                raise UserError(f"`{self.name}` {value!r} is not one of: {', '.join(self.choices)}")
+            parts = value.split("+") if isinstance(value, str) and self.chain else [value]
+            if not isinstance(value, str) or (self.choices and any(p not in self.choices for p in parts)):
+                joined = " (or a chain joined by +)" if self.chain else ""
+                raise UserError(f"`{self.name}` {value!r} is not one of: {', '.join(self.choices)}{joined}")
             return value
         if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
             raise UserError(f"`{self.name}`: {value!r} is not a number")

@@ -338,22 +338,6 @@ def test_overwrite_replaces_the_run_and_drops_stale_heads(tmp_path: Path) -> Non
 # ------------------------------------------------------------------------ preprocessing
 
 
-def test_isr_mean_removes_the_spurious_direction() -> None:
-    fs = waterbirds_like(d=6)
-    tr = fs.split == 0
-    X = torch.as_tensor(fs.features[tr], dtype=torch.float64)
-    y, a = torch.as_tensor(fs.y[tr]), torch.as_tensor(fs.a[tr])
-    pre = Preprocessor("isr-mean").fit(X, y, a)
-    Z = pre.transform(X)
-    assert pre.state["spurious"].shape == (6, 2)  # one direction per class (two classes)
-    for c in (0, 1):
-        diff = Z[(y == c) & (a == 1)].mean(0) - Z[(y == c) & (a == 0)].mean(0)
-        assert diff.abs().max() < 1e-9
-    # Without it the attribute is plain to see in the class-conditional means.
-    raw = X[(y == 0) & (a == 1)].mean(0) - X[(y == 0) & (a == 0)].mean(0)
-    assert raw[1] > 3
-
-
 def test_pca_and_l2_preprocessing(tmp_path: Path) -> None:
     fs = _fs(tmp_path, dim=8)
     st = Settings(steps=10, batch_size=0, eval_every=10, pca_dim=3, dtype=torch.float64)

@@ -86,8 +86,8 @@ COMMON: dict[str, Param] = {p.name: p for p in (
           "seeds.", kind=int, default=0),
     Param("preprocess", "Feature preprocessing, fitted on train: none, standardize (z-score), l2 (unit rows), "
           "pca (pca_dim components), isr-mean (project out the class-conditional spurious-attribute mean "
-          "differences, ISR-Mean of Wang et al. 2022, then z-score).", kind=str, default="standardize",
-          choices=PREPROCESS_KINDS),
+          "directions, ISR-Mean of Wang et al. 2022), or a chain of them joined by + (pca+isr-mean).",
+          kind=str, default="standardize", choices=PREPROCESS_KINDS, chain=True),
 )}
 
 

@@ -101,7 +101,7 @@ def prepare(fs: FeatureSet, preprocess: str, settings: Settings) -> dict[str, Sp
     dev, dt = settings.device, settings.dtype
     source = torch.as_tensor(fs.features, device=dev)  # no copy on the CPU
     train_rows = torch.as_tensor(np.flatnonzero(fs.split == SPLITS["train"]), device=dev)
-    pre = Preprocessor(preprocess, settings.pca_dim).fit_rows(
+    pre = Preprocessor(preprocess, settings.pca_dim, isr_class=settings.isr_class, isr_dims=settings.isr_dims).fit_rows(
         source, train_rows, torch.as_tensor(fs.y, device=dev), torch.as_tensor(fs.a, device=dev), dt)
     dom_col = domain_column(fs, settings.domain)
     splits = {}

@@ -27,12 +27,11 @@ def fit_chunks(fs: FeatureSet, method: type[GradientMethod], configs: list[dict[
     """Fit ``configs`` chunk by chunk (``plan``), appending each chunk's rows to
     ``results`` as it finishes, so a caller that catches KeyboardInterrupt still
     holds every finished configuration (those of the interrupted chunk are left out)."""
-    prepared: dict[tuple[int, str], dict[str, Split]] = {}
+    prepared: dict[str, dict[str, Split]] = {}
     for chunk in chunks:
-        key = (chunk.seed, chunk.preprocess)
-        if key not in prepared:  # chunks of one cohort share its preprocessing
-            prepared = {key: prepare(fs, chunk.preprocess, settings)}
-        fit = ChunkFit(fs, method, [configs[i] for i in chunk.configs], chunk, settings, prepared[key])
+        if chunk.preprocess not in prepared:  # fitted once: it does not depend on the seed
+            prepared[chunk.preprocess] = prepare(fs, chunk.preprocess, settings)
+        fit = ChunkFit(fs, method, [configs[i] for i in chunk.configs], chunk, settings, prepared[chunk.preprocess])
         for i, row in zip(chunk.configs, fit.run(on_step), strict=True):
             row.run_id = run_id(method.name, i)
             results.append(row)

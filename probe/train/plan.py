@@ -17,6 +17,7 @@ import torch
 
 from features.store import SPLITS, FeatureSet
 from probe.methods.base import GradientMethod
+from probe.preprocess import default_pca_dim, steps_of
 from probe.train.data import CACHE_BYTES, domain_column
 from probe.train.settings import Settings
 
@@ -56,6 +57,13 @@ def available_memory(device: torch.device) -> int:
         return 4 * 1024**3
 
 
+def out_width(preprocess: str, d: int, n_train: int, pca_dim: int | None) -> int:
+    """Feature columns after ``preprocess`` (pca keeps pca_dim, or the default rule's, components)."""
+    if "pca" in steps_of(preprocess):
+        return min(pca_dim if pca_dim is not None else default_pca_dim(n_train, d), d, n_train)
+    return d
+
+
 def memory_estimate(method: type[GradientMethod], B: int, C: int, d: int, K: int, n_train: int, n_eval: int,
                     itemsize: int) -> tuple[int, int]:
     """(bytes shared by the chunk, bytes per head) of one training step plus an
@@ -89,7 +97,7 @@ def plan(fs: FeatureSet, method: type[GradientMethod], configs: list[dict[str, A
         budget = int(MEMORY_FRACTION * available_memory(settings.device))
     out = []
     for (seed, preprocess), idx in cohorts.items():
-        d = fs.features.shape[1] if preprocess != "pca" else min(settings.pca_dim, fs.features.shape[1])
+        d = out_width(preprocess, fs.features.shape[1], n_train, settings.pca_dim)
         shared, per = memory_estimate(method, B, fs.num_classes, d, K, n_train, n_eval, item)
         size = max(1, (budget - shared) // per)
         if settings.max_heads is not None:

@@ -30,7 +30,8 @@ DTYPES = ("float32", "float64")
 
 def setting(default: Any, help: str, *, choices: tuple[Any, ...] = (), minimum: int | None = None) -> Any:
     """A Settings field with its help and allowed values (read by the CLI and the checks)."""
-    return field(default=default, metadata={"help": help, "choices": choices, "minimum": minimum})
+    return field(default=default, metadata={"help": help, "choices": choices, "minimum": minimum,
+                                            "optional": default is None})
 
 
 @dataclass
@@ -54,7 +55,13 @@ class Settings:
                              choices=NORMALIZATIONS)
     hessian_method: str = setting("auto", "CMA Hessian-variance form: auto, kernel, binary, direct (all exact).",
                                   choices=moments.METHODS)
-    pca_dim: int = setting(64, "Components kept by the pca preprocessing.", minimum=1)
+    pca_dim: int | None = setting(None, "Components kept by the pca preprocessing. Default: min(100, train rows "
+                                        "/ 10, feature width).", minimum=1)
+    isr_class: int | None = setting(None, "isr-mean preprocessing: the class whose attribute means give the "
+                                          "spurious directions (the CMA authors': 0 Waterbirds and CelebA, 2 "
+                                          "MultiNLI). Default: every class.", minimum=0)
+    isr_dims: int | None = setting(None, "isr-mean preprocessing: spurious directions removed. Default: all the "
+                                         "means span.", minimum=1)
     probes: int = setting(100, "hutchinson: Rademacher probes per step for each domain's Hessian-diagonal "
                                "estimate.", minimum=1)
     ce_weighting: str | None = setting(
@@ -88,7 +95,7 @@ class Settings:
 
 def check_setting(name: str, value: Any, meta: Any) -> None:
     choices, minimum = meta.get("choices") or (), meta.get("minimum")
-    if value is None and name == "ce_weighting":
+    if value is None and meta.get("optional"):  # None means "the default", described in the help
         return
     if choices and value not in choices:
         raise UserError(f"`{name}` {value!r} is not one of: {', '.join(map(str, choices))}")

@@ -1,0 +1,78 @@
+"""Preprocessing steps and chains: exact PCA, ISR-Mean with the authors' choices, the state saved with heads."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from base.errors import UserError
+from probe.preprocess import Preprocessor, default_pca_dim, principal_directions
+from tests.test_trainer import waterbirds_like
+
+F64 = torch.float64
+
+
+def _train(d: int = 6):
+    fs = waterbirds_like(d=d)
+    tr = fs.split == 0
+    return (torch.as_tensor(fs.features[tr], dtype=F64), torch.as_tensor(fs.y[tr]), torch.as_tensor(fs.a[tr]))
+
+
+def test_pca_is_exact_and_deterministic() -> None:
+    X = _train(8)[0]
+    mean, V = principal_directions(X, 3)
+    centred = (X - X.mean(0)).numpy()
+    _, s, vt = np.linalg.svd(centred, full_matrices=False)
+    for j in range(3):  # the same directions as a full SVD, in the same order, up to sign
+        assert abs(abs(float(np.dot(V[:, j].numpy(), vt[j]))) - 1) < 1e-10
+        assert float(V[:, j].abs().argmax() == V[:, j].argmax())  # signed: largest entry positive
+    np.testing.assert_allclose(mean.numpy(), X.mean(0).numpy())
+    torch.testing.assert_close(principal_directions(X, 3)[1], V)
+
+
+def test_default_pca_dimension_rule() -> None:
+    assert default_pca_dim(4795, 768) == 100 and default_pca_dim(700, 1280) == 70
+    assert default_pca_dim(30, 384) == 3 and default_pca_dim(5, 8) == 1 and default_pca_dim(5000, 40) == 40
+
+
+def test_isr_mean_removes_the_spurious_direction_and_nothing_else() -> None:
+    X, y, a = _train()
+    pre = Preprocessor("isr-mean").fit(X, y, a)
+    Z = pre.transform(X)
+    assert pre.state["spurious"].shape == (6, 2)  # one direction per class (two classes)
+    for c in (0, 1):
+        diff = Z[(y == c) & (a == 1)].mean(0) - Z[(y == c) & (a == 0)].mean(0)
+        assert diff.abs().max() < 1e-9
+    Q = pre.state["spurious"]
+    torch.testing.assert_close(Z, X - X @ Q @ Q.T)  # a projection: no rescaling
+    raw = X[(y == 0) & (a == 1)].mean(0) - X[(y == 0) & (a == 0)].mean(0)
+    assert raw[1] > 3  # without it the attribute is plain to see in the class-conditional means
+
+
+def test_isr_mean_with_a_reference_class_is_the_authors_direction() -> None:
+    X, y, a = _train()
+    pre = Preprocessor("isr-mean", isr_class=0, isr_dims=1).fit(X, y, a)
+    Q = pre.state["spurious"]
+    want = X[(y == 0) & (a == 1)].mean(0) - X[(y == 0) & (a == 0)].mean(0)
+    assert Q.shape == (6, 1)
+    assert abs(abs(float(Q[:, 0] @ want / want.norm())) - 1) < 1e-12
+    with pytest.raises(UserError, match="`isr_class` 5"):
+        Preprocessor("isr-mean", isr_class=5).fit(X, y, a)
+
+
+def test_a_chain_applies_its_steps_in_order_and_names_their_state() -> None:
+    X, y, a = _train(8)
+    chain = Preprocessor("pca+isr-mean", pca_dim=4, isr_class=0).fit(X, y, a)
+    assert set(chain.state) == {"0.mean", "0.proj", "1.spurious"} and chain.out_dim(8) == 4
+    pca = Preprocessor("pca", pca_dim=4).fit(X, y, a)
+    isr = Preprocessor("isr-mean", isr_class=0).fit(pca.transform(X), y, a)
+    torch.testing.assert_close(chain.transform(X), isr.transform(pca.transform(X)))
+    again = Preprocessor("pca+isr-mean", 4, dict(chain.state), 0)  # rebuilt from a head's state
+    torch.testing.assert_close(again.transform(X[:5]), chain.transform(X[:5]))
+
+
+@pytest.mark.parametrize("kind", ["whiten", "pca+whiten", "none+pca"])
+def test_unknown_kinds_are_refused(kind: str) -> None:
+    with pytest.raises(UserError, match="`preprocess`"):
+        Preprocessor(kind)
