@@ -53,8 +53,9 @@ def grid_options() -> list[OptionSpec]:
 
 def setting_options() -> list[OptionSpec]:
     out = []
+    kinds = {"int": int, "int | None": int, "float": float, "bool": bool}
     for f in user_settings():
-        kind = int if f.type in ("int", int) else str
+        kind = kinds.get(str(f.type), str)
         default = "" if f.default in (None, MISSING) else f" Default {f.default}."
         out.append(OptionSpec(f.name, f"{f.metadata['help']}{default}", kind=kind))
     return out

@@ -68,5 +68,7 @@ def with_options(specs: Sequence[OptionSpec], into: str = "options") -> Callable
 
 
 def _annotation(spec: OptionSpec) -> Any:
-    option = typer.Option(spec.long, help=spec.help, metavar=spec.metavar, show_default=False)
+    # A switch gets its negative form too (--bias/--no-bias); not giving either keeps the default.
+    decl = f"{spec.long}/--no-{spec.long[2:]}" if spec.kind is bool else spec.long
+    option = typer.Option(decl, help=spec.help, metavar=spec.metavar, show_default=False)
     return Annotated[spec.kind | None, option]

@@ -103,10 +103,10 @@ def fit_grid(features: FeatureSet | str | Path, methods: list[str] | str, grid: 
                        chunks=chunks[m])
     except KeyboardInterrupt as exc:
         if out_path is not None and any(rows.values()):
-            write_run(out_path, {m: r for m, r in rows.items() if r}, fs, prov, st.select)
+            write_run(out_path, {m: r for m, r in rows.items() if r}, fs, prov, st.select, st.ties)
             exc.probe_written = str(out_path)  # type: ignore[attr-defined]  # for the CLI's message
         raise
-    summary = write_run(out_path, rows, fs, prov, st.select) if out_path is not None else None
+    summary = write_run(out_path, rows, fs, prov, st.select, st.ties) if out_path is not None else None
     return {"summary": summary, "rows": rows}
 
 
@@ -200,7 +200,7 @@ class LinearHead(ClassifierMixin, BaseEstimator):
     def decision_function(self, X: np.ndarray) -> np.ndarray:
         """(N, C) logits."""
         Z = self.preprocessor_.transform(torch.as_tensor(np.asarray(X, np.float32)).to(self.coef_.dtype))
-        return moments.logits(self.coef_, Z).numpy()
+        return moments.logits(self.coef_, Z, self.bias).numpy()
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         z = self.decision_function(X)

@@ -44,9 +44,10 @@ def prepare_run_dir(out: Path, overwrite: bool) -> None:
     (out / "heads").mkdir(exist_ok=True)
 
 
-def select(rows: list[Result], select_by: str = "val_wga") -> list[Result] | None:
+def select(rows: list[Result], select_by: str = "val_wga", ties: str = "first") -> list[Result] | None:
     """Group configurations by hyperparameters without the seed (``Result.config_key``);
-    pick the group with the best mean validation score (ties: the earlier configuration).
+    pick the group with the best mean validation score (``ties``: "first", the earlier
+    configuration; "sem", the smaller standard error of the mean over seeds, ddof 1).
     Only rows with status "ok" take part, or, when none is ok, the collapsed ones (a
     collapsed head is never chosen over one that is not). Returns the chosen rows, or None."""
     metric = SELECT_KEYS[select_by]
@@ -56,17 +57,25 @@ def select(rows: list[Result], select_by: str = "val_wga") -> list[Result] | Non
     groups: dict[str, list[Result]] = {}
     for r in usable:
         groups.setdefault(r.config_key, []).append(r)
-    best, best_score = None, -1.0
+    best, best_key = None, (-1.0, 0.0)
     for members in groups.values():
         vals = [m.split("val")[metric] for m in members if m.split("val")[metric] is not None]
         score = sum(vals) / len(vals) if vals else -1.0
-        if score > best_score:
-            best, best_score = members, score
+        key = (score, -_sem(vals) if ties == "sem" else 0.0)
+        if key > best_key:
+            best, best_key = members, key
     return best
 
 
-def summarize_method(rows: list[Result], select_by: str) -> dict[str, Any]:
-    members = select(rows, select_by)
+def _sem(values: list[float]) -> float:
+    if len(values) < 2:
+        return 0.0
+    mean = sum(values) / len(values)
+    return (sum((v - mean) ** 2 for v in values) / (len(values) - 1) / len(values)) ** 0.5
+
+
+def summarize_method(rows: list[Result], select_by: str, ties: str = "first") -> dict[str, Any]:
+    members = select(rows, select_by, ties)
     counts = {"n_configs": len(rows), "n_diverged": sum(r.status == "diverged" for r in rows),
               "n_collapsed": sum(r.status == "collapsed" for r in rows)}
     if members is None:
@@ -94,13 +103,13 @@ def provenance(fs_prov: dict[str, Any], device: str, select_by: str, *, command:
 
 
 def write_run(out: Path, rows_by_method: dict[str, list[Result]], fs: Any, prov: dict[str, Any],
-              select_by: str) -> dict[str, Any]:
+              select_by: str, ties: str = "first") -> dict[str, Any]:
     """Write heads, results.jsonl and summary.json (in that order, each atomically);
     then drop head files a previous run left for methods this run did not select."""
     methods = {}
     written = set()
     for method, rows in rows_by_method.items():
-        summ = summarize_method(rows, select_by)
+        summ = summarize_method(rows, select_by, ties)
         if summ["selected"] is not None:
             first = next(r for r in rows if r.run_id == summ["selected"]["run_ids"][0])
             head = out / "heads" / f"{method}.safetensors"

@@ -32,5 +32,6 @@ class CMA(GradientMethod):
         from probe import moments
 
         grad, hess = moments.variances_from_logits(
-            fwd.z, batch.X, batch.y, batch.domains, batch.W, method=self.settings.hessian_method, gram=gram)
+            fwd.z, batch.X, batch.y, batch.domains, batch.W, method=self.settings.hessian_method, gram=gram,
+            bias=batch.bias)
         return {"grad": grad, "hess": hess}

@@ -38,9 +38,8 @@ class Fishr(GradientMethod):
     @staticmethod
     def domain_variances(fwd, batch):
         """(G, C, K', d̃) variance over each present domain's rows of the per-sample gradients."""
-        from probe import moments
 
-        Xt = moments.augment(batch.X)
+        Xt = batch.design
         r = fwd.residual
         G, B, C = r.shape
         K = batch.W.shape[1]

@@ -30,11 +30,10 @@ class HGP(GradientMethod):
         return 8 * K * C * D + 6 * B * C
 
     def penalty_terms(self, fwd, batch, gram):
-        from probe import moments
         from probe.moments.gradient import _per_domain_grads
         from probe.moments.products import domain_variance, hessian_vector_products
 
-        Xt = moments.augment(batch.X)
+        Xt = batch.design
         G = _per_domain_grads(fwd.p, fwd.p - fwd.residual, Xt, batch.W)  # (G, K', C, d̃)
         HG = hessian_vector_products(fwd.p, Xt, batch.domains, G)
         return {"grad": domain_variance(G), "hgp": domain_variance(HG)}

@@ -85,6 +85,7 @@ from probe.moments.basics import (
     NORMALIZE_OPTIONS,
     Normalize,
     augment,
+    design,
     domain_weights,
     feature_gram,
     feature_kernel,
@@ -113,7 +114,7 @@ from probe.moments.penalties import Penalties, penalty_terms, variances_from_log
 
 __all__ = [
     "AUTO_MEMORY_BUDGET", "ELEMENTWISE_CHUNK_BYTES", "GRAD_METHODS", "METHODS", "NORMALIZE_OPTIONS", "GradMethod",
-    "Method", "Normalize", "Penalties", "augment", "choose_gradient_method", "choose_hessian_method",
+    "Method", "Normalize", "Penalties", "augment", "design", "choose_gradient_method", "choose_hessian_method",
     "domain_weights", "feature_gram", "feature_kernel", "gradient_variance", "hessian_costs", "hessian_variance",
     "logits", "penalty_terms", "per_domain_gradients", "per_domain_losses", "present_domains", "probabilities",
     "variances_from_logits",

@@ -19,19 +19,26 @@ def augment(X: torch.Tensor) -> torch.Tensor:
     return torch.cat([X, X.new_ones(X.shape[0], 1)], dim=1)
 
 
-def _logits(th: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
-    """(G, N, C) logits; one (N,d)×(d,G·C) matmul for the whole grid."""
-    G, C, d1 = th.shape
-    Wt = th[:, :, : d1 - 1].reshape(G * C, d1 - 1)
+def _logits(th: torch.Tensor, X: torch.Tensor, bias: bool = True) -> torch.Tensor:
+    """(G, N, C) logits; one (N,d)×(d,G·C) matmul for the whole grid. With ``bias`` the
+    head's last column is the bias; without, the head is ``(G, C, d)``."""
+    G, C, D = th.shape
+    d = D - 1 if bias else D
+    Wt = th[:, :, :d].reshape(G * C, d)
     z = (X @ Wt.T).reshape(X.shape[0], G, C).permute(1, 0, 2)
-    return z + th[:, :, d1 - 1].unsqueeze(1)
+    return z + th[:, :, d].unsqueeze(1) if bias else z
 
 
-def logits(theta: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
-    """(G, N, C) logits (or (N, C) for a single head)."""
+def logits(theta: torch.Tensor, X: torch.Tensor, bias: bool = True) -> torch.Tensor:
+    """(G, N, C) logits (or (N, C) for a single head); ``bias=False``: theta has no bias column."""
     th, single = _as_grid(theta)
-    z = _logits(th, X)
+    z = _logits(th, X, bias)
     return z[0] if single else z
+
+
+def design(X: torch.Tensor, bias: bool = True) -> torch.Tensor:
+    """The rows the head is linear in: ``X̃ = [X, 1]`` with a bias, ``X`` without."""
+    return augment(X) if bias else X
 
 
 def probabilities(theta: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
@@ -68,15 +75,16 @@ def _centred(W: torch.Tensor) -> torch.Tensor:
     return W - W.mean(dim=1, keepdim=True)
 
 
-def feature_gram(X: torch.Tensor) -> torch.Tensor:
-    """``X̃X̃ᵀ`` (N×N) without materialising X̃: the ones column adds 1 everywhere."""
-    return X @ X.T + 1
+def feature_gram(X: torch.Tensor, bias: bool = True) -> torch.Tensor:
+    """``X̃X̃ᵀ`` (N×N) without materialising X̃: the ones column adds 1 everywhere (``XXᵀ``
+    without a bias)."""
+    return X @ X.T + 1 if bias else X @ X.T
 
 
-def feature_kernel(X: torch.Tensor, gram: torch.Tensor | None = None) -> torch.Tensor:
+def feature_kernel(X: torch.Tensor, gram: torch.Tensor | None = None, bias: bool = True) -> torch.Tensor:
     """``S = (X̃X̃ᵀ)∘(X̃X̃ᵀ)`` (N×N), reusable across heads and calls on the same rows
     (pass it as ``hessian_variance(..., kernel=S)``)."""
-    g = feature_gram(X) if gram is None else gram
+    g = feature_gram(X, bias) if gram is None else gram
     return g * g
 
 

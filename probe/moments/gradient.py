@@ -15,6 +15,7 @@ from probe.moments.basics import (
     _weights,
     _zero,
     augment,
+    design,
     feature_gram,
 )
 from probe.moments.checks import _as_grid, _check_choice, _validate
@@ -68,7 +69,7 @@ def choose_gradient_method(G: int, N: int, d: int, C: int, K: int, *, gram_given
 
 
 def _gradient_from_probs(P: torch.Tensor, Y1: torch.Tensor, X: torch.Tensor, W: torch.Tensor, method: str,
-                         gram: torch.Tensor | None) -> torch.Tensor:
+                         gram: torch.Tensor | None, bias: bool = True) -> torch.Tensor:
     """K'·R_g per head (unnormalised), K' = W.shape[1] ≥ 2."""
     G, N, C = P.shape
     K = W.shape[1]
@@ -76,9 +77,9 @@ def _gradient_from_probs(P: torch.Tensor, Y1: torch.Tensor, X: torch.Tensor, W: 
         method = choose_gradient_method(G, N, X.shape[1], C, K, gram_given=gram is not None)
     c = _centred(W)
     if method == "direct":
-        D = _per_domain_grads(P, Y1, augment(X), c)
+        D = _per_domain_grads(P, Y1, design(X, bias), c)
         return D.pow(2).sum(dim=(1, 2, 3))
-    Tg = (feature_gram(X) if gram is None else gram) * (c @ c.T)
+    Tg = (feature_gram(X, bias) if gram is None else gram) * (c @ c.T)
     R = P - Y1
     TR = (Tg @ R.permute(1, 0, 2).reshape(N, G * C)).reshape(N, G, C).permute(1, 0, 2)
     return (TR * R).sum(dim=(1, 2))

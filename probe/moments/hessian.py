@@ -16,7 +16,7 @@ from probe.moments.basics import (
     _scale,
     _weights,
     _zero,
-    augment,
+    design,
     feature_kernel,
 )
 from probe.moments.checks import _as_grid, _check_choice, _validate
@@ -199,7 +199,8 @@ def _hess_kernel(P: torch.Tensor, T: torch.Tensor) -> torch.Tensor:
 
 
 def _hessian_from_probs(P: torch.Tensor, X: torch.Tensor, domains: torch.Tensor, W: torch.Tensor,
-                        method: str, kernel: torch.Tensor | None, gram: torch.Tensor | None) -> torch.Tensor:
+                        method: str, kernel: torch.Tensor | None, gram: torch.Tensor | None,
+                        bias: bool = True) -> torch.Tensor:
     """K'·R_H per head (unnormalised), K' = W.shape[1] ≥ 2."""
     G, N, C = P.shape
     K = W.shape[1]
@@ -207,10 +208,10 @@ def _hessian_from_probs(P: torch.Tensor, X: torch.Tensor, domains: torch.Tensor,
         method = choose_hessian_method(G, N, X.shape[1], C, K, kernel_given=kernel is not None or gram is not None,
                                        itemsize=P.element_size())
     if method == "binary":
-        return _hess_binary(P, augment(X), domains)
+        return _hess_binary(P, design(X, bias), domains)
     if method == "direct":
-        return _hess_direct(P, augment(X), W)
-    S = kernel if kernel is not None else feature_kernel(X, gram)
+        return _hess_direct(P, design(X, bias), W)
+    S = kernel if kernel is not None else feature_kernel(X, gram, bias)
     c = _centred(W)
     T = S * (c @ c.T)
     return _hess_kernel(P, T)

@@ -58,10 +58,11 @@ def penalty_terms(theta: torch.Tensor, X: torch.Tensor, y: torch.Tensor, domains
 
 def variances_from_logits(z: torch.Tensor, X: torch.Tensor, y: torch.Tensor, domains: torch.Tensor,
                           W: torch.Tensor, *, normalize: Normalize = None, method: Method = "auto",
-                          gram: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                          gram: torch.Tensor | None = None, bias: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """(R_g, R_H), each ``(G,)``, from a grid's logits ``z`` (G, N, C) on the rows ``X``
     with domain weights ``W = domain_weights(domains)``: for a trainer that already has
-    the logits. Inputs are not validated (``penalty_terms`` does that)."""
+    the logits. ``bias=False``: the head has no bias column (derivatives w.r.t. the
+    weights only). Inputs are not validated (``penalty_terms`` does that)."""
     G, N, C = z.shape
     d, K = X.shape[1], W.shape[1]
     if K < 2:
@@ -73,9 +74,9 @@ def variances_from_logits(z: torch.Tensor, X: torch.Tensor, y: torch.Tensor, dom
     if hmethod == "auto":
         hmethod = choose_hessian_method(G, N, d, C, K, kernel_given=gram is not None, itemsize=z.element_size())
     if gram is None and (hmethod == "kernel" or choose_gradient_method(G, N, d, C, K) == "kernel"):
-        gram = feature_gram(X)
+        gram = feature_gram(X, bias)
     gmethod = "kernel" if gram is not None else "direct"
     s2 = _scale(normalize, d, C) ** 2
-    rg = _gradient_from_probs(P, Y1, X, W, gmethod, gram) * (s2 / K)
-    rh = _hessian_from_probs(P, X, domains, W, hmethod, None, gram) * (s2 / K)
+    rg = _gradient_from_probs(P, Y1, X, W, gmethod, gram, bias) * (s2 / K)
+    rh = _hessian_from_probs(P, X, domains, W, hmethod, None, gram, bias) * (s2 / K)
     return rg, rh

@@ -35,6 +35,7 @@ class Split:
     domain: torch.Tensor
     pre: Preprocessor
     dtype: torch.dtype
+    bias: bool = True  # heads have a bias column
     _mean_sq: float | None = field(default=None, init=False, repr=False)
 
     def X(self, idx: torch.Tensor | None = None) -> torch.Tensor:
@@ -55,7 +56,7 @@ class Split:
         for i in range(0, n, chunk):
             Xi = X[i: i + chunk] if X is not None else self.X(torch.arange(i, min(i + chunk, n),
                                                                            device=self.rows.device))
-            conf, pred = torch.softmax(moments.logits(theta, Xi), -1).max(-1)
+            conf, pred = torch.softmax(moments.logits(theta, Xi, self.bias), -1).max(-1)
             preds.append(pred)
             confs.append(conf)
         if not preds:
@@ -64,13 +65,13 @@ class Split:
         return torch.cat(preds, dim=-1), torch.cat(confs, dim=-1)
 
     def mean_sq_norm(self, chunk: int = 16384) -> float:
-        """Mean ‖x̃‖² over the rows, preprocessed, the bias column included (computed once)."""
+        """Mean ‖x̃‖² over the rows, preprocessed, the bias column (if any) included (computed once)."""
         if self._mean_sq is None:
             total = 0.0
             for i in range(0, len(self.rows), chunk):
                 Xi = self.X(torch.arange(i, min(i + chunk, len(self.rows)), device=self.rows.device))
                 total += float((Xi.double() ** 2).sum())
-            self._mean_sq = total / max(1, len(self.rows)) + 1.0
+            self._mean_sq = total / max(1, len(self.rows)) + (1.0 if self.bias else 0.0)
         return self._mean_sq
 
 
@@ -109,7 +110,7 @@ def prepare(fs: FeatureSet, preprocess: str, settings: Settings) -> dict[str, Sp
         rows = np.flatnonzero(fs.split == code)
         splits[name] = Split(source, torch.as_tensor(rows, device=dev), torch.as_tensor(fs.y[rows], device=dev),
                              torch.as_tensor(fs.group[rows], device=dev),
-                             torch.as_tensor(np.maximum(dom_col[rows], 0), device=dev), pre, dt)
+                             torch.as_tensor(np.maximum(dom_col[rows], 0), device=dev), pre, dt, settings.bias)
     return splits
 
 
@@ -145,6 +146,28 @@ class BalancedSampler:
         return np.concatenate(parts)
 
 
+class ShuffledSampler:
+    """Uniformly shuffled batches in epochs (a fresh permutation of the training rows each
+    epoch, its last batch the remainder), as a DataLoader with shuffle=True gives them.
+    The stream depends only on (seed, batch size, number of rows)."""
+
+    def __init__(self, n: int, batch_size: int, seed: int) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.n, self.size = n, batch_size
+        self.full = batch_size <= 0 or batch_size >= n
+        self.all = np.arange(n)
+        self.order, self.pos = self.rng.permutation(n), 0
+
+    def next(self) -> np.ndarray:
+        if self.full:
+            return self.all
+        if self.pos >= self.n:
+            self.order, self.pos = self.rng.permutation(self.n), 0
+        out = self.order[self.pos: self.pos + self.size]
+        self.pos += len(out)
+        return out
+
+
 @dataclass
 class Batch:
     """One minibatch, with what every head of the cohort shares about it."""
@@ -158,12 +181,21 @@ class Batch:
     ids: torch.Tensor | None = None  # (K',) ids of the present domains
     seed: int = 0  # the stream's seed and this batch's step: randomness a method draws per step
     step: int = 0
+    bias: bool = True  # the heads have a bias column (X̃ = [X, 1]) or not (X̃ = X)
 
     def __post_init__(self) -> None:
         if self.W is None:
             self.W = moments.domain_weights(self.domains, self.num_domains, dtype=self.X.dtype)
         if self.ids is None:
             self.ids = moments.present_domains(self.domains, self.num_domains)
+        self._design: torch.Tensor | None = None
+
+    @property
+    def design(self) -> torch.Tensor:
+        """The rows the heads are linear in (``moments.design``), built once per batch."""
+        if self._design is None:
+            self._design = moments.design(self.X, self.bias)
+        return self._design
 
 
 @dataclass
@@ -177,7 +209,7 @@ class Forward:
 
 
 def forward(theta: torch.Tensor, batch: Batch) -> Forward:
-    z = moments.logits(theta, batch.X)
+    z = moments.logits(theta, batch.X, batch.bias)
     logp = torch.log_softmax(z, -1)
     nll = -logp.gather(-1, batch.y.view(1, -1, 1).expand(z.shape[0], -1, 1)).squeeze(-1)
     p = logp.exp()
@@ -186,11 +218,11 @@ def forward(theta: torch.Tensor, batch: Batch) -> Forward:
     return Forward(z, p, residual, nll @ batch.W)
 
 
-def gram(X: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
-    """X̃X̃ᵀ (the bias column included), built in row blocks."""
+def gram(X: torch.Tensor, bias: bool = True, chunk: int = 4096) -> torch.Tensor:
+    """X̃X̃ᵀ (the bias column included when there is one), built in row blocks."""
     out = torch.empty(X.shape[0], X.shape[0], dtype=X.dtype, device=X.device)
     for i in range(0, X.shape[0], chunk):
-        out[i: i + chunk] = X[i: i + chunk] @ X.T + 1
+        out[i: i + chunk] = X[i: i + chunk] @ X.T + 1 if bias else X[i: i + chunk] @ X.T
     return out
 
 
@@ -207,14 +239,17 @@ class Stream:
     def __init__(self, tr: Split, K: int, share: torch.Tensor, settings: Settings, seed: int,
                  needs_gram: bool) -> None:
         self.tr, self.K, self.share = tr, K, share
-        self.sampler = BalancedSampler(tr.domain.cpu().numpy(), K, settings.batch_size, seed)
+        if settings.batches == "shuffled":
+            self.sampler: BalancedSampler | ShuffledSampler = ShuffledSampler(len(tr.rows), settings.batch_size, seed)
+        else:
+            self.sampler = BalancedSampler(tr.domain.cpu().numpy(), K, settings.batch_size, seed)
         n = len(tr.rows)
         d = tr.pre.out_dim(tr.source.shape[1])
         item = torch.empty((), dtype=settings.dtype).element_size()
         self.X_all = tr.X() if self.sampler.full or n * d * item <= CACHE_BYTES else None
         self.gram_all = None
         if needs_gram and n * n * item <= CACHE_BYTES:
-            self.gram_all = gram(self.X_all if self.X_all is not None else tr.X())
+            self.gram_all = gram(self.X_all if self.X_all is not None else tr.X(), tr.bias)
         self.full: tuple[Batch, torch.Tensor | None] | None = None
         self.seed, self.step = seed, -1
 
@@ -223,12 +258,13 @@ class Stream:
         self.step += 1
         if self.sampler.full:  # the same rows every step
             if self.full is None:
-                self.full = (Batch(self.X_all, tr.y, tr.domain, self.K, self.share, seed=self.seed), self.gram_all)
+                self.full = (Batch(self.X_all, tr.y, tr.domain, self.K, self.share, seed=self.seed, bias=tr.bias),
+                             self.gram_all)
             self.full[0].step = self.step
             return self.full
         idx = torch.as_tensor(self.sampler.next(), device=tr.rows.device)
         X = self.X_all.index_select(0, idx) if self.X_all is not None else tr.X(idx)
-        batch = Batch(X, tr.y[idx], tr.domain[idx], self.K, self.share, seed=self.seed, step=self.step)
+        batch = Batch(X, tr.y[idx], tr.domain[idx], self.K, self.share, seed=self.seed, step=self.step, bias=tr.bias)
         g = None
         if self.gram_all is not None:
             n = self.gram_all.shape[0]

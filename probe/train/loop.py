@@ -37,6 +37,20 @@ def fit_chunks(fs: FeatureSet, method: type[GradientMethod], configs: list[dict[
             results.append(row)
 
 
+def initial_heads(G: int, C: int, D: int, seed: int, settings: Settings) -> torch.Tensor:
+    """(G, C, D) starting heads: zeros, or one torch.nn.Linear(D-1, C) draw from ``seed``
+    shared by the chunk's heads (so a head's start does not depend on its chunk)."""
+    dev, dt = settings.device, settings.dtype
+    if settings.init == "zeros":
+        return torch.zeros(G, C, D, dtype=dt, device=dev)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        d = D - 1 if settings.bias else D
+        layer = torch.nn.Linear(d, C, bias=settings.bias)
+    head = layer.weight.detach() if not settings.bias else torch.cat([layer.weight, layer.bias[:, None]], 1).detach()
+    return head.to(device=dev, dtype=dt).unsqueeze(0).repeat(G, 1, 1)
+
+
 class ChunkFit:
     """The state of one chunk's heads while they train (all tensors have a leading G)."""
 
@@ -45,7 +59,7 @@ class ChunkFit:
         dev, dt = settings.device, settings.dtype
         self.fs, self.method, self.configs, self.settings, self.splits = fs, method, configs, settings, splits
         tr, va = splits["train"], splits["val"]
-        G, C, D = len(configs), fs.num_classes, tr.pre.out_dim(fs.features.shape[1]) + 1
+        G, C, D = len(configs), fs.num_classes, tr.pre.out_dim(fs.features.shape[1]) + int(settings.bias)
         K = int(tr.domain.max().item()) + 1
         share = torch.bincount(tr.domain, minlength=K).to(dt) / len(tr.domain)
         params = method.hyperparameters()
@@ -54,12 +68,13 @@ class ChunkFit:
             return torch.tensor([float(c.get(name, params[name].default)) for c in configs], dtype=dt, device=dev)
 
         m = tr.mean_sq_norm() if settings.normalize == "unit" and method.penalized() else 1.0
-        scale = FeatureScale(d=D - 1, C=C, m=m)
+        scale = FeatureScale(d=D - int(settings.bias), C=C, m=m)
         self.objective = method({p.name: col(p.name) for p in method.params}, settings, scale)
         self.anneal = torch.tensor([int(c.get("anneal", 0)) if method.penalized() else 0 for c in configs],
                                    device=dev)
-        self.theta = torch.zeros(G, C, D, dtype=dt, device=dev)
-        self.opt = BatchedOptimizer(self.theta, col("lr"), col("weight_decay"), kind=settings.optimizer)
+        self.theta = initial_heads(G, C, D, chunk.seed, settings)
+        self.opt = BatchedOptimizer(self.theta, col("lr"), col("weight_decay"), kind=settings.optimizer,
+                                    momentum=settings.momentum, bias=settings.bias)
         self.active = torch.ones(G, dtype=torch.bool, device=dev)
         self.diverged = torch.zeros_like(self.active)
         self.best_score = torch.full((G,), -1.0, dtype=torch.float64, device=dev)
@@ -89,7 +104,10 @@ class ChunkFit:
                     on_step(steps - step - 1)
                 break
         never = self.best_score < 0  # diverged (or annealing) before its first eligible checkpoint
-        self.best_theta[never] = torch.nan_to_num(self.theta[never])
+        keep_last = never if self.settings.select_checkpoint == "best" else torch.ones_like(never)
+        self.best_theta[keep_last] = torch.nan_to_num(self.theta[keep_last])
+        if self.settings.select_checkpoint == "last":
+            self.best_step = self.steps_run.clone()
         return self.results()
 
     def step(self, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

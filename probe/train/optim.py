@@ -19,7 +19,7 @@ class BatchedOptimizer:
 
     def __init__(self, param: torch.Tensor, lr: torch.Tensor, weight_decay: torch.Tensor,
                  kind: str = "adam", betas: tuple[float, float] = (0.9, 0.999), momentum: float = 0.9,
-                 eps: float = 1e-8) -> None:
+                 eps: float = 1e-8, bias: bool = True) -> None:
         self.param, self.kind = param, kind
         shape = (-1,) + (1,) * (param.dim() - 1)
         self.lr = lr.view(shape)
@@ -29,7 +29,8 @@ class BatchedOptimizer:
         self.v = torch.zeros_like(param)
         self.t = torch.zeros(param.shape[0], dtype=param.dtype, device=param.device).view(shape)
         self.decay_mask = torch.ones_like(param[:1])
-        self.decay_mask[..., -1] = 0  # no decay on the bias column
+        if bias:
+            self.decay_mask[..., -1] = 0  # no decay on the bias column
 
     def reset(self, heads: torch.Tensor) -> None:
         """Forget the moments of the heads where ``heads`` is True (annealing switch)."""

@@ -20,6 +20,14 @@ torch = lazy_import("torch")
 #: columns that can define the penalties' domains (and the balanced batches)
 DOMAIN_COLUMNS = ("group", "a", "y")
 OPTIMIZERS = ("adam", "sgd")
+#: the head's starting point: zeros, or drawn as torch.nn.Linear draws it (from the seed)
+INITS = ("zeros", "torch-linear")
+#: domain-balanced batches (about B/K rows of each domain), or uniformly shuffled epochs
+BATCHES = ("balanced", "shuffled")
+#: the head a configuration keeps: its best validation checkpoint, or the final step's
+CHECKPOINTS = ("best", "last")
+#: ties in model selection: the earlier configuration, or the smaller standard error over seeds
+TIES = ("first", "sem")
 #: the checkpoint and model-selection scores
 SELECT_SCORES = ("val_wga", "val_acc")
 #: penalty scalings (probe.methods.base.FeatureScale): the definitions, the CMA authors'
@@ -31,7 +39,7 @@ DTYPES = ("float32", "float64")
 def setting(default: Any, help: str, *, choices: tuple[Any, ...] = (), minimum: int | None = None) -> Any:
     """A Settings field with its help and allowed values (read by the CLI and the checks)."""
     return field(default=default, metadata={"help": help, "choices": choices, "minimum": minimum,
-                                            "optional": default is None})
+                                            "optional": default is None, "default": default})
 
 
 @dataclass
@@ -41,7 +49,15 @@ class Settings:
     steps: int = setting(1000, "Optimisation steps per configuration (one value).", minimum=1)
     batch_size: int = setting(512, "Rows per domain-balanced minibatch, about B/K rows of each of the K domains "
                                    "(one value); 0 or ≥ the train rows: full batch.", minimum=0)
-    optimizer: str = setting("adam", "adam, or sgd (momentum 0.9).", choices=OPTIMIZERS)
+    optimizer: str = setting("adam", "adam, or sgd (with momentum).", choices=OPTIMIZERS)
+    momentum: float = setting(0.9, "sgd's momentum (0: plain SGD, which keeps no state).", minimum=0)
+    bias: bool = setting(True, "Fit a bias per class (the last column of each head); without it the head is "
+                               "nn.Linear(d, C, bias=False), as in the CMA authors' linear probes.")
+    init: str = setting("zeros", "The head's start: zeros, or torch-linear (drawn as torch.nn.Linear does, from "
+                                 "the configuration's seed).", choices=INITS)
+    batches: str = setting("balanced", "Minibatches: balanced (about B/K rows of each of the K domains) or "
+                                       "shuffled (uniformly shuffled epochs, the last batch of each shorter).",
+                           choices=BATCHES)
     eval_every: int = setting(50, "Evaluate on validation every N steps; each head keeps its best checkpoint "
                                   "by the select score.", minimum=1)
     patience: int = setting(0, "Stop a head after N evaluations without improvement (0: never).", minimum=0)
@@ -49,6 +65,10 @@ class Settings:
                                    "group, a (spurious attribute) or y.", choices=DOMAIN_COLUMNS)
     select: str = setting("val_wga", "Checkpoint and model selection: val_wga (validation worst-group accuracy, "
                                      "mean over seeds) or val_acc.", choices=SELECT_SCORES)
+    select_checkpoint: str = setting("best", "The head each configuration keeps: best (its best validation "
+                                             "checkpoint) or last (the final step's).", choices=CHECKPOINTS)
+    ties: str = setting("first", "Configurations with the same mean validation score: first (the earlier) or "
+                                 "sem (the smaller standard error of the mean over seeds).", choices=TIES)
     normalize: str = setting("none", "Penalty scaling: none (the definitions), unit (each penalty measured on "
                                      "features of unit mean squared norm, so its weight means the same for any "
                                      "encoder) or dC (the CMA authors' linear-probing division by d·C).",
@@ -99,8 +119,15 @@ def check_setting(name: str, value: Any, meta: Any) -> None:
         return
     if choices and value not in choices:
         raise UserError(f"`{name}` {value!r} is not one of: {', '.join(map(str, choices))}")
-    if minimum is not None and (isinstance(value, bool) or not isinstance(value, int) or value < minimum):
-        raise UserError(f"`{name}`: {value!r} is not allowed; give a whole number >= {minimum}")
+    if isinstance(meta.get("default"), bool) or isinstance(value, bool):
+        if not isinstance(value, bool):
+            raise UserError(f"`{name}`: {value!r} is not true or false")
+        return
+    if minimum is None:
+        return
+    whole = isinstance(meta.get("default"), int) or meta.get("optional")
+    if not isinstance(value, (int, float)) or (whole and not isinstance(value, int)) or value < minimum:
+        raise UserError(f"`{name}`: {value!r} is not allowed; give a {'whole ' if whole else ''}number >= {minimum}")
 
 
 def user_settings() -> list[Any]:
