@@ -85,7 +85,7 @@ def _authors_loop(X, y, env, C, alpha, beta, anneal, steps, seed, lr=1e-3, batch
         Xb, yb, eb = X[idx], y[idx], env[idx]
         envs = torch.unique(eb)
 
-        def per_env(w, e):
+        def per_env(w, e, Xb=Xb, yb=yb, eb=eb):
             return F.cross_entropy(Xb[eb == e] @ w.T, yb[eb == e])
 
         w = model.weight
