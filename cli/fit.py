@@ -20,6 +20,7 @@ from cli.app import app
 from cli.options import OptionSpec, with_options
 from probe.grid import RANGE_HELP, format_values
 from probe.methods import COMMON, all_params, get_method, method_names
+from probe.protocols import PROTOCOLS, protocol_names
 from probe.train.settings import DTYPES, user_settings
 
 
@@ -74,6 +75,12 @@ class _Progress:
         self.bar.advance(self.task, n)
 
 
+def _protocol_help() -> str:
+    names = "; ".join(f"{n}: {PROTOCOLS[n].summary}" for n in protocol_names())
+    return (f"A named protocol that sets methods, grids, seeds and settings for the file's dataset ({names}). "
+            "Any flag given as well overrides it; the run records both.")
+
+
 def _method_help() -> str:
     lines = "; ".join(get_method(m).summary for m in method_names())
     return f"Comma list of methods, each with its own grid: {lines}. Flags a method does not use are ignored for it."
@@ -86,7 +93,9 @@ def fit(
     features: Annotated[Path, typer.Argument(help="Feature file written by `probe extract` (.h5).")],
     grid_text: dict[str, str],
     settings: dict[str, Any],
-    method: Annotated[str, typer.Option(help=_method_help())] = "erm,cma",
+    method: Annotated[str | None, typer.Option(help=_method_help() + " Default: erm,cma, or the protocol's.",
+                                               show_default=False)] = None,
+    protocol: Annotated[str | None, typer.Option(help=_protocol_help(), show_default=False)] = None,
     out: Annotated[Path | None, typer.Option(help="Run folder to write (results.jsonl, summary.json, heads/). "
                                                   "Default: runs/<feature file name>.")] = None,
     device: Annotated[str, typer.Option(help="auto (CUDA when available), cpu, cuda or cuda:N.")] = "auto",
@@ -121,11 +130,15 @@ def fit(
 
     bar = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
                    TimeElapsedColumn(), TimeRemainingColumn(), disable=quiet, transient=True)
-    command = None if sys.argv[1:2] == ["fit"] else _command_line(features, method, run_dir, grid_text, settings)
+    command = None if sys.argv[1:2] == ["fit"] else _command_line(features, method, run_dir, grid_text,
+                                                                  {**settings, "protocol": protocol})
     try:
         with bar if not quiet else contextlib.nullcontext():
-            fit_grid(features, method, grid, run_dir, overwrite=overwrite, allow_incomplete=allow_incomplete,
-                     device=device, dtype=dtype, progress=None if quiet else _Progress(bar), command=command,
+            fit_grid(features, method if method is not None or protocol else "erm,cma", grid, run_dir,
+                     overwrite=overwrite, allow_incomplete=allow_incomplete, device=device, dtype=dtype,
+                     progress=None if quiet else _Progress(bar), command=command, protocol=protocol,
+                     notify=None if quiet else lambda msg: bar.console.print(f"probe fit: {msg}", markup=False,
+                                                                              highlight=False),
                      **settings)
     except KeyboardInterrupt as exc:
         written = getattr(exc, "probe_written", None)
@@ -139,8 +152,10 @@ def _command_line(features: Path, method: str, run_dir: Path, grid_text: dict[st
                   settings: dict[str, Any]) -> str:
     """Called in-process (not as `probe fit ...`, whose provenance records the command
     as typed): an equivalent command rebuilt from the flags given."""
-    args = ["probe", "fit", str(features), "--method", method, "--out", str(run_dir)]
+    args = ["probe", "fit", str(features), *(["--method", method] if method else []), "--out", str(run_dir)]
     for name, value in {**grid_text, **settings}.items():
+        if value is None:
+            continue
         args += ["--" + name.replace("_", "-"), str(value)]
     return shlex.join(args)
 

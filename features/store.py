@@ -53,7 +53,8 @@ class FeatureSet:
 
     def provenance(self) -> dict[str, Any]:
         """What produced these features, for every result that uses them."""
-        keys = ("schema", "dataset", "encoder", "weights", "preprocess", "created", "probe_version", "source")
+        keys = ("schema", "dataset", "encoder", "weights", "preprocess", "created", "probe_version", "git_commit",
+                "source")
         prov = {k: self.attrs[k] for k in keys if k in self.attrs}
         prov["path"] = self.path
         prov["rows"] = int(len(self.y))

@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import inspect
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from probe import moments
 from probe.fitting import fit_method, plan_method, progress_units
 from probe.methods import COMMON, GradientMethod, all_params, get_method, method_names
 from probe.preprocess import Preprocessor
+from probe.protocols import Resolved, resolve_for
 from probe.results import Result
 from probe.runs import prepare_run_dir, provenance, write_run
 from probe.train.data import validate_for_fit
@@ -62,9 +63,36 @@ def make_settings(device: str = "auto", dtype: str = "float32", **settings: Any)
     return Settings(device=resolve_device(device), dtype=getattr(torch, dtype), **settings)
 
 
-def fit_grid(features: FeatureSet | str | Path, methods: list[str] | str, grid: dict[str, Any] | None = None,
-             out: str | Path | None = None, *, overwrite: bool = False, allow_incomplete: bool = False,
-             device: str = "auto", dtype: str = "float32", progress: Any = None, command: str | None = None,
+@dataclass
+class MethodPlan:
+    """One method's part of a fit: its settings, configurations and chunks."""
+
+    settings: Settings
+    configs: list[dict[str, Any]]
+    chunks: Any
+
+
+def plan_fit(fs: FeatureSet, names: list[str], grid: dict[str, list[Any]], settings: dict[str, Any],
+             device: str, dtype: str, protocol: Resolved | None) -> dict[str, MethodPlan]:
+    """Every method's settings (the protocol's, then the user's) and configurations (the
+    protocol's grid, then the user's values, then the method's defaults), planned once so
+    the progress total and the fit agree on the chunks."""
+    plans = {}
+    for m in names:
+        base = {**protocol.settings, **protocol.method_settings.get(m, {})} if protocol else {}
+        st = make_settings(device, dtype, **{**base, **settings})
+        validate_for_fit(fs, st.domain)
+        own = get_method(m).hyperparameters()
+        values = {**(protocol.grids.get(m, {}) if protocol else {}), **{k: v for k, v in grid.items() if k in own}}
+        configs = get_method(m).configs(values, st.steps)
+        plans[m] = MethodPlan(st, configs, plan_method(fs, m, configs, st))
+    return plans
+
+
+def fit_grid(features: FeatureSet | str | Path, methods: list[str] | str | None = None,
+             grid: dict[str, Any] | None = None, out: str | Path | None = None, *, overwrite: bool = False,
+             allow_incomplete: bool = False, device: str = "auto", dtype: str = "float32", progress: Any = None,
+             command: str | None = None, protocol: str | None = None, notify: Any = None,
              **settings: Any) -> dict[str, Any]:
     """Fit every method's grid; write the run folder when ``out`` is given.
 
@@ -73,34 +101,43 @@ def fit_grid(features: FeatureSet | str | Path, methods: list[str] | str, grid: 
     to values; missing ones take each method's default grid. ``settings`` are the
     fields of :class:`probe.train.settings.Settings` (steps, batch_size, optimizer,
     eval_every, patience, domain, select, normalize, hessian_method, pca_dim,
-    ce_weighting, max_heads, memory_bytes). ``progress`` (optional) has ``total(n)`` and
-    ``advance(n)``, counted in steps × chunks.
+    ce_weighting, ...). ``protocol`` (``probe.protocols``) sets methods, grids, seeds and
+    settings for the file's dataset; ``methods``, ``grid`` and ``settings`` override it.
+    ``progress`` (optional) has ``total(n)`` and ``advance(n)``, counted in steps × chunks;
+    ``notify`` (optional) receives one-line messages (the resolved protocol).
 
     Returns ``{"summary": ..., "rows": {method: [Result]}}``. On Ctrl-C
     (KeyboardInterrupt) the configurations of every chunk that finished are
     written (unfinished ones are left out) and the exception propagates.
     """
-    names = parse_methods(methods)
     grid = check_grid(grid or {})
-    st = make_settings(device, dtype, **settings)
+    make_settings(device, dtype, **settings)  # every setting checked before the file is read
     fs = features if isinstance(features, FeatureSet) else read_features(features, allow_incomplete)
-    validate_for_fit(fs, st.domain)
+    resolved = resolve_for(protocol, fs) if protocol is not None else None
+    names = parse_methods(methods if methods is not None else resolved.methods if resolved else "")
+    plans = plan_fit(fs, names, grid, settings, device, dtype, resolved)
+    st = plans[names[0]].settings  # selection settings are the same for every method
     check_method_settings(fs, names, st)
+    if resolved is not None and notify is not None:
+        notify(resolved.describe([*grid, *settings]))
     out_path = Path(out) if out is not None else None
     if out_path is not None:
         prepare_run_dir(out_path, overwrite)
-    configs = {m: get_method(m).configs(grid, st.steps) for m in names}
-    # Planned once: the progress total and the fit then agree on the chunks.
-    chunks = {m: plan_method(fs, m, configs[m], st) for m in names}
     if progress is not None:
-        progress.total(sum(progress_units(c, st) for c in chunks.values()))
+        progress.total(sum(progress_units(p.chunks, p.settings) for p in plans.values()))
     rows: dict[str, list[Result]] = {m: [] for m in names}
     prov = provenance(fs.provenance(), str(st.device), st.select, command=command, settings=st.public(),
                       grid=grid)
+    per_method = {m: p.settings.public() for m, p in plans.items() if p.settings.public() != st.public()}
+    if per_method:
+        prov["method_settings"] = per_method
+    if resolved is not None:
+        prov["protocol"] = resolved.record({"grid": grid, "settings": settings, **({"methods": methods}
+                                                                               if methods is not None else {})})
     try:
-        for m in names:
-            fit_method(fs, m, configs[m], st, on_step=progress.advance if progress else None, results=rows[m],
-                       chunks=chunks[m])
+        for m, p in plans.items():
+            fit_method(fs, m, p.configs, p.settings, on_step=progress.advance if progress else None,
+                       results=rows[m], chunks=p.chunks)
     except KeyboardInterrupt as exc:
         if out_path is not None and any(rows.values()):
             write_run(out_path, {m: r for m, r in rows.items() if r}, fs, prov, st.select, st.ties)

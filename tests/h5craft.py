@@ -32,7 +32,7 @@ def toy_arrays(n_per_group_split: int = 12, dim: int = 6, seed: int = 0) -> dict
 def write_feature_file(path: Path, arrays: dict[str, np.ndarray] | None = None, *,
                        schema: str = "probe-features/1", complete: bool = True,
                        class_names: list[str] | None = None, group_names: list[str] | None = None,
-                       drop: tuple[str, ...] = ()) -> Path:
+                       drop: tuple[str, ...] = (), dataset: str = "toy") -> Path:
     arrays = dict(arrays or toy_arrays())
     n = len(arrays["y"])
     with h5py.File(path, "w") as h5:
@@ -42,7 +42,7 @@ def write_feature_file(path: Path, arrays: dict[str, np.ndarray] | None = None, 
         if "id" not in drop:
             h5.create_dataset("id", data=[f"row{i}" for i in range(n)], dtype=h5py.string_dtype())
         h5.attrs.update({
-            "schema": schema, "dataset": "toy", "encoder": "none", "weights": "none",
+            "schema": schema, "dataset": dataset, "encoder": "none", "weights": "none",
             "preprocess": "none", "created": "2026-01-01T00:00:00", "probe_version": "test",
             "class_names": json.dumps(class_names or CLASS_NAMES),
             "group_names": json.dumps(group_names or GROUP_NAMES),

@@ -1,0 +1,158 @@
+"""Named protocols: one word for every choice of a published comparison (``--protocol``).
+
+A protocol fixes the methods, their grids, the seeds and the settings for each dataset
+it knows; ``resolve`` turns it into the arguments of one ``fit_grid`` call for a feature
+file. Anything the user sets explicitly overrides it, and the run records both.
+
+``cma-paper``: the linear-probing comparison of the CMA paper (arXiv 2506.07378), as its
+authors' public code (``ISR/real_datasets/``) runs it: PCA to 100 dimensions fitted on
+train, then ISR-Mean removing one spurious direction of a reference class; a bias-free
+head ``nn.Linear(d, C, bias=False)`` from its default initialisation, plain SGD (lr 1e-3,
+no momentum, no weight decay), shuffled batches of 500, the mean over environments (the
+spurious attribute) of each environment's mean CE, penalties off until the anneal step;
+the final step's head; gradient and Hessian divided by d·C for CMA (the other methods'
+code divides nothing); five seeds; the configuration with the best mean validation
+worst-group accuracy, ties to the smaller standard error.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from base.errors import UserError
+from features.schema import SPLITS
+
+_GRID_8 = [0.1, 1.0, 10.0, 100.0, 1000.0, 2000.0, 5000.0, 10000.0]
+
+
+@dataclass(frozen=True)
+class DatasetChoices:
+    """What a protocol sets per dataset."""
+
+    epochs: int
+    anneal: tuple[int, ...]  # the anneal grid, in steps
+    isr_class: int
+
+
+@dataclass(frozen=True)
+class Protocol:
+    name: str
+    summary: str
+    methods: tuple[str, ...]
+    seeds: tuple[int, ...]
+    settings: dict[str, Any]
+    grids: dict[str, dict[str, list[Any]]]  # per method; "anneal" comes from the dataset
+    datasets: dict[str, DatasetChoices]
+    method_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    annealed: tuple[str, ...] = ()  # methods whose grid takes the dataset's anneal list
+    aliases: dict[str, str] = field(default_factory=dict)  # dataset -> the dataset whose choices it takes
+
+
+@dataclass
+class Resolved:
+    """A protocol made concrete for one feature file."""
+
+    protocol: str
+    dataset: str
+    methods: list[str]
+    settings: dict[str, Any]
+    grids: dict[str, dict[str, list[Any]]]
+    method_settings: dict[str, dict[str, Any]]
+
+    def describe(self, overrides: list[str] | None = None) -> str:
+        """One line for the start of a run (``overrides``: what the user set explicitly)."""
+        st = self.settings
+        sizes = ", ".join(f"{m} {_size(g)}" for m, g in self.grids.items())
+        return (f"protocol {self.protocol} for {self.dataset}: {st['steps']} steps of {st['batch_size']} "
+                f"({st['batches']}), {st['optimizer']} (momentum {st['momentum']}), bias {st['bias']}, init "
+                f"{st['init']}, domains {st['domain']}, preprocess pca+isr-mean (class {st['isr_class']}); "
+                f"configurations × seeds: {sizes}"
+                + (f"; overridden: {', '.join(sorted(overrides))}" if overrides else ""))
+
+    def record(self, overrides: dict[str, Any]) -> dict[str, Any]:
+        """What summary.json keeps: the protocol, its resolved choices, what the user changed."""
+        return {"name": self.protocol, "dataset": self.dataset, "methods": self.methods, "settings": self.settings,
+                "grids": self.grids, "method_settings": self.method_settings, "overrides": overrides}
+
+
+def _size(grid: dict[str, list[Any]]) -> int:
+    return math.prod(len(v) for v in grid.values())
+
+
+PROTOCOLS: dict[str, Protocol] = {}
+
+
+def register(protocol: Protocol) -> Protocol:
+    PROTOCOLS[protocol.name] = protocol
+    return protocol
+
+
+def _anneal(stop: int) -> tuple[int, ...]:
+    return tuple(int(v) for v in np.linspace(0, stop, 5))
+
+
+register(Protocol(
+    name="cma-paper",
+    summary="the CMA paper's linear-probing comparison (ERM, Fishr, CORAL, HGP, CMA; its grids, 5 seeds)",
+    methods=("erm", "fishr", "coral", "hgp", "cma"),
+    seeds=(0, 1, 2, 3, 4),
+    settings={"optimizer": "sgd", "momentum": 0.0, "batch_size": 500, "batches": "shuffled", "bias": False,
+              "init": "torch-linear", "domain": "a", "ce_weighting": "domain", "normalize": "none",
+              "select": "val_wga", "select_checkpoint": "last", "ties": "sem", "pca_dim": 100, "isr_dims": 1},
+    grids={
+        "erm": {},
+        "cma": {"alpha": _GRID_8, "beta": _GRID_8},
+        "fishr": {"lam": [10.0, 1e2, 1e3, 1e4], "ema": [0.9, 0.9225, 0.945, 0.9675, 0.99]},
+        "hgp": {"alpha": [0.1, 1.0, 10.0, 100.0, 1000.0], "beta": [float(10.0**k) for k in range(-3, 6)]},
+        "coral": {"gamma": [float(f"{v:.12g}") for v in np.logspace(-1, 1, 50)], "anneal": [0]},
+    },
+    method_settings={"cma": {"normalize": "dC"}},
+    annealed=("cma", "fishr", "hgp"),
+    datasets={
+        "waterbirds": DatasetChoices(epochs=300, anneal=_anneal(2800), isr_class=0),
+        "celeba": DatasetChoices(epochs=50, anneal=_anneal(16000), isr_class=0),
+        "multinli": DatasetChoices(epochs=3, anneal=_anneal(1200), isr_class=2),
+    },
+    aliases={"demo": "waterbirds"},  # the bundled Waterbirds-style task
+))
+
+
+def protocol_names() -> list[str]:
+    return sorted(PROTOCOLS)
+
+
+def resolve(name: str, dataset: str, n_train: int, num_classes: int) -> Resolved:
+    """The protocol ``name`` for a feature file of ``dataset`` with ``n_train`` training rows."""
+    if name not in PROTOCOLS:
+        raise UserError(f"`protocol` {name!r} is unknown; choose from {', '.join(protocol_names())}")
+    p = PROTOCOLS[name]
+    key = p.aliases.get(dataset, dataset)
+    if key not in p.datasets:
+        known = ", ".join([*p.datasets, *p.aliases])
+        raise UserError(f"`protocol` {name} has choices for {known}; this feature file is from dataset "
+                        f"{dataset!r}, so set the fit's flags yourself")
+    ds = p.datasets[key]
+    if ds.isr_class >= num_classes:
+        raise UserError(f"`protocol` {name} removes the spurious direction of class {ds.isr_class}, but the file "
+                        f"has {num_classes} classes")
+    settings = {**p.settings, "isr_class": ds.isr_class,
+                "steps": ds.epochs * math.ceil(n_train / p.settings["batch_size"])}
+    settings["eval_every"] = max(1, settings["steps"] // 20)
+    grids = {}
+    for m in p.methods:
+        grid = {"seed": list(p.seeds), "preprocess": ["pca+isr-mean"], "lr": [1e-3], "weight_decay": [0.0],
+                **p.grids.get(m, {})}
+        if m in p.annealed:
+            grid["anneal"] = [a for a in ds.anneal if a < settings["steps"]]
+        grids[m] = grid
+    return Resolved(name, dataset, list(p.methods), settings, grids, dict(p.method_settings))
+
+
+def resolve_for(name: str, fs: Any) -> Resolved:
+    """``resolve`` for a FeatureSet."""
+    return resolve(name, str(fs.attrs.get("dataset", "")) if hasattr(fs, "attrs") else "",
+                   int((fs.split == SPLITS["train"]).sum()), fs.num_classes)
