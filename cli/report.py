@@ -10,9 +10,13 @@ import typer
 
 from cli.app import app
 from probe.reports.formats import format_names, get_format
+from probe.reports.registry import LAYOUTS
 
 # The choices and their help come from the format registry: a new format needs no change here.
 FormatChoice = Enum("FormatChoice", {name: name for name in format_names()}, type=str)
+LayoutChoice = Enum("LayoutChoice", {name: name for name in LAYOUTS}, type=str)
+LAYOUT_HELP = "; ".join(f"{name}: {text} (formats: {', '.join(f for f in format_names() if name in get_format(f).layouts)})"
+                        for name, text in LAYOUTS.items()) + "."
 FORMAT_HELP = (
     "; ".join(f"{name}: {get_format(name).help}" for name in format_names())
     + ". Human formats show percent with one decimal, mean ± std over seeds."
@@ -35,6 +39,7 @@ def report(
         help=FORMAT_HELP,
         case_sensitive=False,
     ),
+    layout: LayoutChoice = typer.Option(LayoutChoice("standard"), "--layout", help=LAYOUT_HELP, case_sensitive=False),
     out: Path | None = typer.Option(
         None,
         "--out",
@@ -64,7 +69,7 @@ def report(
     from probe.reports import build_report, render
 
     built = build_report(run_dirs)
-    rendered = render(built, fmt.value)
+    rendered = render(built, fmt.value, layout.value)
     written: list[Path] = []
     if out is not None:
         write_text_atomic(out, as_text(rendered))

@@ -11,12 +11,17 @@ here, so a new format is one module under probe/reports/formats/ with
 plus its name in probe/reports/formats/__init__.py, which imports the modules
 (in the order `--help` lists them). The CLI imports every format module when
 it starts, so a format imports nothing heavy at module level.
+
+A format renders the ``standard`` layout (comparison, selection, per-group and grid
+tables) and may render others: ``@register_format("latex", help=..., layout="paper")``
+adds the paper's table shape to an existing format. `probe report --layout` takes
+its choices from the layouts registered.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from rich.table import Table
@@ -29,22 +34,36 @@ Rendered = str | list[Table | Text]
 R = TypeVar("R", bound=Callable[..., Rendered])
 
 
-@dataclass(frozen=True)
+LAYOUTS = {"standard": "comparison, selection, per-group and grid tables",
+           "paper": "the CMA paper's table: rows methods, columns dataset × {Average, Worst-Group}, "
+                    "mean ± SEM over seeds, one run folder per dataset"}
+
+
+@dataclass
 class Format:
     name: str
     help: str  # its entry in `probe report --format`'s help: "name: help"
-    render: Callable[[Report], Rendered]
+    layouts: dict[str, Callable[[Report], Rendered]] = field(default_factory=dict)
+
+    @property
+    def render(self) -> Callable[[Report], Rendered]:
+        return self.layouts["standard"]
 
 
 _FORMATS: dict[str, Format] = {}
 
 
-def register_format(name: str, help: str) -> Callable[[R], R]:
-    """Register the decorated function as the format ``name``."""
+def register_format(name: str, help: str = "", layout: str = "standard") -> Callable[[R], R]:
+    """Register the decorated function as the format ``name``'s ``layout``."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout {layout!r} is not one of {', '.join(LAYOUTS)}")
+
     def decorate(render: R) -> R:
-        if name in _FORMATS:
-            raise ValueError(f"format {name!r} is registered twice")
-        _FORMATS[name] = Format(name=name, help=help, render=render)
+        fmt = _FORMATS.setdefault(name, Format(name=name, help=help))
+        if layout in fmt.layouts:
+            raise ValueError(f"format {name!r} registers its {layout} layout twice")
+        fmt.layouts[layout] = render
+        fmt.help = fmt.help or help
         return render
 
     return decorate

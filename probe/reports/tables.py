@@ -80,10 +80,16 @@ class Table:
     caption: str = ""
     first_numeric: int = 1  # columns from here on are right-aligned...
     text_columns: tuple[int, ...] = ()  # ...except these
+    groups: list[tuple[str, int]] = field(default_factory=list)  # a header row above: (label, columns spanned)
 
     def numeric(self, j: int) -> bool:
         """Whether column ``j`` holds numbers (right-aligned)."""
         return j >= self.first_numeric and j not in self.text_columns
+
+    def flat_headers(self) -> list[str]:
+        """Headers with their group's label in front, for formats with one header row."""
+        labels = [g for g, span in self.groups for _ in range(span)] or [""] * len(self.headers)
+        return [f"{g} {h}" if g else h for g, h in zip(labels, self.headers, strict=True)]
 
 
 def run_lines(report: Report) -> list[str]:
@@ -141,12 +147,12 @@ def comparison_table(
         f"(percent, {_seeds_note(report)})",
         headers=headers,
         rows=rows,
-        bold=_best_cells(rows, col),
+        bold=best_cells(rows, col),
         caption=LEGEND,
     )
 
 
-def _best_cells(rows: list[list[Cell]], col: int) -> set[tuple[int, int]]:
+def best_cells(rows: list[list[Cell]], col: int) -> set[tuple[int, int]]:
     # Compare at the displayed precision so that visible ties are all bold.
     vals = [c.rounded() if isinstance(c := r[col], Pct) else None for r in rows]
     finite = [v for v in vals if v is not None]

@@ -26,6 +26,10 @@ def get_format(fmt: str) -> Format:
     return formats[fmt]
 
 
-def render(report: Report, fmt: str) -> Rendered:
-    """The report in ``fmt``: text, or rich renderables for the terminal format."""
-    return get_format(fmt).render(report)
+def render(report: Report, fmt: str, layout: str = "standard") -> Rendered:
+    """The report in ``fmt``'s ``layout``: text, or rich renderables for the terminal format."""
+    f = get_format(fmt)
+    if layout not in f.layouts:
+        shown = ", ".join(n for n in format_names() if layout in registered()[n].layouts)
+        raise UserError(f"`layout` {layout!r} is not rendered by format {fmt!r}; it is by {shown or 'none'}")
+    return f.layouts[layout](report)

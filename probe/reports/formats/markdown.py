@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from probe.reports.model import Report
+from probe.reports.paper import paper_table
 from probe.reports.registry import register_format
 from probe.reports.tables import (
     GRID_DESCRIPTION,
@@ -33,6 +34,11 @@ def render_markdown(report: Report) -> str:
     return "\n".join(out).rstrip() + "\n"
 
 
+@register_format("markdown", layout="paper")
+def render_markdown_paper(report: Report) -> str:
+    return "\n".join(_md_table(paper_table(report), "##")).rstrip() + "\n"
+
+
 def _md_escape(text: str) -> str:
     return text.replace("|", "\\|")
 
@@ -43,7 +49,7 @@ def _md_table(t: Table, level: str) -> list[str]:
         return f"**{s}**" if (i, j) in t.bold and s and s != "–" else s
 
     lines = [f"{level} {t.title}", ""]
-    lines.append("| " + " | ".join(_md_escape(h) for h in t.headers) + " |")
+    lines.append("| " + " | ".join(_md_escape(h) for h in t.flat_headers()) + " |")
     lines.append("|" + "|".join("---:" if t.numeric(j) else ":---" for j in range(len(t.headers))) + "|")
     for i, row in enumerate(t.rows):
         lines.append("| " + " | ".join(cell(i, j, c) for j, c in enumerate(row)) + " |")

@@ -14,6 +14,7 @@ from rich.table import Table as RichTable
 from rich.text import Text
 
 from probe.reports.model import Report, build_report
+from probe.reports.paper import paper_table
 from probe.reports.registry import register_format
 from probe.reports.tables import (
     GRID_DESCRIPTION,
@@ -37,12 +38,17 @@ def render_terminal(report: Report) -> list[RichTable | Text]:
     return out
 
 
+@register_format("terminal", layout="paper")
+def render_terminal_paper(report: Report) -> list[RichTable | Text]:
+    return [rich_table(paper_table(report))]
+
+
 def rich_table(t: Table) -> RichTable:
     """One table as a rich Table: labels keep their width, bold cells in bold."""
     rt = RichTable(title=t.title, caption=t.caption or None, title_justify="left",
                    caption_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
                    show_edge=False, collapse_padding=True)
-    for j, h in enumerate(t.headers):
+    for j, h in enumerate(t.flat_headers()):
         if not t.numeric(j):
             # Labels keep their width; on a narrow terminal numbers wrap rather than
             # being cut off with an ellipsis.
