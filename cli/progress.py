@@ -72,3 +72,35 @@ def warner(console: Any, command: str) -> Any:
         console.print(f"[yellow]warning:[/yellow] {flag_names(message, [command])}", markup=True, highlight=False)
 
     return warn
+
+
+class StepsBar:
+    """The fit's progress object (``total(n)``, ``advance(n)``) as a rich bar that starts
+    with its total and stops when the last step is in."""
+
+    def __init__(self, console: Any, description: str) -> None:
+        from rich.progress import (
+            BarColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self._bar = Progress(TextColumn("{task.description}"), BarColumn(),
+                             TextColumn("{task.completed}/{task.total} steps"), TimeElapsedColumn(),
+                             TimeRemainingColumn(), console=console, transient=True)
+        self._task = self._bar.add_task(description, total=None)
+        self._left = 0
+
+    def total(self, n: int) -> None:
+        self._left = n
+        self._bar.update(self._task, total=n)
+        if n:
+            self._bar.start()
+
+    def advance(self, n: int) -> None:
+        self._bar.advance(self._task, n)
+        self._left -= n
+        if self._left <= 0:
+            self._bar.stop()
