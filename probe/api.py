@@ -28,7 +28,7 @@ from probe.preprocess import Preprocessor
 from probe.protocols import Resolved, resolve_for
 from probe.results import Result
 from probe.runs import prepare_run_dir, provenance, write_run
-from probe.train.data import validate_for_fit
+from probe.train.data import SplitCache, validate_for_fit
 from probe.train.settings import DTYPES, Settings, user_settings
 
 
@@ -134,10 +134,11 @@ def fit_grid(features: FeatureSet | str | Path, methods: list[str] | str | None 
     if resolved is not None:
         prov["protocol"] = resolved.record({"grid": grid, "settings": settings, **({"methods": methods}
                                                                                if methods is not None else {})})
+    splits = SplitCache()  # a preprocessing is fitted once for every method that uses it
     try:
         for m, p in plans.items():
             fit_method(fs, m, p.configs, p.settings, on_step=progress.advance if progress else None,
-                       results=rows[m], chunks=p.chunks)
+                       results=rows[m], chunks=p.chunks, splits=splits)
     except KeyboardInterrupt as exc:
         if out_path is not None and any(rows.values()):
             write_run(out_path, {m: r for m, r in rows.items() if r}, fs, prov, st.select, st.ties)

@@ -10,6 +10,7 @@ from features.store import FeatureSet
 from probe.methods import get_method
 from probe.methods.base import GradientMethod, Method
 from probe.results import Result
+from probe.train.data import SplitCache
 from probe.train.loop import fit_chunks
 from probe.train.plan import Chunk, plan
 from probe.train.settings import Settings
@@ -33,10 +34,11 @@ def progress_units(chunks: list[Chunk] | None, settings: Settings) -> int:
 
 def fit_method(fs: FeatureSet, method: str | type[Method], configs: list[dict[str, Any]], settings: Settings,
                on_step: Callable[[int], None] | None = None, results: list[Result] | None = None,
-               chunks: list[Chunk] | None = None) -> list[Result]:
+               chunks: list[Chunk] | None = None, splits: SplitCache | None = None) -> list[Result]:
     """Fit every configuration of one method; one :class:`Result` per configuration, in
     the order of ``configs`` (run ids ``<method>-<index>``). ``chunks`` is
-    ``plan_method(...)`` when the caller has it already.
+    ``plan_method(...)`` when the caller has it already; ``splits`` a cache of prepared
+    splits shared by the methods of one fit.
 
     Rows are also appended to ``results`` as they finish (a chunk at a time), so a
     caller that catches KeyboardInterrupt still holds every finished configuration.
@@ -50,7 +52,7 @@ def fit_method(fs: FeatureSet, method: str | type[Method], configs: list[dict[st
             if missing:
                 raise ValueError(f"configuration {cfg} lacks {missing}")
         fit_chunks(fs, cls, configs, settings, chunks if chunks is not None else plan(fs, cls, configs, settings),
-                   on_step, out)
+                   on_step, out, splits)
     else:
         cls.fit(fs, configs, settings, out)
     return sorted(out[start:], key=lambda r: r.sort_key())

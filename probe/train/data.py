@@ -114,6 +114,22 @@ def prepare(fs: FeatureSet, preprocess: str, settings: Settings) -> dict[str, Sp
     return splits
 
 
+class SplitCache:
+    """Prepared splits by everything that determines them, shared by the chunks and the
+    methods of one fit: a preprocessing (an exact PCA at CelebA scale takes a while) is
+    fitted once however many seeds and methods use it."""
+
+    def __init__(self) -> None:
+        self._store: dict[tuple, dict[str, Split]] = {}
+
+    def get(self, fs: FeatureSet, preprocess: str, settings: Settings) -> dict[str, Split]:
+        key = (preprocess, settings.pca_dim, settings.isr_class, settings.isr_dims, str(settings.dtype),
+               str(settings.device), settings.domain, settings.bias)
+        if key not in self._store:
+            self._store[key] = prepare(fs, preprocess, settings)
+        return self._store[key]
+
+
 class BalancedSampler:
     """Domain-balanced minibatches: each batch holds ~B/K rows of every domain
     (the first B mod K domains one more), each domain cycled through in a fresh

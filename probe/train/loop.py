@@ -16,22 +16,23 @@ from features.store import FeatureSet
 from probe.methods.base import FeatureScale, GradientMethod
 from probe.metrics import collapsed_heads, correct_by_group, group_sizes, metrics_by_head
 from probe.results import HISTORY_KEYS, Result, run_id
-from probe.train.data import Split, Stream, forward, prepare
+from probe.train.data import Split, SplitCache, Stream, forward
 from probe.train.optim import BatchedOptimizer
 from probe.train.plan import Chunk
 from probe.train.settings import Settings
 
 
 def fit_chunks(fs: FeatureSet, method: type[GradientMethod], configs: list[dict[str, Any]], settings: Settings,
-               chunks: list[Chunk], on_step: Callable[[int], None] | None, results: list[Result]) -> None:
+               chunks: list[Chunk], on_step: Callable[[int], None] | None, results: list[Result],
+               splits: SplitCache | None = None) -> None:
     """Fit ``configs`` chunk by chunk (``plan``), appending each chunk's rows to
     ``results`` as it finishes, so a caller that catches KeyboardInterrupt still
-    holds every finished configuration (those of the interrupted chunk are left out)."""
-    prepared: dict[str, dict[str, Split]] = {}
+    holds every finished configuration (those of the interrupted chunk are left out).
+    ``splits`` may be shared with other methods' fits on the same file."""
+    splits = splits if splits is not None else SplitCache()
     for chunk in chunks:
-        if chunk.preprocess not in prepared:  # fitted once: it does not depend on the seed
-            prepared[chunk.preprocess] = prepare(fs, chunk.preprocess, settings)
-        fit = ChunkFit(fs, method, [configs[i] for i in chunk.configs], chunk, settings, prepared[chunk.preprocess])
+        fit = ChunkFit(fs, method, [configs[i] for i in chunk.configs], chunk, settings,
+                       splits.get(fs, chunk.preprocess, settings))
         for i, row in zip(chunk.configs, fit.run(on_step), strict=True):
             row.run_id = run_id(method.name, i)
             results.append(row)
