@@ -30,10 +30,9 @@ class HGP(GradientMethod):
         return 8 * K * C * D + 6 * B * C
 
     def penalty_terms(self, fwd, batch, gram):
-        from probe.moments.gradient import _per_domain_grads
         from probe.moments.products import domain_variance, hessian_vector_products
 
         Xt = batch.design
-        G = _per_domain_grads(fwd.p, fwd.p - fwd.residual, Xt, batch.W)  # (G, K', C, d̃)
+        G = fwd.domain_gradients(batch)  # (G, K', C, d̃)
         HG = hessian_vector_products(fwd.p, Xt, batch.domains, G)
         return {"grad": domain_variance(G), "hgp": domain_variance(HG)}

@@ -30,11 +30,10 @@ class Hutchinson(GradientMethod):
         return 8 * K * C * D + 6 * B * C
 
     def penalty_terms(self, fwd, batch, gram):
-        from probe.moments.gradient import _per_domain_grads
         from probe.moments.products import domain_variance, hutchinson_diagonals, rademacher
 
         Xt = batch.design
-        G = _per_domain_grads(fwd.p, fwd.p - fwd.residual, Xt, batch.W)
+        G = fwd.domain_gradients(batch)
         # The probes depend on (seed, step) only: the same for every head and chunk.
         Z = rademacher((self.settings.probes, fwd.p.shape[-1], Xt.shape[1]), batch.seed * 1_000_003 + batch.step,
                        Xt.dtype, Xt.device)

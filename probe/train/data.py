@@ -223,6 +223,10 @@ class Forward:
     residual: torch.Tensor  # (G, B, C) p - onehot(y): per-sample dCE/dlogits
     losses: torch.Tensor  # (G, K') per-domain mean CE
 
+    def domain_gradients(self, batch: Batch) -> torch.Tensor:
+        """(G, K', C, d̃): the gradient of each present domain's mean CE, Σ_i W_ie r_i x̃_iᵀ."""
+        return torch.einsum("nk,gnc,nd->gkcd", batch.W, self.residual, batch.design)
+
 
 def forward(theta: torch.Tensor, batch: Batch) -> Forward:
     z = moments.logits(theta, batch.X, batch.bias)
