@@ -14,6 +14,7 @@ declarations and must answer at once): torch is imported where it is used.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -49,11 +50,25 @@ class BadItem:
 def _describe_item(item: Any) -> str:
     if isinstance(item, (str, os.PathLike)):
         return str(item)
+    if isinstance(item, dict) and item.get("path"):
+        return str(item["path"])
     return type(item).__name__
 
 
+def _encoded_image(item: Any) -> Any:
+    """An encoded image's bytes as a file object, or the path it names (Hugging Face's
+    Image feature stores ``{"bytes": ..., "path": ...}``, with bytes or a path)."""
+    if isinstance(item, dict):
+        item = item.get("bytes") or item.get("path")
+    if isinstance(item, (bytes, bytearray, memoryview)):
+        return io.BytesIO(item)
+    return item
+
+
 def load_image(item: Any) -> Any:
-    """A path, a PIL image or an (H, W[, C]) uint8 array -> RGB PIL image (decoded now, file closed)."""
+    """A path, encoded bytes (or a ``{"bytes", "path"}`` record), a PIL image or an (H, W[, C])
+    uint8 array -> RGB PIL image (decoded now, file closed). Bytes decode exactly as the
+    same file on disk would."""
     import numpy as np
     from PIL import Image
 
@@ -63,8 +78,9 @@ def load_image(item: Any) -> Any:
         if item.dtype != np.uint8 or item.ndim not in (2, 3):
             raise ValueError(f"array of {item.dtype} with shape {item.shape} is not an 8-bit image")
         return Image.fromarray(item).convert("RGB")
-    if not isinstance(item, (str, os.PathLike)):
-        raise ValueError(f"{type(item).__name__} is not an image path or a PIL image")
+    item = _encoded_image(item)
+    if not isinstance(item, (str, os.PathLike, io.BytesIO)):
+        raise ValueError(f"{type(item).__name__} is not an image path, image bytes or a PIL image")
     with Image.open(item) as img:
         img.load()  # decoded now: the image stays usable after the file is closed
     return img if img.mode == "RGB" else img.convert("RGB")
