@@ -137,7 +137,9 @@ class Encoder:
     def __init__(self, *, name: str, weights: str, weights_path: str, preprocess: str, modality: str,
                  dim: int, module: nn.Module, forward: Callable[[Any], torch.Tensor], device: torch.device,
                  prepare: Callable[[Any], Any], collate: Callable[[list[Any]], Any],
-                 finish: Callable[[Any], Any] | None = None, supports_pairs: bool = False) -> None:
+                 finish: Callable[[Any], Any] | None = None, supports_pairs: bool = False,
+                 text_encoder: Callable[[list[str]], torch.Tensor] | None = None,
+                 logit_scale: float | None = None) -> None:
         self.name = name
         self.weights = weights
         self.weights_path = weights_path
@@ -151,6 +153,10 @@ class Encoder:
         self.collate = collate
         self._finish = finish  # batch-side preprocessing, on the device, before the model
         self.supports_pairs = supports_pairs
+        # A two-tower model's text side, for zero-shot class prompts (None: the family has none),
+        # and the temperature its contrastive training learnt for cosine logits.
+        self._text_encoder = text_encoder
+        self.logit_scale = logit_scale
         # Mixed precision where it pays and is standard practice (GPUs); exact fp32 on CPU.
         self.precision = "amp-float16" if device.type == "cuda" else "float32"
         # load_encoder replaces these with what the encoder's family declares.
@@ -161,6 +167,17 @@ class Encoder:
         """Rows per forward pass when the caller names none, for this encoder's device."""
         return self.batch_sizes.get(self.device.type, self.batch_sizes["cpu"])
 
+    def _run(self, forward: Callable[[Any], torch.Tensor], batch: Any) -> torch.Tensor:
+        import torch
+
+        with torch.inference_mode():
+            if self.device.type == "cuda":
+                with torch.autocast(device_type="cuda", dtype=torch.float16):
+                    out = forward(batch)
+            else:
+                out = forward(batch)
+            return out.float()
+
     def encode(self, batch: Any) -> torch.Tensor:
         """A collated batch -> (B, dim) float32 features on the encoder's device."""
         import torch
@@ -169,12 +186,19 @@ class Encoder:
             batch = _to_device(batch, self.device)
             if self._finish is not None:
                 batch = self._finish(batch)
-            if self.device.type == "cuda":
-                with torch.autocast(device_type="cuda", dtype=torch.float16):
-                    out = self._forward(batch)
-            else:
-                out = self._forward(batch)
-            return out.float()
+            return self._run(self._forward, batch)
+
+    @property
+    def has_text_tower(self) -> bool:
+        """Whether :meth:`encode_texts` can embed class prompts in this encoder's space."""
+        return self._text_encoder is not None
+
+    def encode_texts(self, texts: list[str]) -> torch.Tensor:
+        """Texts -> (n, dim) float32 embeddings from the text tower, in the space of the
+        features (the same precision rules as :meth:`encode`)."""
+        if self._text_encoder is None:
+            raise ValueError(f"{self.name} has no text tower")
+        return self._run(self._text_encoder, list(texts))
 
     def encode_items(self, items: Sequence[Any]) -> torch.Tensor:
         """Convenience for small inputs: prepare, collate and encode in this process."""
