@@ -153,6 +153,23 @@ class Table:
             out[i] = value
         return out
 
+    def floats(self, column: str, empty: float | None = None, hint: str = "") -> np.ndarray:
+        """The column as float64; an empty field is ``empty`` (None: an error), anything else
+        that is not a number a UserError."""
+        values = self.columns[column]
+        out = np.empty(len(values), dtype=np.float64)
+        for i, text in enumerate(values):
+            text = text.strip()
+            if not text and empty is not None:
+                out[i] = empty
+                continue
+            try:
+                out[i] = float(text)
+            except ValueError:
+                raise UserError(f"{self.where(i, column)}: {text!r} is not a number"
+                                + (f"; {hint}" if hint else "")) from None
+        return out
+
     def splits(self, column: str, words: bool = False) -> np.ndarray:
         """Split codes 0/1/2; with ``words`` also train/val/valid/validation/test (any case)."""
         values = self.columns[column]
