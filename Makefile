@@ -7,6 +7,7 @@ DEMO_DIR ?= demo_out
 # Offline by design: nothing may fetch weights or data at run time.
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
 
 .PHONY: demo test lint install install-dev clean
 

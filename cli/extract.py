@@ -99,6 +99,16 @@ def extract_cmd(
                                        "file's 'skipped' attribute) instead of stopping at the first one."),
     overwrite: bool = typer.Option(False, "--overwrite",
                                    help="Replace an existing FILE.h5 and discard an unfinished FILE.h5.partial."),
+    prompts: list[str] | None = typer.Option(
+        None, "--prompts", metavar="TEMPLATE",
+        help="Zero-shot rows: a class prompt template with {} for the class name (\"a photo of a {}.\"); "
+             "repeat it for several, or give a file of templates, one per line. A two-tower encoder "
+             "(open_clip) stores each class's normalised text embedding, averaged over the templates, for "
+             "`probe fit --method zeroshot`.", show_default=False),
+    class_names: str | None = typer.Option(
+        None, "--class-names", metavar="A,B,...",
+        help="The class names filled into --prompts, one per class in the file's class order. Default: the "
+             "dataset's class names.", show_default=False),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary (warnings still show)."),
     dataset_options: dict[str, Any] | None = None,
 ) -> None:
@@ -118,9 +128,12 @@ def extract_cmd(
         shard_output_path,
     )
     from features.loading import tune_cpu_allocator
+    from features.prompts import prompt_class_names, read_templates
 
     dataset_info(dataset)  # a mistyped name is refused before anything slow runs
     check_dtype(dtype)
+    if prompts:
+        read_templates(prompts)
     shard_spec = parse_shard(shard)
     out = shard_output_path(out, shard_spec)
     check_output(out)
@@ -130,11 +143,14 @@ def extract_cmd(
     if root is not None and not root.exists():
         raise UserError(f"--root {root}: no such folder")
     spec = load_dataset(dataset, root, **(dataset_options or {}))
+    if prompts:
+        prompt_class_names(spec.class_names, class_names)
     enc = load_encoder(choose_encoder(dataset, spec.modality, encoder), weights=weights, device=dev,
                        pooling=pooling, tower=tower, max_length=max_length, modality=spec.modality)
     console = stderr_console(soft_wrap=True)
     result = extract(spec, enc, out, batch_size=batch_size, workers=workers, dtype=dtype, shard=shard_spec,
-                     skip_bad=skip_bad, overwrite=overwrite, progress=None if quiet else rows_bar(console),
+                     skip_bad=skip_bad, overwrite=overwrite, prompts=prompts, class_names=class_names,
+                     progress=None if quiet else rows_bar(console),
                      warn=warner(console, "extract"), note=ignore if quiet else console.print)
     if quiet:
         return
@@ -167,7 +183,7 @@ def info_cmd(
         ("preprocess", attrs.get("preprocess")), ("precision", attrs.get("precision")),
         ("shard", attrs.get("shard") or None), ("skipped", f"{len(skipped)} row(s)" if skipped else None),
         ("created", attrs.get("created")), ("probe version", attrs.get("probe_version")),
-        ("classes", ", ".join(map(str, attrs.get("class_names", [])))),
+        ("classes", ", ".join(map(str, attrs.get("class_names", [])))), ("zero-shot", _prompts_line(attrs)),
     ]
     for key, value in lines:
         if value not in (None, ""):
@@ -185,6 +201,15 @@ def info_cmd(
     totals = [sum(counts[sp].values()) for sp in SPLITS]
     table.add_row("[bold]all[/bold]", *map(str, totals), str(sum(totals)))
     console.print(table)
+
+
+def _prompts_line(attrs: dict[str, Any]) -> str | None:
+    meta = attrs.get("prompts")
+    if not isinstance(meta, dict):
+        return None
+    templates = meta.get("templates", [])
+    return (f"{len(templates)} template(s) ({templates[0]!r}{', ...' if len(templates) > 1 else ''}) for "
+            f"{', '.join(map(str, meta.get('class_names', [])))}; logit scale {meta.get('logit_scale', 0):.4g}")
 
 
 @app.command("merge")

@@ -39,7 +39,8 @@ from features.datasets.registry import dataset_info
 from features.encoders.core import Encoder
 from features.encoders.registry import default_encoder, encoder_hints
 from features.loading import batches, default_workers, trim_heap
-from features.schema import FEATURE_DTYPES, SCHEMA, WRITE_IDENTITY
+from features.prompts import ClassPrompts, class_prompts
+from features.schema import FEATURE_DTYPES, PROMPT_ATTR, SCHEMA, WRITE_IDENTITY
 from features.store import (
     FeatureWriter,
     decode_json_attr,
@@ -172,18 +173,24 @@ def _check_pair(spec: DatasetSpec, encoder: Encoder) -> None:
 def extract(spec: DatasetSpec, encoder: Encoder, out: str | Path, *, batch_size: int | None = None,
             workers: int | None = None, dtype: str = FEATURE_DTYPES[0], shard: tuple[int, int] | None = None,
             skip_bad: bool = False, overwrite: bool = False, commit_seconds: float = DEFAULT_COMMIT_SECONDS,
+            prompts: list[str] | None = None, class_names: list[str] | str | None = None,
             progress: Progress | None = None, warn: Notify = ignore, note: Notify = ignore) -> ExtractResult:
     """Encode ``spec`` with ``encoder`` into ``out`` (resuming ``out.partial`` if there is one).
 
-    ``progress`` follows the rows encoded; ``warn`` gets what the caller should know
-    (a damaged partial file started again, rows skipped), ``note`` what it may like
-    to (a resumed file). The result says what was done.
+    ``prompts`` (templates with ``{}``, or files of them) also store the zero-shot classifier
+    of a two-tower encoder (:mod:`features.prompts`), its class names filled from
+    ``class_names`` or the dataset's. ``progress`` follows the rows encoded; ``warn`` gets
+    what the caller should know (a damaged partial file started again, rows skipped),
+    ``note`` what it may like to (a resumed file). The result says what was done.
     """
     t0 = time.perf_counter()
     out = Path(out)
     check_dtype(dtype)
     _check_pair(spec, encoder)
     check_output(out)
+    if class_names is not None and not prompts:
+        raise UserError("`class_names` are the names filled into `prompts`; give `prompts` too")
+    zero_shot = class_prompts(encoder, spec.class_names, prompts, class_names) if prompts else None
     workers = default_workers(encoder.device.type) if workers is None else workers
     if workers < 0:
         raise UserError(f"`workers` {workers}: must be 0 (load in the main process) or more")
@@ -202,13 +209,13 @@ def extract(spec: DatasetSpec, encoder: Encoder, out: str | Path, *, batch_size:
         "class_names": spec.class_names, "group_names": spec.group_names, "source": spec.source,
         "rows_sha256": rows_fingerprint(spec), "total_rows": len(spec), "batch_size": batch_size,
         "shard": f"{shard[0]}/{shard[1]}" if shard else "", "shard_rows": shard_rows,
-        "features_dtype": dtype,
+        "features_dtype": dtype, PROMPT_ATTR: zero_shot.attribute() if zero_shot else None,
     }
 
     if out.exists() and not overwrite:
         return _existing_output(out, expected, ids, bounds, t0)
 
-    writer, batches_done, skipped = _open_partial(partial, expected, ids, bounds, overwrite, warn)
+    writer, batches_done, skipped = _open_partial(partial, expected, ids, bounds, overwrite, warn, zero_shot)
     resumed_from = writer.rows_written
     writer.close()  # reopened by _run once its worker processes exist (see there)
     if resumed_from or batches_done:
@@ -267,7 +274,7 @@ def _existing_output(out: Path, expected: dict[str, Any], ids: np.ndarray, bound
 
 
 def _open_partial(partial: Path, expected: dict[str, Any], ids: np.ndarray, bounds: list[tuple[int, int]],
-                  overwrite: bool, warn: Notify) -> tuple[FeatureWriter, int, list[str]]:
+                  overwrite: bool, warn: Notify, zero_shot: ClassPrompts | None) -> tuple[FeatureWriter, int, list[str]]:
     """Continue ``partial`` when it belongs to this run, else start it afresh."""
     if partial.exists() and overwrite:
         partial.unlink()
@@ -276,11 +283,14 @@ def _open_partial(partial: Path, expected: dict[str, Any], ids: np.ndarray, boun
         if state is not None:
             return state
         partial.unlink()
-    attrs = {k: v for k, v in expected.items() if k != "features_dtype"}
+    # A file without prompts has no prompts attribute at all, like every file before them.
+    attrs = {k: v for k, v in expected.items() if k != "features_dtype" and not (k == PROMPT_ATTR and v is None)}
     attrs.update(created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), **code_version(),
                  skipped=[], batches_done=0)
     try:
         writer = FeatureWriter.create(partial, attrs, expected["dim"], expected["features_dtype"])
+        if zero_shot is not None:
+            writer.write_prompts(zero_shot.embeddings)
     except OSError as exc:
         raise UserError(f"{partial}: cannot be created ({exc}); check the `out` folder") from exc
     return writer, 0, []

@@ -20,7 +20,7 @@ import numpy as np
 from base.errors import UserError
 from base.io import atomic_path
 from base.progress import NoProgress, Progress
-from features.schema import LABEL_DATASETS, WRITE_IDENTITY
+from features.schema import LABEL_DATASETS, PROMPT_DATASET, WRITE_IDENTITY
 from features.store import (
     FeatureWriter,
     decode_json_attr,
@@ -147,6 +147,10 @@ def merge(out: str | Path, shard_paths: Sequence[str | Path], *, overwrite: bool
         progress.start(f"merging into {out.name}", total=sum(sh.rows for sh in shards))
         writer = FeatureWriter.create(tmp, attrs, first.dim, dtype)
         try:
+            # Shards agree on their prompts (the write identity), so the first one's classifier is theirs.
+            with h5py.File(first.path, "r") as h5, malformed_is_user_error(first.path):
+                if PROMPT_DATASET in h5:
+                    writer.write_prompts(h5[PROMPT_DATASET][:])
             rows = _copy_rows(shards, writer, progress)
             writer.finish()
         finally:

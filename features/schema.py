@@ -12,6 +12,15 @@ Root attributes: schema, dataset, encoder, weights, preprocess, class_names and
 group_names (JSON lists), created, probe_version, complete (false until the last
 row is written), rows_written, and source (JSON: where the data came from).
 
+Optional, for zero-shot rows (``probe extract --prompts``, open_clip encoders):
+    prompt_embeddings  (C, D) float32   one unit row per class, in ``class_names``
+                       order: CLIP's zero-shot classifier (:mod:`features.prompts`)
+    attribute prompts  (JSON) templates, class_names (as filled into the templates),
+                       logit_scale (exp of the model's learnt temperature), embedding
+                       (how the rows were combined)
+Files without them (all files before these existed) read as before; `probe fit
+--method zeroshot` needs them.
+
 Written by `probe extract` beside those (readers may ignore them):
     index     (N,) int64   the row's position in the dataset before sharding and
                            skipping; `probe merge` orders rows by it
@@ -36,6 +45,11 @@ FEATURE_DTYPES = ("float32", "float16")
 # files that differ in any of them would silently mix incompatible features.
 IDENTITY_ATTRS = ("schema", "dataset", "encoder", "weights", "preprocess")
 
+# The optional zero-shot classifier (see above).
+PROMPT_DATASET = "prompt_embeddings"
+PROMPT_ATTR = "prompts"
+
 # What must agree before rows of an existing file are resumed, reused or merged:
-# the producer (IDENTITY_ATTRS), the rows (fingerprint), the shard and the stored dtype.
-WRITE_IDENTITY = (*IDENTITY_ATTRS, "rows_sha256", "shard", "features_dtype")
+# the producer (IDENTITY_ATTRS), the rows (fingerprint), the shard, the stored dtype and
+# the class prompts (a file holds one zero-shot classifier).
+WRITE_IDENTITY = (*IDENTITY_ATTRS, "rows_sha256", "shard", "features_dtype", PROMPT_ATTR)

@@ -19,6 +19,8 @@ from base.errors import UserError
 from features.schema import (
     IDENTITY_ATTRS,
     LABEL_DATASETS,
+    PROMPT_ATTR,
+    PROMPT_DATASET,
     SCHEMA,
     SPLIT_NAMES,
     SPLITS,
@@ -39,6 +41,8 @@ class FeatureSet:
     group_names: list[str]
     attrs: dict[str, Any] = field(default_factory=dict)
     path: str = ""
+    # (C, D) unit rows of the zero-shot classifier, when extracted with prompts (features.prompts)
+    prompt_embeddings: np.ndarray | None = None
 
     @property
     def num_classes(self) -> int:
@@ -54,7 +58,7 @@ class FeatureSet:
     def provenance(self) -> dict[str, Any]:
         """What produced these features, for every result that uses them."""
         keys = ("schema", "dataset", "encoder", "weights", "preprocess", "created", "probe_version", "git_commit",
-                "source")
+                "source", PROMPT_ATTR)
         prov = {k: self.attrs[k] for k in keys if k in self.attrs}
         prov["path"] = self.path
         prov["rows"] = int(len(self.y))
@@ -72,7 +76,7 @@ def _decode(value: Any) -> Any:
 
 def read_attrs(h5: h5py.File) -> dict[str, Any]:
     attrs: dict[str, Any] = {k: _decode(v) for k, v in h5.attrs.items()}
-    for key in ("class_names", "group_names", "source"):
+    for key in ("class_names", "group_names", "source", PROMPT_ATTR):
         if isinstance(attrs.get(key), str):
             try:
                 attrs[key] = json.loads(attrs[key])
@@ -175,6 +179,7 @@ def _read_features(h5: h5py.File, path: str | Path, allow_incomplete: bool) -> F
         row = int(np.flatnonzero(bad_split)[0])
         raise UserError(f"{path}: split code {int(split[row])} at row {row} is not 0 (train), 1 (val) or 2 (test)")
     ids = np.array([_decode(i) for i in data["id"]], dtype=object)
+    prompts = _prompt_embeddings(h5, path, attrs, len(class_names), feats.shape[1])
     return FeatureSet(
         features=feats,
         y=y,
@@ -186,7 +191,21 @@ def _read_features(h5: h5py.File, path: str | Path, allow_incomplete: bool) -> F
         group_names=group_names,
         attrs=attrs,
         path=str(path),
+        prompt_embeddings=prompts,
     )
+
+
+def _prompt_embeddings(h5: h5py.File, path: str | Path, attrs: dict[str, Any], n_classes: int,
+                       dim: int) -> np.ndarray | None:
+    """The zero-shot classifier, when the file has one, checked against its classes and width."""
+    if PROMPT_DATASET not in h5:
+        return None
+    emb = np.asarray(h5[PROMPT_DATASET][:], dtype=np.float32)
+    meta = attrs.get(PROMPT_ATTR)
+    if emb.shape != (n_classes, dim) or not isinstance(meta, dict) or "logit_scale" not in meta:
+        raise UserError(f"{path}: {PROMPT_DATASET} has shape {emb.shape} for {n_classes} classes of {dim} "
+                        f"features, or no `{PROMPT_ATTR}` attribute; extract the file again")
+    return emb
 
 
 def _name_list(path: str | Path, attrs: dict[str, Any], key: str) -> list[str]:
@@ -233,7 +252,7 @@ def summarize(path: str | Path) -> dict[str, Any]:
 # Writer side: used by `probe extract` and `probe merge`.
 
 # Attributes stored as JSON strings because HDF5 attributes hold no lists or dicts.
-JSON_ATTRS = ("class_names", "group_names", "source", "skipped", "shard_rows")
+JSON_ATTRS = ("class_names", "group_names", "source", "skipped", "shard_rows", PROMPT_ATTR)
 # Rows per HDF5 chunk of the label datasets; features get chunks of about 512 KiB.
 _LABEL_CHUNK = 4096
 
@@ -346,6 +365,13 @@ class FeatureWriter:
     def set_attrs(self, attrs: dict[str, Any]) -> None:
         for key, value in attrs.items():
             self.h5.attrs[key] = encode_attr(key, value)
+
+    def write_prompts(self, embeddings: np.ndarray) -> None:
+        """Store the zero-shot classifier ((C, D) rows; its description goes in the attributes)."""
+        if PROMPT_DATASET in self.h5:
+            del self.h5[PROMPT_DATASET]
+        self.h5.create_dataset(PROMPT_DATASET, data=np.asarray(embeddings, dtype=np.float32))
+        self.h5.flush()
 
     def truncate(self, rows: int) -> None:
         """Drop rows past ``rows`` (left by an interrupted commit)."""

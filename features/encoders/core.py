@@ -14,6 +14,7 @@ declarations and must answer at once): torch is imported where it is used.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -49,11 +50,25 @@ class BadItem:
 def _describe_item(item: Any) -> str:
     if isinstance(item, (str, os.PathLike)):
         return str(item)
+    if isinstance(item, dict) and item.get("path"):
+        return str(item["path"])
     return type(item).__name__
 
 
+def _encoded_image(item: Any) -> Any:
+    """An encoded image's bytes as a file object, or the path it names (Hugging Face's
+    Image feature stores ``{"bytes": ..., "path": ...}``, with bytes or a path)."""
+    if isinstance(item, dict):
+        item = item.get("bytes") or item.get("path")
+    if isinstance(item, (bytes, bytearray, memoryview)):
+        return io.BytesIO(item)
+    return item
+
+
 def load_image(item: Any) -> Any:
-    """A path, a PIL image or an (H, W[, C]) uint8 array -> RGB PIL image (decoded now, file closed)."""
+    """A path, encoded bytes (or a ``{"bytes", "path"}`` record), a PIL image or an (H, W[, C])
+    uint8 array -> RGB PIL image (decoded now, file closed). Bytes decode exactly as the
+    same file on disk would."""
     import numpy as np
     from PIL import Image
 
@@ -63,8 +78,9 @@ def load_image(item: Any) -> Any:
         if item.dtype != np.uint8 or item.ndim not in (2, 3):
             raise ValueError(f"array of {item.dtype} with shape {item.shape} is not an 8-bit image")
         return Image.fromarray(item).convert("RGB")
-    if not isinstance(item, (str, os.PathLike)):
-        raise ValueError(f"{type(item).__name__} is not an image path or a PIL image")
+    item = _encoded_image(item)
+    if not isinstance(item, (str, os.PathLike, io.BytesIO)):
+        raise ValueError(f"{type(item).__name__} is not an image path, image bytes or a PIL image")
     with Image.open(item) as img:
         img.load()  # decoded now: the image stays usable after the file is closed
     return img if img.mode == "RGB" else img.convert("RGB")
@@ -121,7 +137,9 @@ class Encoder:
     def __init__(self, *, name: str, weights: str, weights_path: str, preprocess: str, modality: str,
                  dim: int, module: nn.Module, forward: Callable[[Any], torch.Tensor], device: torch.device,
                  prepare: Callable[[Any], Any], collate: Callable[[list[Any]], Any],
-                 finish: Callable[[Any], Any] | None = None, supports_pairs: bool = False) -> None:
+                 finish: Callable[[Any], Any] | None = None, supports_pairs: bool = False,
+                 text_encoder: Callable[[list[str]], torch.Tensor] | None = None,
+                 logit_scale: float | None = None) -> None:
         self.name = name
         self.weights = weights
         self.weights_path = weights_path
@@ -135,6 +153,10 @@ class Encoder:
         self.collate = collate
         self._finish = finish  # batch-side preprocessing, on the device, before the model
         self.supports_pairs = supports_pairs
+        # A two-tower model's text side, for zero-shot class prompts (None: the family has none),
+        # and the temperature its contrastive training learnt for cosine logits.
+        self._text_encoder = text_encoder
+        self.logit_scale = logit_scale
         # Mixed precision where it pays and is standard practice (GPUs); exact fp32 on CPU.
         self.precision = "amp-float16" if device.type == "cuda" else "float32"
         # load_encoder replaces these with what the encoder's family declares.
@@ -145,6 +167,17 @@ class Encoder:
         """Rows per forward pass when the caller names none, for this encoder's device."""
         return self.batch_sizes.get(self.device.type, self.batch_sizes["cpu"])
 
+    def _run(self, forward: Callable[[Any], torch.Tensor], batch: Any) -> torch.Tensor:
+        import torch
+
+        with torch.inference_mode():
+            if self.device.type == "cuda":
+                with torch.autocast(device_type="cuda", dtype=torch.float16):
+                    out = forward(batch)
+            else:
+                out = forward(batch)
+            return out.float()
+
     def encode(self, batch: Any) -> torch.Tensor:
         """A collated batch -> (B, dim) float32 features on the encoder's device."""
         import torch
@@ -153,12 +186,19 @@ class Encoder:
             batch = _to_device(batch, self.device)
             if self._finish is not None:
                 batch = self._finish(batch)
-            if self.device.type == "cuda":
-                with torch.autocast(device_type="cuda", dtype=torch.float16):
-                    out = self._forward(batch)
-            else:
-                out = self._forward(batch)
-            return out.float()
+            return self._run(self._forward, batch)
+
+    @property
+    def has_text_tower(self) -> bool:
+        """Whether :meth:`encode_texts` can embed class prompts in this encoder's space."""
+        return self._text_encoder is not None
+
+    def encode_texts(self, texts: list[str]) -> torch.Tensor:
+        """Texts -> (n, dim) float32 embeddings from the text tower, in the space of the
+        features (the same precision rules as :meth:`encode`)."""
+        if self._text_encoder is None:
+            raise ValueError(f"{self.name} has no text tower")
+        return self._run(self._text_encoder, list(texts))
 
     def encode_items(self, items: Sequence[Any]) -> torch.Tensor:
         """Convenience for small inputs: prepare, collate and encode in this process."""

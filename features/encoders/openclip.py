@@ -115,15 +115,34 @@ def load(arch: str, *, device: torch.device, weights: str | None, tower: str) ->
     if embed_dim is None:
         embed_dim = int(getattr(model.visual, "output_dim", 0))
     name = f"open_clip:{arch}"
+    tokenizer = open_clip.get_tokenizer(model_name)
+    # Either tower can score class prompts: both embed into the one joint space.
+    two_tower = {"text_encoder": PromptEncoder(model, tokenizer, device), "logit_scale": _logit_scale(model)}
     if tower == "image":
         return image_encoder(
             name=name, weights=identity, weights_path=weights_path, transform=preprocess,
             preprocess_prefix="image tower: ", dim=int(embed_dim), module=model, forward=model.encode_image,
-            device=device)
-    tokenizer = open_clip.get_tokenizer(model_name)
+            device=device, **two_tower)
     ctx = getattr(tokenizer, "context_length", "?")
     return Encoder(
         name=name, weights=identity, weights_path=weights_path,
         preprocess=f"text tower: open_clip {type(tokenizer).__name__}, context_length={ctx}",
         modality="text", dim=int(embed_dim), module=model, forward=model.encode_text, device=device,
-        prepare=TextPrepare(), collate=ClipTextCollate(tokenizer))
+        prepare=TextPrepare(), collate=ClipTextCollate(tokenizer), **two_tower)
+
+
+class PromptEncoder:
+    """Class prompts -> open_clip text embeddings (unnormalised, as ``encode_text`` gives them)."""
+
+    def __init__(self, model: Any, tokenizer: Any, device: torch.device) -> None:
+        self.model, self.tokenizer, self.device = model, tokenizer, device
+
+    def __call__(self, texts: list[str]) -> torch.Tensor:
+        return self.model.encode_text(self.tokenizer(texts).to(self.device))
+
+
+def _logit_scale(model: Any) -> float | None:
+    """exp(logit_scale), the temperature CLIP's zero-shot logits use; read on the CPU so that
+    shards extracted on different devices record the same number."""
+    scale = getattr(model, "logit_scale", None)
+    return None if scale is None else float(scale.detach().float().cpu().exp())

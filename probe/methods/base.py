@@ -116,6 +116,11 @@ class Method:
         return expand(values)
 
     @classmethod
+    def check_features(cls, fs: FeatureSet) -> None:
+        """Refuse, with a UserError, a feature file this method cannot fit (before any method
+        of the run is fitted); by default every file will do."""
+
+    @classmethod
     def fit(cls, fs: FeatureSet, configs: list[dict[str, Any]], settings: Settings,
             results: list[Result]) -> None:
         """Fit every configuration (closed-form methods), appending each finished
