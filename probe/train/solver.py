@@ -51,6 +51,9 @@ LINE_SEARCH_STEPS = 20
 #: rows of the preconditioner's second moment: this many per feature column (at most N);
 #: an approximation is all a preconditioner needs, and its cost stays below two passes
 PRECONDITIONER_ROWS_PER_COLUMN = 4
+#: iterations between exact recomputations of the logits, which are otherwise updated
+#: (z += t·X̃p) and so collect rounding errors: a float32 concern over long runs
+REFRESH_EVERY = 50
 #: statuses of a head (probe.results.STATUSES spells them the same)
 CONVERGED, NOT_CONVERGED, DIVERGED = "ok", "not_converged", "diverged"
 
@@ -105,7 +108,7 @@ class _Heads:
         N, d = pb.X.shape
         G, C = lam.shape[0], pb.num_classes
         f64 = dict(dtype=torch.float64, device=pb.X.device)
-        self.ids = torch.arange(G, device=pb.X.device)
+        self.ids = list(range(G))  # the active heads' indices in the grid
         self.lam = lam.to(**f64)
         self.theta = torch.zeros(G, C, d + 1, **f64)
         self.z = torch.zeros(N, G, C, dtype=pb.X.dtype, device=pb.X.device)  # logits at θ
@@ -114,8 +117,9 @@ class _Heads:
         self.Y = torch.zeros_like(self.S)
         self.rho = torch.zeros(G, MEMORY, **f64)  # 0: an empty (or skipped) pair
         self.gamma = torch.ones(G, **f64)  # the scale of H₀: sᵀy / yᵀH₀y of the newest pair
-        self.newest = -1  # ring position of the newest pair, shared by every head
-        self.Minv = preconditioner(pb, self.lam) if precondition else None
+        self.newest, self.pairs = -1, 0  # ring position of the newest pair and pairs stored (all heads)
+        # in the data's dtype: a preconditioner needs no more precision, and it halves the reads
+        self.Minv = preconditioner(pb, self.lam).to(pb.X.dtype) if precondition else None
         self.g, self.ce = gradient(pb, self.logp, self.theta, self.lam)
 
     @property
@@ -123,24 +127,28 @@ class _Heads:
         W = self.theta[..., :-1]
         return self.ce + self.lam / 2 * (W * W).sum((1, 2))
 
-    def keep(self, mask: torch.Tensor) -> None:
+    def keep(self, mask: list[bool]) -> None:
         """Drop the heads where ``mask`` is False."""
-        for name in ("ids", "lam", "theta", "S", "Y", "rho", "gamma", "g", "ce", "Minv"):
+        if all(mask):
+            return
+        self.ids = [g for g, m in zip(self.ids, mask, strict=True) if m]
+        index = torch.tensor([k for k, m in enumerate(mask) if m], dtype=torch.long, device=self.g.device)
+        for name in ("lam", "theta", "S", "Y", "rho", "gamma", "g", "ce", "Minv"):
             value = getattr(self, name)
-            setattr(self, name, value[mask] if value is not None else None)
-        self.z, self.logp = self.z[:, mask], self.logp[:, mask]
+            setattr(self, name, value.index_select(0, index) if value is not None else None)
+        self.z, self.logp = self.z.index_select(1, index), self.logp.index_select(1, index)
 
     def h0(self, q: torch.Tensor) -> torch.Tensor:
         """The initial inverse Hessian (without γ) applied to flat (A, C·D) vectors."""
         if self.Minv is None:
             return q
         A, D = q.shape[0], self.Minv.shape[-1]
-        return torch.bmm(q.view(A, -1, D), self.Minv).view(A, -1)
+        return torch.bmm(q.view(A, -1, D).to(self.Minv.dtype), self.Minv).view(A, -1).to(q.dtype)
 
     def direction(self) -> torch.Tensor:
         """−H g by the two-loop recursion, (A, C, D)."""
         q = -self.g.flatten(1)
-        order = [(self.newest - j) % MEMORY for j in range(MEMORY)]
+        order = [(self.newest - j) % MEMORY for j in range(self.pairs)]
         alpha = {}
         for i in order:
             alpha[i] = self.rho[:, i] * (self.S[:, i] * q).sum(-1)
@@ -156,10 +164,17 @@ class _Heads:
         s, yv = s.flatten(1), yv.flatten(1)
         sy, yhy = (s * yv).sum(-1), (yv * self.h0(yv)).sum(-1)
         ok = (sy > 1e-12 * s.norm(dim=-1) * yv.norm(dim=-1)) & (yhy > 0)
-        self.newest = (self.newest + 1) % MEMORY
+        self.newest, self.pairs = (self.newest + 1) % MEMORY, min(self.pairs + 1, MEMORY)
         self.S[:, self.newest], self.Y[:, self.newest] = s, yv
         self.rho[:, self.newest] = torch.where(ok, 1 / torch.where(ok, sy, 1.0), 0.0)
         self.gamma = torch.where(ok, sy / torch.where(ok, yhy, 1.0), self.gamma)
+
+
+def logits(X: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """(N, A, C) logits of heads ``theta`` (A, C, D) float64, computed in X's dtype: one pass over X."""
+    A, C, D = theta.shape
+    W = theta[..., : D - 1].to(X.dtype).reshape(A * C, D - 1)
+    return (X @ W.T).view(-1, A, C).add_(theta[..., D - 1].to(X.dtype))
 
 
 def gradient(pb: Problem, logp: torch.Tensor, theta: torch.Tensor,
@@ -235,14 +250,14 @@ def lbfgs(pb: Problem, lam: torch.Tensor, tol: float, max_iter: int, preconditio
           on_iteration: Callable[[int], None] | None = None) -> Solution:
     """Minimise f_g for every weight decay in ``lam`` (G,) from θ = 0 (module docstring);
     ``on_iteration(1)`` after every iteration (progress)."""
-    G, d = lam.shape[0], pb.X.shape[1]
+    G = lam.shape[0]
     h = _Heads(pb, lam, precondition)
     out = Solution(theta=h.theta.clone(), iterations=[0] * G, status=[NOT_CONVERGED] * G,
                    grad_max=[float("nan")] * G, loss=[[] for _ in range(G)], ce=[[] for _ in range(G)],
                    grad_trace=[[] for _ in range(G)])
-    h.keep(~_record(out, h, tol, torch.zeros(G, dtype=torch.bool, device=pb.X.device), 0, max_iter))
+    h.keep(_record(out, h, tol, torch.zeros(G, dtype=torch.bool, device=pb.X.device), 0, max_iter))
     for it in range(1, max_iter + 1):
-        if h.ids.numel() == 0:
+        if not h.ids:
             break
         p = h.direction()
         slope0 = (p * h.g).sum((1, 2))
@@ -251,8 +266,9 @@ def lbfgs(pb: Problem, lam: torch.Tensor, tol: float, max_iter: int, preconditio
             h.rho[uphill], h.gamma[uphill] = 0.0, 1.0
             p = torch.where(uphill.view(-1, 1, 1), -h.g, p)
             slope0 = torch.where(uphill, -(h.g * h.g).sum((1, 2)), slope0)
-        A, C = p.shape[:2]
-        zp = (pb.X @ p[..., :d].to(pb.X.dtype).reshape(A * C, d).T).view(-1, A, C).add_(p[..., d].to(pb.X.dtype))
+        if it % REFRESH_EVERY == 0:  # the updated logits drift by rounding: recompute them at θ
+            h.z = logits(pb.X, h.theta)
+        zp = logits(pb.X, p)
         line = _Line(pb, h, p, zp)
         t, found, logp = line.search(torch.ones_like(slope0) if it > 1 else line.newton_from_zero(slope0), slope0)
         if not bool(found.all()):  # those heads stall where they are, and stop below
@@ -266,27 +282,27 @@ def lbfgs(pb: Problem, lam: torch.Tensor, tol: float, max_iter: int, preconditio
         h.remember(step, h.g - g_old)
         if on_iteration is not None:
             on_iteration(1)
-        h.keep(~_record(out, h, tol, ~found, it, max_iter))
+        h.keep(_record(out, h, tol, ~found, it, max_iter))
     return out
 
 
-def _record(out: Solution, h: _Heads, tol: float, stalled: torch.Tensor, it: int, max_iter: int) -> torch.Tensor:
+def _record(out: Solution, h: _Heads, tol: float, stalled: torch.Tensor, it: int, max_iter: int) -> list[bool]:
     """Trace iteration ``it`` of the active heads; store the heads that stop now and return
-    which they are."""
-    gmax = h.g.flatten(1).abs().amax(-1)
-    finite = torch.isfinite(h.loss) & torch.isfinite(gmax)
+    which heads go on."""
+    gmax, f = h.g.flatten(1).abs().amax(-1), h.loss
+    finite = torch.isfinite(f) & torch.isfinite(gmax)
     converged = finite & (gmax <= tol)
     stop = converged | ~finite | stalled | (it >= max_iter)
-    loss, ce, gm, ids = h.loss.tolist(), h.ce.tolist(), gmax.tolist(), h.ids.tolist()
-    if it > 0:
-        for k, g in enumerate(ids):
+    # one transfer from the device per iteration
+    flags = [v.to(torch.float64) for v in (converged, finite, stop)]
+    loss, ce, gm, conv, fin, stops = torch.stack([f, h.ce, gmax, *flags]).tolist()
+    for k, g in enumerate(h.ids):
+        if it > 0:
             out.loss[g].append(loss[k])
             out.ce[g].append(ce[k])
             out.grad_trace[g].append(gm[k])
-    conv, fin = converged.tolist(), finite.tolist()
-    for k in torch.nonzero(stop).flatten().tolist():
-        g = ids[k]
-        out.theta[g] = h.theta[k]
-        out.iterations[g], out.grad_max[g] = it, gm[k]
-        out.status[g] = CONVERGED if conv[k] else (NOT_CONVERGED if fin[k] else DIVERGED)
-    return stop
+        if stops[k]:
+            out.theta[g] = h.theta[k]
+            out.iterations[g], out.grad_max[g] = it, gm[k]
+            out.status[g] = CONVERGED if conv[k] else (NOT_CONVERGED if fin[k] else DIVERGED)
+    return [not s for s in stops]
