@@ -48,7 +48,7 @@ def grid_options() -> list[OptionSpec]:
 def setting_options() -> list[OptionSpec]:
     out = []
     for f in user_settings():
-        kind = int if f.type in ("int", int) else str
+        kind = {"int": int, "float": float}.get(f.type if isinstance(f.type, str) else f.type.__name__, str)
         default = "" if f.default in (None, MISSING) else f" Default {f.default}."
         out.append(OptionSpec(f.name, f"{f.metadata['help']}{default}", kind=kind))
     return out

@@ -16,7 +16,7 @@ from base.errors import UserError
 from base.io import atomic_path, check_writable_dir, write_json_atomic
 from base.version import code_version
 from probe.metrics import mean_metrics, mean_std
-from probe.results import Result, write_results
+from probe.results import SELECTABLE, Result, write_results
 
 SELECT_KEYS = {"val_wga": "wga", "val_acc": "acc"}
 #: what marks a folder as holding a previous run
@@ -47,11 +47,12 @@ def prepare_run_dir(out: Path, overwrite: bool) -> None:
 def select(rows: list[Result], select_by: str = "val_wga") -> list[Result] | None:
     """Group configurations by hyperparameters without the seed (``Result.config_key``);
     pick the group with the best mean validation score (ties: the earlier configuration).
-    Only rows with status "ok" take part. Returns the chosen group's rows, or None."""
+    Only rows whose status is in ``SELECTABLE`` take part ("ok", "not_converged").
+    Returns the chosen group's rows, or None."""
     metric = SELECT_KEYS[select_by]
     groups: dict[str, list[Result]] = {}
     for r in rows:
-        if r.status == "ok" and r.split("val"):
+        if r.status in SELECTABLE and r.split("val"):
             groups.setdefault(r.config_key, []).append(r)
     best, best_score = None, -1.0
     for members in groups.values():
@@ -65,9 +66,10 @@ def select(rows: list[Result], select_by: str = "val_wga") -> list[Result] | Non
 def summarize_method(rows: list[Result], select_by: str) -> dict[str, Any]:
     members = select(rows, select_by)
     n_div = sum(r.status == "diverged" for r in rows)
+    counts = {"n_configs": len(rows), "n_diverged": n_div,
+              "n_not_converged": sum(r.status == "not_converged" for r in rows)}
     if members is None:
-        return {"selected": None, "metrics": None, "seeds": None, "head": None, "n_configs": len(rows),
-                "n_diverged": n_div}
+        return {"selected": None, "metrics": None, "seeds": None, "head": None, **counts}
     hp = {k: v for k, v in members[0].hparams.items() if k != "seed"}
     splits = ("train", "val", "test")
     return {
@@ -75,8 +77,7 @@ def summarize_method(rows: list[Result], select_by: str) -> dict[str, Any]:
         "metrics": {s: mean_metrics([m.split(s) for m in members]) for s in splits},
         "seeds": {s: mean_std([m.split(s) for m in members if m.split(s)]) for s in splits},
         "head": None,
-        "n_configs": len(rows),
-        "n_diverged": n_div,
+        **counts,
     }
 
 

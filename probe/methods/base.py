@@ -137,6 +137,12 @@ class GradientMethod(Method):
     ce_default: ClassVar[str | None] = "pooled"
     #: uses the Gram matrix X̃X̃ᵀ of the batch (the trainer may supply it precomputed)
     uses_gram: ClassVar[bool] = False
+    #: the objective is cross-entropy under a fixed weighting of the domains plus λ/2‖W‖²:
+    #: smooth and convex, so the full-batch solver (probe.train.solver) fits it to its
+    #: optimum. Such a method has no penalties and no hyperparameters of its own, and its
+    #: ``base_loss`` is linear in the per-domain mean CEs (the solver reads the row weights
+    #: off it).
+    convex: ClassVar[bool] = False
 
     def __init__(self, hp: dict[str, torch.Tensor], settings: Settings, scale: FeatureScale | None = None) -> None:
         self.hp = hp
@@ -207,6 +213,9 @@ def register(cls: type[Method]) -> type[Method]:
         missing = {p.weight for p in cls.penalties.values()} - own
         if missing:
             raise ValueError(f"{cls.name}: penalties weighted by undeclared hyperparameters {sorted(missing)}")
+        if cls.convex and (cls.penalties or cls.params or cls.ce_default is None):
+            raise ValueError(f"{cls.name}: a convex method has no penalties, no hyperparameters of its own and "
+                             "a cross-entropy weighting (ce_default)")
     for other in REGISTRY.values():  # a name shared by methods must mean one kind of value
         for p in cls.params:
             q = other.hyperparameters().get(p.name)

@@ -23,19 +23,37 @@ from probe.train.settings import Settings
 
 
 def fit_chunks(fs: FeatureSet, method: type[GradientMethod], configs: list[dict[str, Any]], settings: Settings,
-               chunks: list[Chunk], on_step: Callable[[int], None] | None, results: list[Result]) -> None:
+               chunks: list[Chunk], on_step: Callable[[int], None] | None, results: list[Result],
+               fitter: type | None = None) -> None:
     """Fit ``configs`` chunk by chunk (``plan``), appending each chunk's rows to
     ``results`` as it finishes, so a caller that catches KeyboardInterrupt still
-    holds every finished configuration (those of the interrupted chunk are left out)."""
+    holds every finished configuration (those of the interrupted chunk are left out).
+    ``fitter`` fits one chunk (``ChunkFit``, the default, or the full-batch solver's
+    ``SolverFit``): built as ``ChunkFit`` is, its ``run(on_step)`` returns the rows."""
     prepared: dict[tuple[int, str], dict[str, Split]] = {}
     for chunk in chunks:
         key = (chunk.seed, chunk.preprocess)
         if key not in prepared:  # chunks of one cohort share its preprocessing
             prepared = {key: prepare(fs, chunk.preprocess, settings)}
-        fit = ChunkFit(fs, method, [configs[i] for i in chunk.configs], chunk, settings, prepared[key])
+        fit = (fitter or ChunkFit)(fs, method, [configs[i] for i in chunk.configs], chunk, settings, prepared[key])
         for i, row in zip(chunk.configs, fit.run(on_step), strict=True):
             row.run_id = run_id(method.name, i)
             results.append(row)
+
+
+def head_rows(fs: FeatureSet, method: str, configs: list[dict[str, Any]], fixed: dict[str, Any],
+              splits: dict[str, Split], theta: torch.Tensor, fates: list[dict[str, Any]],
+              features: dict[str, torch.Tensor] | None = None) -> list[Result]:
+    """The result rows of a chunk's kept heads ``theta`` (G, C, D), scored on every split by
+    the one metrics path; ``fixed`` joins each configuration's hyperparameters, ``fates[g]``
+    holds head g's status, steps_run, best_step and history. ``features`` (optional) are
+    splits' preprocessed rows already at hand, so they are not preprocessed again."""
+    features = features or {}
+    metrics = metrics_by_head(fs, {name: sp.predict(theta, features.get(name)) for name, sp in splits.items()})
+    pre_state = {k: v.detach().cpu() for k, v in splits["train"].pre.state.items()}
+    return [Result(method=method, hparams={**cfg, **fixed}, metrics=metrics[g], theta=theta[g].detach().cpu(),
+                   pre=pre_state, **fates[g])
+            for g, cfg in enumerate(configs)]
 
 
 class ChunkFit:
@@ -139,16 +157,13 @@ class ChunkFit:
 
     @torch.no_grad()
     def results(self) -> list[Result]:
-        metrics = metrics_by_head(self.fs, {name: sp.predict(self.best_theta) for name, sp in self.splits.items()})
-        pre_state = {k: v.detach().cpu() for k, v in self.splits["train"].pre.state.items()}
         st = self.settings
         fixed = {"steps": st.steps, "batch_size": st.batch_size, "optimizer": st.optimizer, "domain": st.domain,
                  "ce_weighting": self.objective.ce or self.method.name}
-        return [Result(method=self.method.name, hparams={**cfg, **fixed},
-                       status="diverged" if bool(self.diverged[g]) else "ok", steps_run=int(self.steps_run[g]),
-                       best_step=int(self.best_step[g]), metrics=metrics[g], history=self._history_of(g),
-                       theta=self.best_theta[g].detach().cpu(), pre=pre_state)
-                for g, cfg in enumerate(self.configs)]
+        fates = [{"status": "diverged" if bool(self.diverged[g]) else "ok", "steps_run": int(self.steps_run[g]),
+                  "best_step": int(self.best_step[g]), "history": self._history_of(g)}
+                 for g in range(len(self.configs))]
+        return head_rows(self.fs, self.method.name, self.configs, fixed, self.splits, self.best_theta, fates)
 
     def _history_of(self, g: int) -> dict[str, Any]:
         per_head = {k: ([v[g] for v in vals] if vals and isinstance(vals[0], list) else list(vals))
