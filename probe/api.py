@@ -29,7 +29,7 @@ from probe.protocols import Resolved, resolve_for
 from probe.results import Result
 from probe.runs import prepare_run_dir, provenance, write_run
 from probe.train.data import SplitCache, validate_for_fit
-from probe.train.settings import DTYPES, Settings, user_settings
+from probe.train.settings import DTYPES, Settings, user_settings, uses_solver
 
 
 def check_grid(grid: dict[str, Any]) -> dict[str, list[Any]]:
@@ -124,7 +124,7 @@ def fit_grid(features: FeatureSet | str | Path, methods: list[str] | str | None 
     if out_path is not None:
         prepare_run_dir(out_path, overwrite)
     if progress is not None:
-        progress.total(sum(progress_units(p.chunks, p.settings) for p in plans.values()))
+        progress.total(sum(progress_units(m, p.chunks, p.settings) for m, p in plans.items()))
     rows: dict[str, list[Result]] = {m: [] for m in names}
     prov = provenance(fs.provenance(), str(st.device), st.select, command=command, settings=st.public(),
                       grid=grid)
@@ -155,6 +155,10 @@ def check_method_settings(fs: FeatureSet, methods: list[str], st: Settings) -> N
     if st.hessian_method == "binary" and fs.num_classes != 2 and "cma" in methods:
         raise UserError(f"`hessian_method` binary needs two classes, {fs.path} has {fs.num_classes}; "
                         "use auto or kernel")
+    for m in methods:  # `solver` lbfgs with a method it cannot fit
+        cls = get_method(m)
+        if issubclass(cls, GradientMethod):
+            uses_solver(cls, st)
 
 
 # --------------------------------------------------------------------------- estimator

@@ -1,5 +1,6 @@
-"""Fit one method's configurations, whatever fits it: the batched trainer for gradient
-methods, the method's own ``fit`` for closed-form ones (DFR)."""
+"""Fit one method's configurations, whatever fits it: the full-batch solver for convex
+gradient methods (unless the ``solver`` setting asks for adam), the batched stochastic
+trainer for the other gradient methods, the method's own ``fit`` for closed-form ones (DFR)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ from probe.methods import get_method
 from probe.methods.base import GradientMethod, Method
 from probe.results import Result
 from probe.train.data import SplitCache
-from probe.train.loop import fit_chunks
+from probe.train.fullbatch import SolverFit
+from probe.train.loop import ChunkFit, fit_chunks
 from probe.train.plan import Chunk, plan
-from probe.train.settings import Settings
+from probe.train.settings import Settings, uses_solver
 
 
 def method_class(method: str | type[Method]) -> type[Method]:
@@ -27,9 +29,15 @@ def plan_method(fs: FeatureSet, method: str | type[Method], configs: list[dict[s
     return plan(fs, cls, configs, settings) if issubclass(cls, GradientMethod) else None
 
 
-def progress_units(chunks: list[Chunk] | None, settings: Settings) -> int:
-    """Steps a fit reports through ``on_step`` (closed-form fits report none)."""
-    return len(chunks) * settings.steps if chunks is not None else 0
+def progress_units(method: str | type[Method], chunks: list[Chunk] | None, settings: Settings) -> int:
+    """Steps a fit reports through ``on_step``: ``steps`` per chunk, or ``max_iter`` for the
+    full-batch solver (a chunk that converges sooner reports the rest at once); closed-form
+    fits report none."""
+    if chunks is None:
+        return 0
+    cls = method_class(method)
+    solver = issubclass(cls, GradientMethod) and uses_solver(cls, settings)
+    return len(chunks) * (settings.max_iter if solver else settings.steps)
 
 
 def fit_method(fs: FeatureSet, method: str | type[Method], configs: list[dict[str, Any]], settings: Settings,
@@ -52,7 +60,7 @@ def fit_method(fs: FeatureSet, method: str | type[Method], configs: list[dict[st
             if missing:
                 raise ValueError(f"configuration {cfg} lacks {missing}")
         fit_chunks(fs, cls, configs, settings, chunks if chunks is not None else plan(fs, cls, configs, settings),
-                   on_step, out, splits)
+                   on_step, out, splits, SolverFit if uses_solver(cls, settings) else ChunkFit)
     else:
         cls.fit(fs, configs, settings, out)
     return sorted(out[start:], key=lambda r: r.sort_key())

@@ -19,10 +19,14 @@ from typing import Any
 from base.errors import UserError
 from base.io import json_default, write_text_atomic
 
-#: a configuration's fate: finished; finished but its head collapsed (one class predicted,
-#: or saturated at chance: probe.metrics.collapsed_heads); its loss stopped being finite;
-#: stopped by Ctrl-C
-STATUSES = ("ok", "collapsed", "diverged", "interrupted")
+#: a configuration's fate: finished (for the full-batch solver: converged); finished but its
+#: head collapsed (one class predicted, or saturated at chance: probe.metrics.collapsed_heads);
+#: finished at a point that did not meet the solver's tolerance; its loss stopped being
+#: finite; stopped by Ctrl-C
+STATUSES = ("ok", "collapsed", "not_converged", "diverged", "interrupted")
+#: the statuses whose heads take part in model selection: a head that did not converge is
+#: still a trained head (the stochastic trainer's heads are never tested for convergence)
+SELECTABLE = ("ok", "not_converged")
 SPLIT_NAMES = ("train", "val", "test")
 #: history series every gradient-trained row has (penalties go under "penalty")
 HISTORY_KEYS = ("step", "loss", "ce", "val_wga", "val_acc")

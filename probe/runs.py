@@ -16,7 +16,7 @@ from base.errors import UserError
 from base.io import atomic_path, check_writable_dir, write_json_atomic
 from base.version import code_version
 from probe.metrics import mean_metrics, mean_std
-from probe.results import Result, write_results
+from probe.results import SELECTABLE, Result, write_results
 
 SELECT_KEYS = {"val_wga": "wga", "val_acc": "acc"}
 #: what marks a folder as holding a previous run
@@ -48,10 +48,11 @@ def select(rows: list[Result], select_by: str = "val_wga", ties: str = "first") 
     """Group configurations by hyperparameters without the seed (``Result.config_key``);
     pick the group with the best mean validation score (``ties``: "first", the earlier
     configuration; "sem", the smaller standard error of the mean over seeds, ddof 1).
-    Only rows with status "ok" take part, or, when none is ok, the collapsed ones (a
-    collapsed head is never chosen over one that is not). Returns the chosen rows, or None."""
+    Only rows whose status is in ``SELECTABLE`` take part ("ok", "not_converged"), or,
+    when there are none, the collapsed ones (a collapsed head is never chosen over one
+    that is not). Returns the chosen rows, or None."""
     metric = SELECT_KEYS[select_by]
-    usable = [r for r in rows if r.status == "ok" and r.split("val")]
+    usable = [r for r in rows if r.status in SELECTABLE and r.split("val")]
     if not usable:
         usable = [r for r in rows if r.status == "collapsed" and r.split("val")]
     groups: dict[str, list[Result]] = {}
@@ -77,7 +78,8 @@ def _sem(values: list[float]) -> float:
 def summarize_method(rows: list[Result], select_by: str, ties: str = "first") -> dict[str, Any]:
     members = select(rows, select_by, ties)
     counts = {"n_configs": len(rows), "n_diverged": sum(r.status == "diverged" for r in rows),
-              "n_collapsed": sum(r.status == "collapsed" for r in rows)}
+              "n_collapsed": sum(r.status == "collapsed" for r in rows),
+              "n_not_converged": sum(r.status == "not_converged" for r in rows)}
     if members is None:
         return {"selected": None, "metrics": None, "seeds": None, "head": None, **counts}
     hp = {k: v for k, v in members[0].hparams.items() if k != "seed"}

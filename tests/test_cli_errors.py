@@ -282,7 +282,8 @@ def test_metadata_unknown_split_code(tmp_path: Path) -> None:
 
 def test_sigint_during_grid_fit_keeps_finished_configurations(tmp_path: Path) -> None:
     """Ctrl-C in the middle of a grid: exit 130, one line, and whatever was written is
-    exactly the cohorts that finished (each seed is a cohort, fitted in order)."""
+    exactly the cohorts that finished (each seed is a cohort of the stochastic trainer,
+    fitted in order)."""
     import signal
     import subprocess
     import sys
@@ -295,7 +296,7 @@ def test_sigint_during_grid_fit_keeps_finished_configurations(tmp_path: Path) ->
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "cli", "fit", str(tmp_path / "good.h5"), "--method", "erm", "--out", str(run),
-         "--seed", "0:1999:2000", "--steps", "200", "--batch-size", "16", "--quiet"],
+         "--seed", "0:1999:2000", "--steps", "200", "--batch-size", "16", "--solver", "adam", "--quiet"],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     # Wait until the run folder exists (the fit has started), then a little longer. The

@@ -149,10 +149,11 @@ def test_plan_chunks_by_memory_estimate(tmp_path: Path) -> None:
 
 def test_seeds_change_batches_but_not_full_batch(tmp_path: Path) -> None:
     fs = _fs(tmp_path)
-    mini = Settings(steps=30, batch_size=8, eval_every=30, dtype=torch.float64)
+    # The stochastic trainer's batches (the full-batch solver ignores the seed: tests/test_solver.py).
+    mini = Settings(steps=30, batch_size=8, eval_every=30, dtype=torch.float64, solver="adam")
     a, b = fit_method(fs, "erm", [_cfg(seed=0), _cfg(seed=1)], mini)
     assert not torch.allclose(a.theta, b.theta)
-    full = Settings(steps=30, batch_size=0, eval_every=30, dtype=torch.float64)
+    full = Settings(steps=30, batch_size=0, eval_every=30, dtype=torch.float64, solver="adam")
     a, b = fit_method(fs, "erm", [_cfg(seed=0), _cfg(seed=1)], full)
     torch.testing.assert_close(a.theta, b.theta)
 
@@ -195,7 +196,7 @@ def test_annealing_switches_penalty_on_at_the_right_step(tmp_path: Path) -> None
 def test_annealing_resets_the_optimizer_of_exactly_those_heads(tmp_path: Path) -> None:
     fs = _fs(tmp_path)
     wd, lr = 1e-3, 5e-2
-    st = Settings(steps=40, batch_size=0, eval_every=40, dtype=torch.float64)
+    st = Settings(steps=40, batch_size=0, eval_every=40, dtype=torch.float64, solver="adam")
     # α = β = 0: the only difference between the heads is the optimizer reset at step 20.
     plain, reset = fit_method(fs, "cma", [_cfg(alpha=0.0, beta=0.0, lr=lr, weight_decay=wd),
                                           _cfg(alpha=0.0, beta=0.0, lr=lr, weight_decay=wd, anneal=20)], st)
@@ -255,7 +256,7 @@ def test_diverging_configuration_does_not_stop_the_grid(tmp_path: Path, optimize
 
 def test_patience_stops_a_head_early(tmp_path: Path) -> None:
     fs = _fs(tmp_path)
-    st = Settings(steps=200, batch_size=0, eval_every=5, patience=2, dtype=torch.float64)
+    st = Settings(steps=200, batch_size=0, eval_every=5, patience=2, dtype=torch.float64, solver="adam")
     row = fit_method(fs, "erm", [_cfg(lr=0.5)], st)[0]
     assert row.steps_run < 200
     assert row.steps_run - row.best_step == 2 * 5
@@ -276,7 +277,7 @@ def test_keyboard_interrupt_keeps_finished_configurations(tmp_path: Path) -> Non
 
     with pytest.raises(KeyboardInterrupt) as info:
         fit_grid(fs, ["erm"], {"seed": [0, 1]}, tmp_path / "run", steps=30, batch_size=16, eval_every=10,
-                 progress=Stop())
+                 progress=Stop(), solver="adam")
     assert info.value.probe_written == str(tmp_path / "run")
     rows = [json.loads(line) for line in (tmp_path / "run" / "results.jsonl").read_text().splitlines()]
     assert [r["hparams"]["seed"] for r in rows] == [0]

@@ -147,6 +147,12 @@ class GradientMethod(Method):
     #: default anneal values of a penalised method: penalties on from the start, or after
     #: a share of the steps, so the head first fits the labels (the paper's annealing)
     anneal_grid: ClassVar[tuple[Any, ...]] = (OfSteps(0.0), OfSteps(0.5))
+    #: the objective is cross-entropy under a fixed weighting of the domains plus λ/2‖W‖²:
+    #: smooth and convex, so the full-batch solver (probe.train.solver) fits it to its
+    #: optimum. Such a method has no penalties and no hyperparameters of its own, and its
+    #: ``base_loss`` is linear in the per-domain mean CEs (the solver reads the row weights
+    #: off it).
+    convex: ClassVar[bool] = False
 
     def __init__(self, hp: dict[str, torch.Tensor], settings: Settings, scale: FeatureScale | None = None) -> None:
         self.hp = hp
@@ -219,6 +225,9 @@ def register(cls: type[Method]) -> type[Method]:
         missing = {p.weight for p in cls.penalties.values()} - own
         if missing:
             raise ValueError(f"{cls.name}: penalties weighted by undeclared hyperparameters {sorted(missing)}")
+        if cls.convex and (cls.penalties or cls.params or cls.ce_default is None):
+            raise ValueError(f"{cls.name}: a convex method has no penalties, no hyperparameters of its own and "
+                             "a cross-entropy weighting (ce_default)")
     for other in REGISTRY.values():  # a name shared by methods must mean one kind of value
         for p in cls.params:
             q = other.hyperparameters().get(p.name)

@@ -1,4 +1,5 @@
-"""Empirical risk minimisation, and its group-balanced form."""
+"""Empirical risk minimisation, and its group-balanced form: convex, so fitted by the full-batch
+solver unless `solver` adam is asked for."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ class ERM(GradientMethod):
     name = "erm"
     display = "ERM"
     summary = "erm: ERM, the natural-distribution mean cross-entropy"
+    convex = True
 
 
 @register
@@ -20,3 +22,4 @@ class Reweight(GradientMethod):
     display = "Reweighting"
     summary = "reweight: group-balanced ERM (the mean of per-domain mean cross-entropies)"
     ce_default = "domain"
+    convex = True

@@ -15,7 +15,7 @@ import torch
 from features.store import FeatureSet
 from probe.methods.base import FeatureScale, GradientMethod
 from probe.metrics import collapsed_heads, correct_by_group, group_sizes, metrics_by_head
-from probe.results import HISTORY_KEYS, Result, run_id
+from probe.results import HISTORY_KEYS, SELECTABLE, Result, run_id
 from probe.train.data import Split, SplitCache, Stream, forward
 from probe.train.optim import BatchedOptimizer
 from probe.train.plan import Chunk
@@ -24,15 +24,17 @@ from probe.train.settings import Settings
 
 def fit_chunks(fs: FeatureSet, method: type[GradientMethod], configs: list[dict[str, Any]], settings: Settings,
                chunks: list[Chunk], on_step: Callable[[int], None] | None, results: list[Result],
-               splits: SplitCache | None = None) -> None:
+               splits: SplitCache | None = None, fitter: type | None = None) -> None:
     """Fit ``configs`` chunk by chunk (``plan``), appending each chunk's rows to
     ``results`` as it finishes, so a caller that catches KeyboardInterrupt still
     holds every finished configuration (those of the interrupted chunk are left out).
-    ``splits`` may be shared with other methods' fits on the same file."""
+    ``splits`` may be shared with other methods' fits on the same file. ``fitter`` fits
+    one chunk (``ChunkFit``, the default, or the full-batch solver's ``SolverFit``):
+    built as ``ChunkFit`` is, its ``run(on_step)`` returns the rows."""
     splits = splits if splits is not None else SplitCache()
     for chunk in chunks:
-        fit = ChunkFit(fs, method, [configs[i] for i in chunk.configs], chunk, settings,
-                       splits.get(fs, chunk.preprocess, settings))
+        fit = (fitter or ChunkFit)(fs, method, [configs[i] for i in chunk.configs], chunk, settings,
+                                   splits.get(fs, chunk.preprocess, settings))
         for i, row in zip(chunk.configs, fit.run(on_step), strict=True):
             row.run_id = run_id(method.name, i)
             results.append(row)
@@ -50,6 +52,32 @@ def initial_heads(G: int, C: int, D: int, seed: int, settings: Settings) -> torc
         layer = torch.nn.Linear(d, C, bias=settings.bias)
     head = layer.weight.detach() if not settings.bias else torch.cat([layer.weight, layer.bias[:, None]], 1).detach()
     return head.to(device=dev, dtype=dt).unsqueeze(0).repeat(G, 1, 1)
+
+
+def head_rows(fs: FeatureSet, method: str, configs: list[dict[str, Any]], fixed: dict[str, Any],
+              splits: dict[str, Split], theta: torch.Tensor, fates: list[dict[str, Any]],
+              features: dict[str, torch.Tensor] | None = None) -> list[Result]:
+    """The result rows of a chunk's kept heads ``theta`` (G, C, D), scored on every split by
+    the one metrics path; ``fixed`` joins each configuration's hyperparameters, ``fates[g]``
+    holds head g's status, steps_run, best_step and history. ``features`` (optional) are
+    splits' preprocessed rows already at hand, so they are not preprocessed again.
+    A head that finished but collapsed on validation (``probe.metrics.collapsed_heads``)
+    gets status "collapsed"."""
+    features = features or {}
+    preds = {name: sp.predict(theta, features.get(name)) for name, sp in splits.items() if name != "val"}
+    va = splits["val"]
+    preds["val"], confidence = va.predict_with_confidence(theta, features.get("val"))
+    collapsed = collapsed_heads(preds["val"], confidence, va.y)
+    metrics = metrics_by_head(fs, {name: preds[name] for name in splits})
+    pre_state = {k: v.detach().cpu() for k, v in splits["train"].pre.state.items()}
+    rows = []
+    for g, cfg in enumerate(configs):
+        fate = dict(fates[g])
+        if fate["status"] in SELECTABLE and bool(collapsed[g]):
+            fate["status"] = "collapsed"
+        rows.append(Result(method=method, hparams={**cfg, **fixed}, metrics=metrics[g],
+                           theta=theta[g].detach().cpu(), pre=pre_state, **fate))
+    return rows
 
 
 class ChunkFit:
@@ -157,21 +185,14 @@ class ChunkFit:
 
     @torch.no_grad()
     def results(self) -> list[Result]:
-        preds = {name: sp.predict(self.best_theta) for name, sp in self.splits.items() if name != "val"}
-        va = self.splits["val"]
-        preds["val"], confidence = va.predict_with_confidence(self.best_theta, self.val_X)
-        collapsed = collapsed_heads(preds["val"], confidence, va.y)
-        metrics = metrics_by_head(self.fs, {name: preds[name] for name in self.splits})
-        pre_state = {k: v.detach().cpu() for k, v in self.splits["train"].pre.state.items()}
         st = self.settings
         fixed = {"steps": st.steps, "batch_size": st.batch_size, "optimizer": st.optimizer, "domain": st.domain,
                  "ce_weighting": self.objective.ce or self.method.name}
-        return [Result(method=self.method.name, hparams={**cfg, **fixed},
-                       status=("diverged" if bool(self.diverged[g]) else "collapsed" if bool(collapsed[g]) else "ok"),
-                       steps_run=int(self.steps_run[g]),
-                       best_step=int(self.best_step[g]), metrics=metrics[g], history=self._history_of(g),
-                       theta=self.best_theta[g].detach().cpu(), pre=pre_state)
-                for g, cfg in enumerate(self.configs)]
+        fates = [{"status": "diverged" if bool(self.diverged[g]) else "ok", "steps_run": int(self.steps_run[g]),
+                  "best_step": int(self.best_step[g]), "history": self._history_of(g)}
+                 for g in range(len(self.configs))]
+        return head_rows(self.fs, self.method.name, self.configs, fixed, self.splits, self.best_theta, fates,
+                         {"val": self.val_X})
 
     def _history_of(self, g: int) -> dict[str, Any]:
         per_head = {k: ([v[g] for v in vals] if vals and isinstance(vals[0], list) else list(vals))

@@ -4,6 +4,10 @@ Configurations that share a batch stream and features (same seed and
 preprocessing) form a cohort; a cohort whose heads would not fit in
 ``MEMORY_FRACTION`` of the free memory is split into chunks of heads, each run
 over the same batch stream (identical results: heads never interact).
+
+Heads fitted by the full-batch solver have no batch stream: their cohorts are the
+preprocessings alone, and configurations with the same optimum (they differ only
+in seed or learning rate) stay in one chunk, where they are solved once.
 """
 
 from __future__ import annotations
@@ -19,12 +23,15 @@ from features.store import SPLITS, FeatureSet
 from probe.methods.base import GradientMethod
 from probe.preprocess import default_pca_dim, steps_of
 from probe.train.data import CACHE_BYTES, domain_column
-from probe.train.settings import Settings
+from probe.train.settings import Settings, uses_solver
+from probe.train.solver import MEMORY, PRECONDITIONER_ROWS_PER_COLUMN
 
 #: settings shared by every head of a cohort (the rest vary per head)
 COHORT_KEYS = ("seed", "preprocess")
 #: fraction of the free device memory a chunk of heads may plan to use
 MEMORY_FRACTION = 0.5
+#: hyperparameters of a convex method that its optimum does not depend on
+SOLVER_IGNORES = ("lr", "seed")
 
 
 @dataclass(frozen=True)
@@ -80,13 +87,40 @@ def memory_estimate(method: type[GradientMethod], B: int, C: int, d: int, K: int
     return shared * itemsize, per * itemsize
 
 
+def problem_key(config: dict[str, Any]) -> tuple:
+    """What tells two configurations' optima apart under the full-batch solver (within one
+    preprocessing cohort): everything but the seed and the learning rate."""
+    return tuple(sorted((k, v) for k, v in config.items() if k not in SOLVER_IGNORES and k != "preprocess"))
+
+
+def solver_memory_estimate(C: int, d: int, n_train: int, itemsize: int) -> tuple[int, int]:
+    """(bytes shared by the chunk, bytes per distinct head) of the full-batch solver: the
+    preprocessed training rows and the preconditioner's rows; per head, a few (N, C)
+    logits-sized buffers in the data's dtype and its float64 state (L-BFGS pairs, the
+    preconditioner's inverse)."""
+    D = d + 1
+    shared = (n_train * d + PRECONDITIONER_ROWS_PER_COLUMN * D * D) * itemsize
+    per = 10 * n_train * C * itemsize + (2 * MEMORY + 8) * C * D * 8 + D * D * 8
+    return shared, per
+
+
+def _chunked(groups: list[list[int]], size: int) -> list[list[int]]:
+    """Groups of config indices in equal chunks of at most ``size`` groups (at least one),
+    the same total work with less idle memory in the last one."""
+    n_chunks = math.ceil(len(groups) / size)
+    step = math.ceil(len(groups) / n_chunks)
+    return [[i for g in groups[s: s + step] for i in g] for s in range(0, len(groups), step)]
+
+
 def plan(fs: FeatureSet, method: type[GradientMethod], configs: list[dict[str, Any]],
          settings: Settings) -> list[Chunk]:
     """The chunks in the order they are fitted: one per cohort, or several when a
     cohort's heads do not fit in memory at once."""
+    solver = uses_solver(method, settings)
     cohorts: dict[tuple, list[int]] = {}
     for i, cfg in enumerate(configs):
-        cohorts.setdefault(tuple(cfg[k] for k in COHORT_KEYS), []).append(i)
+        key = (cfg["preprocess"],) if solver else tuple(cfg[k] for k in COHORT_KEYS)
+        cohorts.setdefault(key, []).append(i)
     n_train = int((fs.split == SPLITS["train"]).sum())
     B = n_train if settings.batch_size <= 0 else min(settings.batch_size, n_train)
     n_eval = int((fs.split == SPLITS["val"]).sum())
@@ -96,14 +130,21 @@ def plan(fs: FeatureSet, method: type[GradientMethod], configs: list[dict[str, A
     if budget is None:
         budget = int(MEMORY_FRACTION * available_memory(settings.device))
     out = []
-    for (seed, preprocess), idx in cohorts.items():
+    for idx in cohorts.values():
+        preprocess = configs[idx[0]]["preprocess"]
         d = out_width(preprocess, fs.features.shape[1], n_train, settings.pca_dim)
-        shared, per = memory_estimate(method, B, fs.num_classes, d, K, n_train, n_eval, item)
+        if solver:
+            shared, per = solver_memory_estimate(fs.num_classes, d, n_train, item)
+            same: dict[tuple, list[int]] = {}
+            for i in idx:
+                same.setdefault(problem_key(configs[i]), []).append(i)
+            groups = list(same.values())
+        else:
+            shared, per = memory_estimate(method, B, fs.num_classes, d, K, n_train, n_eval, item)
+            groups = [[i] for i in idx]
         size = max(1, (budget - shared) // per)
         if settings.max_heads is not None:
             size = min(size, settings.max_heads)
-        # Equal chunks: the same total work, less idle memory in the last one.
-        n_chunks = math.ceil(len(idx) / size)
-        step = math.ceil(len(idx) / n_chunks)
-        out += [Chunk(int(seed), str(preprocess), tuple(idx[s: s + step])) for s in range(0, len(idx), step)]
+        seed = int(configs[idx[0]]["seed"])  # the cohort's seed (any of them, for the solver)
+        out += [Chunk(seed, str(preprocess), tuple(c)) for c in _chunked(groups, size)]
     return out

@@ -7,13 +7,14 @@ checks below name the parameter, so every caller gets the same messages.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from base.errors import UserError
 from base.lazy import lazy_import
 from probe import moments
-from probe.methods.base import CE_WEIGHTINGS
+from probe.methods.base import CE_WEIGHTINGS, REGISTRY, GradientMethod
 
 torch = lazy_import("torch")
 
@@ -28,6 +29,8 @@ BATCHES = ("balanced", "shuffled")
 CHECKPOINTS = ("best", "last")
 #: ties in model selection: the earlier configuration, or the smaller standard error over seeds
 TIES = ("first", "sem")
+#: how gradient methods are fitted: auto picks lbfgs for the convex ones, adam for the rest
+SOLVERS = ("auto", "lbfgs", "adam")
 #: the checkpoint and model-selection scores
 SELECT_SCORES = ("val_wga", "val_acc")
 #: penalty scalings (probe.methods.base.FeatureScale): the definitions, the CMA authors'
@@ -36,16 +39,34 @@ NORMALIZATIONS = ("none", "dC", "unit")
 DTYPES = ("float32", "float64")
 
 
-def setting(default: Any, help: str, *, choices: tuple[Any, ...] = (), minimum: int | None = None) -> Any:
-    """A Settings field with its help and allowed values (read by the CLI and the checks)."""
+def convex_methods() -> str:
+    """The methods the full-batch solver fits (those declaring ``convex``), as a comma list."""
+    return ", ".join(n for n, cls in sorted(REGISTRY.items()) if getattr(cls, "convex", False))
+
+
+def setting(default: Any, help: str, *, choices: tuple[Any, ...] = (), minimum: int | None = None,
+            positive: bool = False) -> Any:
+    """A Settings field with its help and allowed values (read by the CLI and the checks):
+    ``choices``, a ``minimum``, or ``positive`` (a finite number > 0)."""
     return field(default=default, metadata={"help": help, "choices": choices, "minimum": minimum,
-                                            "optional": default is None, "default": default})
+                                            "positive": positive, "optional": default is None,
+                                            "default": default})
 
 
 @dataclass
 class Settings:
     """The fit's settings (fields with help are user-facing; the rest are internal)."""
 
+    solver: str = setting("auto", "How heads are fitted: lbfgs (full-batch L-BFGS to the optimum, for the convex "
+                                  f"penalty-free methods {convex_methods()}; ignores steps, batch_size, optimizer, lr, "
+                                  "eval_every, patience and, since the optimum is unique, seed), adam (the "
+                                  "stochastic trainer below, every gradient method) or auto (lbfgs where it "
+                                  "applies, and for heads with a bias; adam otherwise).", choices=SOLVERS)
+    tol: float = setting(1e-5, "lbfgs: a head has converged when every entry of the gradient of its objective "
+                               "(mean cross-entropy + λ/2‖W‖²) is at most this in absolute value, as "
+                               "scikit-learn's tol for lbfgs; heads that do not get there are marked "
+                               "not_converged.", positive=True)
+    max_iter: int = setting(1000, "lbfgs: iterations at most per head.", minimum=1)
     steps: int = setting(1000, "Optimisation steps per configuration (one value).", minimum=1)
     batch_size: int = setting(512, "Rows per domain-balanced minibatch, about B/K rows of each of the K domains "
                                    "(one value); 0 or ≥ the train rows: full batch.", minimum=0)
@@ -123,11 +144,26 @@ def check_setting(name: str, value: Any, meta: Any) -> None:
         if not isinstance(value, bool):
             raise UserError(f"`{name}`: {value!r} is not true or false")
         return
+    if meta.get("positive") and (not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0):
+        raise UserError(f"`{name}`: {value!r} is not allowed; give a number > 0")
     if minimum is None:
         return
     whole = isinstance(meta.get("default"), int) or meta.get("optional")
     if not isinstance(value, (int, float)) or (whole and not isinstance(value, int)) or value < minimum:
         raise UserError(f"`{name}`: {value!r} is not allowed; give a {'whole ' if whole else ''}number >= {minimum}")
+
+
+def uses_solver(method: type[GradientMethod], settings: Settings) -> bool:
+    """Whether ``method``'s heads are fitted by the full-batch solver (``probe.train.solver``)
+    rather than the stochastic trainer: the ``solver`` setting and the method's ``convex``
+    declaration decide. The solver fits heads with a bias column; heads without one
+    (``bias`` false, the CMA authors' protocol) are trained by the stochastic trainer."""
+    if settings.solver == "lbfgs" and not method.convex:
+        raise UserError(f"`solver` lbfgs fits the convex penalty-free methods ({convex_methods()}); {method.name} is "
+                        "trained by the stochastic trainer: use auto or adam")
+    if settings.solver == "lbfgs" and not settings.bias:
+        raise UserError("`solver` lbfgs fits heads with a bias column; with `bias` off use auto or adam")
+    return settings.solver != "adam" and method.convex and settings.bias
 
 
 def user_settings() -> list[Any]:

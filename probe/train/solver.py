@@ -1,0 +1,308 @@
+"""Full-batch L-BFGS for the convex, penalty-free heads, a whole grid of heads at once.
+
+Head g minimises the trainer's full-batch objective (``probe.methods.base``)
+
+    f_g(θ) = Σ_i w_i CE(θ_g x̃_i, y_i) + λ_g/2 ‖W_g‖²      (the bias is not penalised)
+
+with row weights ``w`` summing to 1 (1/N for the pooled CE, 1/(K' n_e) for the
+mean of per-domain means). This is scikit-learn's ``LogisticRegression`` objective
+divided by C·Σs (s its sample weights, w = s/Σs): the same optimum at
+C = 1/(λ Σs) (2/(λ Σs) for two classes) and the same scale of gradient, so ``tol``
+means what sklearn's ``tol`` means for lbfgs.
+
+Why it is shaped this way:
+
+* At N ≫ d an iteration costs its passes over X, and this solver makes two,
+  whatever the number of heads: one matmul for the logits of every head's search
+  direction (X̃ P, all heads in one (N×d)·(d×GC) product) and one for every head's
+  gradient at the accepted point (Rᵀ X̃).
+* The line search runs in logit space, on z + t·X̃P, without touching X: a
+  safeguarded Newton search for the root of φ'(t), each head its own t. It needs
+  no difference of two losses, so it is as reliable in float32 as in float64.
+* Embeddings are strongly correlated, which makes plain L-BFGS (and sklearn's)
+  take hundreds of iterations. The initial inverse Hessian is therefore not a
+  multiple of I but (Σ̃/C + λE)⁻¹, Σ̃ the weighted second moment of x̃ on a fixed
+  subsample of rows and E the penalty's pattern (the softmax Hessian at uniform
+  probabilities, exact for the penalty): the same optimum in a few dozen
+  iterations. It costs one (n×d̃)·(d̃×n) product and a Cholesky factor per head.
+* Parameter-sized state (θ, gradients, the L-BFGS pairs) is float64 whatever the
+  data's dtype; losses and the line search's sums are accumulated in float64.
+
+Stop: a head has converged when max|∇f_g| ≤ tol (scipy's pgtol, sklearn's tol).
+A head still above tol after ``max_iter`` iterations, or whose line search can no
+longer find a step (stalled at the precision of the dtype), stops as not
+converged; one whose loss stops being finite, as diverged. Heads leave the
+matmuls as they stop, so a grid costs what its slowest head needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+#: L-BFGS memory: (s, y) pairs kept per head (scipy's and sklearn's default)
+MEMORY = 10
+#: the line search accepts t once |φ'(t)| ≤ CURVATURE·|φ'(0)| (strong Wolfe, c₂)
+CURVATURE = 0.1
+#: line-search evaluations at most per iteration; more means it stalled
+LINE_SEARCH_STEPS = 20
+#: rows of the preconditioner's second moment: this many per feature column (at most N);
+#: an approximation is all a preconditioner needs, and its cost stays below two passes
+PRECONDITIONER_ROWS_PER_COLUMN = 4
+#: iterations between exact recomputations of the logits, which are otherwise updated
+#: (z += t·X̃p) and so collect rounding errors: a float32 concern over long runs
+REFRESH_EVERY = 50
+#: statuses of a head (probe.results.STATUSES spells them the same)
+CONVERGED, NOT_CONVERGED, DIVERGED = "ok", "not_converged", "diverged"
+
+
+@dataclass
+class Problem:
+    """What every head of a chunk shares: the training rows and their weights."""
+
+    X: torch.Tensor  # (N, d) preprocessed features, in the solver's dtype
+    y: torch.Tensor  # (N,) int64 classes
+    w: torch.Tensor  # (N,) row weights summing to 1 (the CE weighting), X's dtype
+    num_classes: int
+
+
+@dataclass
+class Solution:
+    """Per head: the final point, its iterations, its fate and its trace."""
+
+    theta: torch.Tensor  # (G, C, d+1) float64, bias last
+    iterations: list[int]
+    status: list[str]  # CONVERGED, NOT_CONVERGED or DIVERGED
+    grad_max: list[float]  # max|∇f| at the final point
+    loss: list[list[float]]  # f after each iteration
+    ce: list[list[float]]  # its cross-entropy part, Σ w_i CE_i
+    grad_trace: list[list[float]]  # max|∇f| after each iteration
+
+
+def preconditioner(pb: Problem, lam: torch.Tensor) -> torch.Tensor:
+    """(G, D, D) float64: (Σ̃/C + λ_g E + δI)⁻¹ per head (module docstring); δ keeps it
+    positive definite when features are collinear and λ is 0, and I stands in where the
+    features are not finite."""
+    N, d = pb.X.shape
+    n = min(N, PRECONDITIONER_ROWS_PER_COLUMN * (d + 1))
+    rows = torch.linspace(0, N - 1, n, device=pb.X.device).round().long()  # fixed, spread over the data
+    Xs = torch.cat([pb.X[rows], pb.X.new_ones(n, 1)], dim=1)
+    w = pb.w[rows]
+    second = ((Xs * (w / w.sum()).unsqueeze(1)).T @ Xs).to(torch.float64) / pb.num_classes
+    penalised = torch.ones(d + 1, dtype=torch.float64, device=second.device)
+    penalised[-1] = 0
+    jitter = 1e-6 * float(second.diagonal().mean()) + 1e-12
+    M = second + torch.diag_embed(lam.view(-1, 1) * penalised + jitter)
+    L, info = torch.linalg.cholesky_ex(torch.nan_to_num(M))
+    ok, eye = (info == 0).view(-1, 1, 1), torch.eye(d + 1, dtype=torch.float64, device=M.device)
+    # a head whose matrix is not positive definite (non-finite features) goes unpreconditioned
+    return torch.where(ok, torch.cholesky_inverse(torch.where(ok, L, eye)), eye)
+
+
+class _Heads:
+    """The active heads' state; the head axis is dim 0 (dim 1 of the N-sized tensors)."""
+
+    def __init__(self, pb: Problem, lam: torch.Tensor, precondition: bool) -> None:
+        N, d = pb.X.shape
+        G, C = lam.shape[0], pb.num_classes
+        f64 = dict(dtype=torch.float64, device=pb.X.device)
+        self.ids = list(range(G))  # the active heads' indices in the grid
+        self.lam = lam.to(**f64)
+        self.theta = torch.zeros(G, C, d + 1, **f64)
+        self.z = torch.zeros(N, G, C, dtype=pb.X.dtype, device=pb.X.device)  # logits at θ
+        self.logp = torch.log_softmax(self.z, -1)
+        self.S = torch.zeros(G, MEMORY, C * (d + 1), **f64)
+        self.Y = torch.zeros_like(self.S)
+        self.rho = torch.zeros(G, MEMORY, **f64)  # 0: an empty (or skipped) pair
+        self.gamma = torch.ones(G, **f64)  # the scale of H₀: sᵀy / yᵀH₀y of the newest pair
+        self.newest, self.pairs = -1, 0  # ring position of the newest pair and pairs stored (all heads)
+        # in the data's dtype: a preconditioner needs no more precision, and it halves the reads
+        self.Minv = preconditioner(pb, self.lam).to(pb.X.dtype) if precondition else None
+        self.g, self.ce = gradient(pb, self.logp, self.theta, self.lam)
+
+    @property
+    def loss(self) -> torch.Tensor:
+        W = self.theta[..., :-1]
+        return self.ce + self.lam / 2 * (W * W).sum((1, 2))
+
+    def keep(self, mask: list[bool]) -> None:
+        """Drop the heads where ``mask`` is False."""
+        if all(mask):
+            return
+        self.ids = [g for g, m in zip(self.ids, mask, strict=True) if m]
+        index = torch.tensor([k for k, m in enumerate(mask) if m], dtype=torch.long, device=self.g.device)
+        for name in ("lam", "theta", "S", "Y", "rho", "gamma", "g", "ce", "Minv"):
+            value = getattr(self, name)
+            setattr(self, name, value.index_select(0, index) if value is not None else None)
+        self.z, self.logp = self.z.index_select(1, index), self.logp.index_select(1, index)
+
+    def h0(self, q: torch.Tensor) -> torch.Tensor:
+        """The initial inverse Hessian (without γ) applied to flat (A, C·D) vectors."""
+        if self.Minv is None:
+            return q
+        A, D = q.shape[0], self.Minv.shape[-1]
+        return torch.bmm(q.view(A, -1, D).to(self.Minv.dtype), self.Minv).view(A, -1).to(q.dtype)
+
+    def direction(self) -> torch.Tensor:
+        """−H g by the two-loop recursion, (A, C, D)."""
+        q = -self.g.flatten(1)
+        order = [(self.newest - j) % MEMORY for j in range(self.pairs)]
+        alpha = {}
+        for i in order:
+            alpha[i] = self.rho[:, i] * (self.S[:, i] * q).sum(-1)
+            q = q - alpha[i].unsqueeze(-1) * self.Y[:, i]
+        r = self.gamma.unsqueeze(-1) * self.h0(q)
+        for i in reversed(order):
+            beta = self.rho[:, i] * (self.Y[:, i] * r).sum(-1)
+            r = r + (alpha[i] - beta).unsqueeze(-1) * self.S[:, i]
+        return r.view_as(self.g)
+
+    def remember(self, s: torch.Tensor, yv: torch.Tensor) -> None:
+        """Store this iteration's pair (s, y); one with sᵀy ≤ 0 (no step) counts as empty."""
+        s, yv = s.flatten(1), yv.flatten(1)
+        sy, yhy = (s * yv).sum(-1), (yv * self.h0(yv)).sum(-1)
+        ok = (sy > 1e-12 * s.norm(dim=-1) * yv.norm(dim=-1)) & (yhy > 0)
+        self.newest, self.pairs = (self.newest + 1) % MEMORY, min(self.pairs + 1, MEMORY)
+        self.S[:, self.newest], self.Y[:, self.newest] = s, yv
+        self.rho[:, self.newest] = torch.where(ok, 1 / torch.where(ok, sy, 1.0), 0.0)
+        self.gamma = torch.where(ok, sy / torch.where(ok, yhy, 1.0), self.gamma)
+
+
+def logits(X: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """(N, A, C) logits of heads ``theta`` (A, C, D) float64, computed in X's dtype: one pass over X."""
+    A, C, D = theta.shape
+    W = theta[..., : D - 1].to(X.dtype).reshape(A * C, D - 1)
+    return (X @ W.T).view(-1, A, C).add_(theta[..., D - 1].to(X.dtype))
+
+
+def gradient(pb: Problem, logp: torch.Tensor, theta: torch.Tensor,
+             lam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """∇f (A, C, D) and the weighted CE (A,) per head from the log-probabilities ``logp``
+    (N, A, C) at θ: one pass over X."""
+    N, A, C = logp.shape
+    d = pb.X.shape[1]
+    at_y = pb.y.view(N, 1, 1).expand(N, A, 1)
+    R = logp.exp().scatter_add_(-1, at_y, torch.full_like(logp[..., :1], -1.0)).mul_(pb.w.view(N, 1, 1))
+    gW = (R.view(N, A * C).T @ pb.X).view(A, C, d).to(torch.float64)
+    gb = R.sum(0, dtype=torch.float64)
+    W = theta[..., :d]
+    g = torch.cat([gW + lam.view(A, 1, 1) * W, gb.unsqueeze(-1)], dim=-1)
+    ce = -(logp.gather(-1, at_y).squeeze(-1) * pb.w.unsqueeze(1)).sum(0, dtype=torch.float64)
+    return g, ce
+
+
+class _Line:
+    """φ_g(t) = f_g(θ_g + t p_g) along every head's direction, in logit space."""
+
+    def __init__(self, pb: Problem, h: _Heads, p: torch.Tensor, zp: torch.Tensor) -> None:
+        N, d = zp.shape[0], pb.X.shape[1]
+        P = p[..., :d]
+        self.pb, self.z, self.zp = pb, h.z, zp
+        # λ⟨W,P⟩ and λ‖P‖²: the penalty's part of φ' and φ''
+        self.ridge = (h.lam * (h.theta[..., :d] * P).sum((1, 2)), h.lam * (P * P).sum((1, 2)))
+        self.zp_y = zp.gather(-1, pb.y.view(N, 1, 1).expand(N, zp.shape[1], 1)).squeeze(-1)
+
+    def slope(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """φ'(t), φ''(t) and the log-probabilities at θ + t p:
+        φ'(t) = Σ_i w_i (p_i(t) − e_{y_i})·zp_i + λ(⟨W,P⟩ + t‖P‖²), φ''(t) = Σ_i w_i Var_{p_i(t)}(zp_i) + λ‖P‖²."""
+        logp = torch.log_softmax(torch.addcmul(self.z, self.zp, t.to(self.z.dtype).view(1, -1, 1)), -1)
+        pz = logp.exp().mul_(self.zp)
+        mean = pz.sum(-1)
+        second = pz.mul_(self.zp).sum(-1)
+        w = self.pb.w.unsqueeze(1)
+        d1 = ((mean - self.zp_y) * w).sum(0, dtype=torch.float64) + self.ridge[0] + t * self.ridge[1]
+        d2 = ((second - mean * mean) * w).sum(0, dtype=torch.float64) + self.ridge[1]
+        return d1, d2, logp
+
+    def search(self, t: torch.Tensor, slope0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per head a step t > 0 with |φ'(t)| ≤ CURVATURE·|φ'(0)|, from the first guess ``t``.
+
+        φ is convex, so φ' increases: the bracket [lo, hi] around its root shrinks with
+        every evaluation; Newton steps inside it, bisection (or doubling while hi is
+        unbounded) when Newton would leave it. Every head is evaluated at every step
+        (one batched evaluation); a head that is done keeps its t. Returns t, whether
+        each head met the condition, and the log-probabilities at the returned t.
+        """
+        lo, hi = torch.zeros_like(t), torch.full_like(t, float("inf"))
+        target = CURVATURE * slope0.abs()
+        for k in range(LINE_SEARCH_STEPS):
+            d1, d2, logp = self.slope(t)
+            done = (d1.abs() <= target) & torch.isfinite(d1)
+            if k == LINE_SEARCH_STEPS - 1 or bool(done.all()):
+                break  # before t moves on: the log-probabilities belong to the returned t
+            lo, hi = torch.where(d1 < 0, t, lo), torch.where(d1 > 0, t, hi)
+            newton = t - d1 / d2
+            inside = torch.isfinite(newton) & (newton > lo) & (newton < hi)
+            fallback = torch.where(torch.isfinite(hi), (lo + hi) / 2, 2 * torch.maximum(t, lo))
+            t = torch.where(done, t, torch.where(inside, newton, fallback))
+        return t, done, logp
+
+    def newton_from_zero(self, slope0: torch.Tensor) -> torch.Tensor:
+        """−φ'(0)/φ''(0): the first guess where the direction has no natural unit step."""
+        _, d2, _ = self.slope(torch.zeros_like(slope0))
+        guess = -slope0 / d2
+        return torch.where(torch.isfinite(guess) & (guess > 0), guess, torch.ones_like(guess))
+
+
+def lbfgs(pb: Problem, lam: torch.Tensor, tol: float, max_iter: int, precondition: bool = True,
+          on_iteration: Callable[[int], None] | None = None) -> Solution:
+    """Minimise f_g for every weight decay in ``lam`` (G,) from θ = 0 (module docstring);
+    ``on_iteration(1)`` after every iteration (progress)."""
+    G = lam.shape[0]
+    h = _Heads(pb, lam, precondition)
+    out = Solution(theta=h.theta.clone(), iterations=[0] * G, status=[NOT_CONVERGED] * G,
+                   grad_max=[float("nan")] * G, loss=[[] for _ in range(G)], ce=[[] for _ in range(G)],
+                   grad_trace=[[] for _ in range(G)])
+    h.keep(_record(out, h, tol, torch.zeros(G, dtype=torch.bool, device=pb.X.device), 0, max_iter))
+    for it in range(1, max_iter + 1):
+        if not h.ids:
+            break
+        p = h.direction()
+        slope0 = (p * h.g).sum((1, 2))
+        uphill = ~(slope0 < 0)  # stale curvature pairs: restart those heads from steepest descent
+        if bool(uphill.any()):
+            h.rho[uphill], h.gamma[uphill] = 0.0, 1.0
+            p = torch.where(uphill.view(-1, 1, 1), -h.g, p)
+            slope0 = torch.where(uphill, -(h.g * h.g).sum((1, 2)), slope0)
+        if it % REFRESH_EVERY == 0:  # the updated logits drift by rounding: recompute them at θ
+            h.z = logits(pb.X, h.theta)
+        zp = logits(pb.X, p)
+        line = _Line(pb, h, p, zp)
+        t, found, logp = line.search(torch.ones_like(slope0) if it > 1 else line.newton_from_zero(slope0), slope0)
+        if not bool(found.all()):  # those heads stall where they are, and stop below
+            t = torch.where(found, t, 0.0)
+            logp = torch.where(found.view(1, -1, 1), logp, h.logp)
+        step = t.view(-1, 1, 1) * p
+        h.theta, h.logp = h.theta + step, logp
+        h.z.add_(zp.mul_(t.to(zp.dtype).view(1, -1, 1)))
+        g_old = h.g
+        h.g, h.ce = gradient(pb, h.logp, h.theta, h.lam)
+        h.remember(step, h.g - g_old)
+        if on_iteration is not None:
+            on_iteration(1)
+        h.keep(_record(out, h, tol, ~found, it, max_iter))
+    return out
+
+
+def _record(out: Solution, h: _Heads, tol: float, stalled: torch.Tensor, it: int, max_iter: int) -> list[bool]:
+    """Trace iteration ``it`` of the active heads; store the heads that stop now and return
+    which heads go on."""
+    gmax, f = h.g.flatten(1).abs().amax(-1), h.loss
+    finite = torch.isfinite(f) & torch.isfinite(gmax)
+    converged = finite & (gmax <= tol)
+    stop = converged | ~finite | stalled | (it >= max_iter)
+    # one transfer from the device per iteration
+    flags = [v.to(torch.float64) for v in (converged, finite, stop)]
+    loss, ce, gm, conv, fin, stops = torch.stack([f, h.ce, gmax, *flags]).tolist()
+    for k, g in enumerate(h.ids):
+        if it > 0:
+            out.loss[g].append(loss[k])
+            out.ce[g].append(ce[k])
+            out.grad_trace[g].append(gm[k])
+        if stops[k]:
+            out.theta[g] = h.theta[k]
+            out.iterations[g], out.grad_max[g] = it, gm[k]
+            out.status[g] = CONVERGED if conv[k] else (NOT_CONVERGED if fin[k] else DIVERGED)
+    return [not s for s in stops]
