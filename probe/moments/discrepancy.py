@@ -1,0 +1,132 @@
+"""The transfer bound's own terms: per-domain losses and the pairwise distances across
+domains of the gradient, Hessian and third derivative of the mean cross-entropy,
+``‖∇ⁿL_e − ∇ⁿL_f‖_F`` for n = 1, 2, 3, exact, without forming a Hessian or a third
+derivative.
+
+* n = 1: the per-domain gradients ``G_e`` (``C × d̃``) directly, ``O(N C d̃)``.
+* n = 2, 3: the domain Gram matrices ``Γⁿ_ef = <∇ⁿL_e, ∇ⁿL_f>_F = Σ_{i∈e, j∈f}
+  κₙ(i, j) (x̃_i·x̃_j)ⁿ / (n_e n_f)`` (``κₙ`` the cumulant kernels of
+  ``probe.moments.cumulants``), so ``‖∇ⁿL_e − ∇ⁿL_f‖² = Γ_ee + Γ_ff − 2Γ_ef``.
+  Accumulated over pairs of row blocks (``block_rows``), so memory is
+  ``O(block_rows² + G N C)`` and time ``O(N² (d̃ + G C))``; one Gram block serves
+  every head and both orders.
+
+Values only (no autograd graph). Run it in float64 for figures meant to be read:
+the Gram entries are large and the distances are differences of them.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from base.lazy import lazy_import
+from probe.moments.basics import _logits, _weights, augment
+from probe.moments.checks import _as_grid, _validate
+from probe.moments.cumulants import BINARY_NORM2, binary_factor, cumulant_kernels
+
+torch = lazy_import("torch")
+
+#: rows per block of the pairwise sums
+BLOCK_ROWS = 1024
+#: per-head (b × b) kernel blocks are built for at most this many bytes of heads at a time
+KERNEL_CHUNK_BYTES = 256 * 1024**2
+
+
+class DomainDiscrepancies(NamedTuple):
+    """What ``domain_discrepancies`` returns (one head: no leading G axis)."""
+
+    losses: torch.Tensor  # (G, K') mean cross-entropy per present domain
+    distances: torch.Tensor  # (G, 3, K', K') ‖∇ⁿL_e − ∇ⁿL_f‖_F, n = 1, 2, 3
+    domain_ids: torch.Tensor  # (K',) int64 ids of the present domains
+
+    def largest(self) -> torch.Tensor:
+        """(G, 3) the largest distance over pairs of domains, per order (zero below two domains)."""
+        return self.distances.flatten(-2).amax(-1) if self.distances.shape[-1] else self.distances.sum((-1, -2))
+
+
+def _first_order(th: torch.Tensor, X: torch.Tensor, y: torch.Tensor, W: torch.Tensor, blocks: list[slice]
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(losses (G, K'), gradients (G, K', C, d̃), probabilities (G, N, C)) over row blocks."""
+    G, C, d1 = th.shape
+    K, N = W.shape[1], X.shape[0]
+    losses = th.new_zeros(G, K)
+    grads = th.new_zeros(G, K, C, d1)
+    P = th.new_empty(G, N, C)
+    for rows in blocks:
+        z = _logits(th, X[rows])
+        logp = torch.log_softmax(z, dim=-1)
+        yb = y[rows]
+        nll = -logp.gather(-1, yb.view(1, -1, 1).expand(G, -1, 1)).squeeze(-1)
+        losses += nll @ W[rows]
+        P[:, rows] = p = logp.exp()
+        R = p - torch.nn.functional.one_hot(yb, C).to(p.dtype)
+        grads += torch.einsum("nk,gnc,nd->gkcd", W[rows], R, augment(X[rows]))
+    return losses, grads, P
+
+
+def _block_gram(Pi: torch.Tensor, Pj: torch.Tensor, g: torch.Tensor, Wi: torch.Tensor, Wj: torch.Tensor
+                ) -> torch.Tensor:
+    """(G, 2, K', K'): the block (i, j)'s share of Γ² and Γ³, ``Wᵢᵀ (κₙ ∘ gⁿ) Wⱼ`` per head."""
+    G, C = Pi.shape[0], Pi.shape[-1]
+    K = Wi.shape[1]
+    powers = {2: g * g}
+    powers[3] = powers[2] * g
+    out = []
+    if C == 2:
+        for n in (2, 3):
+            # rank one: κₙ(i, j) = ‖·‖² qᵢ qⱼ, so one matmul serves the whole grid
+            Ai = binary_factor(Pi, n).unsqueeze(-1) * Wi  # (G, bᵢ, K')
+            Aj = binary_factor(Pj, n).unsqueeze(-1) * Wj
+            right = (powers[n] @ Aj.permute(1, 0, 2).reshape(-1, G * K)).reshape(-1, G, K)
+            out.append(BINARY_NORM2[n] * torch.einsum("gik,igl->gkl", Ai, right))
+        return torch.stack(out, dim=1)
+    per_head = 8 * Pi.shape[1] * Pj.shape[1] * Pi.element_size()
+    chunk = max(1, int(KERNEL_CHUNK_BYTES // per_head))
+    res = Pi.new_empty(G, 2, K, K)
+    for g0 in range(0, G, chunk):
+        kappa = cumulant_kernels(Pi[g0:g0 + chunk], Pj[g0:g0 + chunk])
+        for a, n in enumerate((2, 3)):
+            res[g0:g0 + chunk, a] = torch.einsum("ik,gij,jl->gkl", Wi, kappa[n] * powers[n], Wj)
+    return res
+
+
+def _distances_from_gram(gamma: torch.Tensor) -> torch.Tensor:
+    """‖a_e − a_f‖ from Γ_ef = <a_e, a_f> over the last two axes."""
+    diag = gamma.diagonal(dim1=-2, dim2=-1)
+    sq = diag.unsqueeze(-1) + diag.unsqueeze(-2) - 2 * gamma
+    sq.diagonal(dim1=-2, dim2=-1).zero_()  # exactly, not a rounding error's square root
+    return sq.clamp_min(0).sqrt()
+
+
+def domain_discrepancies(theta: torch.Tensor, X: torch.Tensor, y: torch.Tensor, domains: torch.Tensor,
+                         num_domains: int | None = None, *, gram: torch.Tensor | None = None,
+                         block_rows: int = BLOCK_ROWS, check: bool = True) -> DomainDiscrepancies:
+    """Per-domain mean CE and the pairwise distances ``‖∇ⁿL_e − ∇ⁿL_f‖_F`` (n = 1, 2, 3)
+    of every pair of present domains, for one head ``(C, d+1)`` or a grid ``(G, C, d+1)``.
+
+    ``gram``: a precomputed ``feature_gram(X)`` (N×N), read block by block.
+    """
+    if check:
+        _validate(theta, X, y, domains, num_domains, gram=gram)
+    if isinstance(block_rows, bool) or not isinstance(block_rows, int) or block_rows < 1:
+        raise ValueError(f"`block_rows` must be a positive int, got {block_rows!r}")
+    th, single = _as_grid(theta)
+    W, ids = _weights(domains, th.dtype)
+    N = X.shape[0]
+    blocks = [slice(i, min(i + block_rows, N)) for i in range(0, N, block_rows)]
+    with torch.no_grad():
+        losses, grads, P = _first_order(th, X, y, W, blocks)
+        K = W.shape[1]
+        gamma = th.new_zeros(th.shape[0], 2, K, K)
+        for a, bi in enumerate(blocks):
+            for bj in blocks[a:]:
+                g = gram[bi, bj] if gram is not None else X[bi] @ X[bj].T + 1
+                part = _block_gram(P[:, bi], P[:, bj], g, W[bi], W[bj])
+                # Γ is symmetric: an off-diagonal block pair stands for (i, j) and (j, i)
+                gamma += part if bi == bj else part + part.transpose(-1, -2)
+        flat = grads.flatten(2)
+        first = (flat.unsqueeze(2) - flat.unsqueeze(1)).pow(2).sum(-1).sqrt()
+        dist = torch.cat([first.unsqueeze(1), _distances_from_gram(gamma)], dim=1)
+    if single:
+        return DomainDiscrepancies(losses[0], dist[0], ids)
+    return DomainDiscrepancies(losses, dist, ids)
