@@ -130,6 +130,7 @@ from probe.moments.third import (
     choose_third_method,
     third_order_costs,
     third_order_variance,
+    third_variance_from_logits,
 )
 
 __all__ = [
@@ -138,5 +139,6 @@ __all__ = [
     "augment", "choose_gradient_method", "choose_hessian_method", "choose_third_method", "cumulant_kernels",
     "domain_discrepancies", "domain_weights", "feature_gram", "feature_kernel", "gradient_variance",
     "hessian_costs", "hessian_variance", "logits", "penalty_terms", "per_domain_gradients", "per_domain_losses",
-    "present_domains", "probabilities", "third_order_costs", "third_order_variance", "variances_from_logits",
+    "present_domains", "probabilities", "third_order_costs", "third_order_variance", "third_variance_from_logits",
+    "variances_from_logits",
 ]

@@ -173,6 +173,17 @@ def _third_from_probs(P: torch.Tensor, X: torch.Tensor, W: torch.Tensor, method:
     return _third_kernel().apply(P, T)
 
 
+def third_variance_from_logits(z: torch.Tensor, X: torch.Tensor, W: torch.Tensor, *,
+                               method: ThirdMethod = "auto", gram: torch.Tensor | None = None) -> torch.Tensor:
+    """R₃ ``(G,)`` (unnormalised) from a grid's logits ``z`` (G, N, C) on the rows ``X`` with
+    domain weights ``W = domain_weights(domains)``: for a trainer that has the logits (and
+    perhaps ``gram = feature_gram(X)``). Inputs are not validated."""
+    K = W.shape[1]
+    if K < 2:
+        return z.sum(dim=(1, 2)) * 0  # zero, still attached to theta's graph
+    return _third_from_probs(torch.softmax(z, dim=-1), X, W, method, gram) / K
+
+
 def third_order_variance(theta: torch.Tensor, X: torch.Tensor, domains: torch.Tensor,
                          normalize: Normalize = None, num_domains: int | None = None, *,
                          method: ThirdMethod = "auto", gram: torch.Tensor | None = None,

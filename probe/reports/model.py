@@ -105,6 +105,7 @@ class MethodResult:
     varied: list[str]  # hyperparameters that take several values in this method's grid
     n_configs: int
     n_diverged: int
+    labelled: list[str] = field(default_factory=list)  # shown in labels: varied, then non-zero optional terms
 
     def get(self, split: str, key: str) -> Stat:
         return self.stats.get(split, {}).get(key, Stat(None))
@@ -118,7 +119,8 @@ class MethodResult:
         """The selected values of the hyperparameters that were searched over."""
         if self.selected_config is None and not self.selected:
             return "nothing selected"
-        return ", ".join(f"{k}={format_value(self.selected.get(k))}" for k in self.varied) or "–"
+        shown = self.labelled or self.varied
+        return ", ".join(f"{k}={format_value(self.selected.get(k))}" for k in shown) or "–"
 
     def grid_slices(self) -> list[tuple[str, dict[str, Any], list[Config]]]:
         """(hparam, the other varied hparams' selected values, configs) per varied hparam."""
@@ -221,6 +223,18 @@ def _varied(configs: Sequence[Config]) -> list[str]:
     return [k for k, vals in keys.items() if len(vals) > 1]
 
 
+def _labelled(method: str, varied: list[str], selected: dict[str, Any]) -> list[str]:
+    """The searched hyperparameters, then those the method declares ``label_nonzero`` (a
+    term that is off by default, as CMA's γ) when the selected value is non-zero."""
+    from probe.methods import REGISTRY
+
+    cls = REGISTRY.get(method)
+    extra = [n for n, p in (cls.hyperparameters().items() if cls else ())
+             if p.label_nonzero and n not in varied and isinstance(selected.get(n), (int, float))
+             and selected[n] != 0]
+    return varied + extra
+
+
 def _selected_config(configs: list[Config], run_ids: list[str], selected: dict[str, Any] | None
                      ) -> Config | None:
     """The configuration summary.json selected: by its first run id, else by its hparams."""
@@ -262,11 +276,13 @@ def _method_result(run: RunFolder, method: str, label: str) -> MethodResult:
     n_div = entry.get("n_diverged")
     if n_div is None:
         n_div = sum(1 for r in rows if r.status == "diverged")
+    varied = _varied(configs)
     return MethodResult(
         run=run, method=method, label=label, selected=selected, run_ids=run_ids,
         n_seeds=n_seeds, stats=stats, per_group=_per_group(sel_rows, summary_metrics),
-        configs=configs, selected_config=sel_config, varied=_varied(configs),
+        configs=configs, selected_config=sel_config, varied=varied,
         n_configs=int(entry.get("n_configs") or len(configs)), n_diverged=int(n_div),
+        labelled=_labelled(method, varied, selected),
     )
 
 
