@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from features.store import FeatureSet
+from probe.bounds import Curve, domain_names, measure, record, sample_rows
 from probe.methods.base import FeatureScale, GradientMethod
 from probe.metrics import correct_by_group, group_sizes, metrics_by_head
 from probe.results import HISTORY_KEYS, Result, run_id
@@ -71,6 +72,13 @@ class ChunkFit:
         self.val_X = va.X()  # evaluated every eval_every steps: preprocess once
         self.stream = Stream(tr, K, share, settings, chunk.seed, method.uses_gram)
         self.history: dict[str, list] = {k: [] for k in ("step", "loss", "val_wga", "val_acc")}
+        self.curve = Curve(*self._bound_rows(settings.bounds_curve_rows)) if settings.bounds_curve_rows else None
+
+    def _bound_rows(self, cap: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(X in float64, y, domains) of the fixed sample of training rows (probe.bounds)."""
+        tr = self.splits["train"]
+        idx = torch.as_tensor(sample_rows(tr.domain.cpu().numpy(), cap), device=tr.rows.device)
+        return tr.X(idx).to(torch.float64), tr.y[idx], tr.domain[idx]
 
     def run(self, on_step: Callable[[int], None] | None) -> list[Result]:
         steps = self.settings.steps
@@ -136,6 +144,8 @@ class ChunkFit:
             hist.setdefault(name, []).append(value.detach().cpu().tolist())
         hist["val_wga"].append(wga.cpu().tolist())
         hist["val_acc"].append(acc.cpu().tolist())
+        if self.curve is not None:
+            self.curve.record(step + 1, self.theta)
 
     @torch.no_grad()
     def results(self) -> list[Result]:
@@ -144,11 +154,21 @@ class ChunkFit:
         st = self.settings
         fixed = {"steps": st.steps, "batch_size": st.batch_size, "optimizer": st.optimizer, "domain": st.domain,
                  "ce_weighting": self.objective.ce or self.method.name}
+        bounds = self._bounds()
         return [Result(method=self.method.name, hparams={**cfg, **fixed},
                        status="diverged" if bool(self.diverged[g]) else "ok", steps_run=int(self.steps_run[g]),
                        best_step=int(self.best_step[g]), metrics=metrics[g], history=self._history_of(g),
-                       theta=self.best_theta[g].detach().cpu(), pre=pre_state)
+                       bounds=bounds[g], theta=self.best_theta[g].detach().cpu(), pre=pre_state)
                 for g, cfg in enumerate(self.configs)]
+
+    def _bounds(self) -> list[dict[str, Any]]:
+        """Each kept head's bound terms, and its curve of the three distances (probe.bounds)."""
+        st = self.settings
+        X, y, dom = self._bound_rows(st.bounds_rows)
+        figures = measure(self.best_theta, X, y, dom, domain_names(self.fs, st.domain))
+        return [record(fig, domain=st.domain, rows=X.shape[0], train_rows=len(self.splits["train"].rows),
+                       step=int(self.best_step[g]), curve=self.curve.of_head(g) if self.curve else None)
+                for g, fig in enumerate(figures)]
 
     def _history_of(self, g: int) -> dict[str, Any]:
         per_head = {k: ([v[g] for v in vals] if vals and isinstance(vals[0], list) else list(vals))
