@@ -63,6 +63,28 @@ class Stat:
         return {"mean": self.mean, "std": self.std}
 
 
+def _stat(values: Sequence[Any]) -> Stat:
+    """Mean and sample std of the numbers among ``values`` (std None for fewer than two)."""
+    nums = [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if not nums:
+        return Stat(None)
+    mean = sum(nums) / len(nums)
+    std = (sum((v - mean) ** 2 for v in nums) / (len(nums) - 1)) ** 0.5 if len(nums) > 1 else None
+    return Stat(mean, std)
+
+
+@dataclass
+class BoundStats:
+    """A selection's bound terms over its seeds (results.jsonl ``bounds``)."""
+
+    domain: str  # the column defining the training domains
+    n: int  # seeds with figures
+    rows: list[int]  # training rows measured (one value unless seeds differ)
+    train_rows: int
+    terms: dict[str, Stat]  # probe.bounds.TERMS (grad, hess, third) -> max pairwise distance
+    losses: dict[str, Stat]  # domain name -> mean cross-entropy
+
+
 @dataclass
 class Config:
     """All seeds of one hyperparameter configuration (hparams without the seed)."""
@@ -121,6 +143,22 @@ class MethodResult:
             return "nothing selected"
         shown = self.labelled or self.varied
         return ", ".join(f"{k}={format_value(self.selected.get(k))}" for k in shown) or "–"
+
+    def bound_stats(self) -> BoundStats | None:
+        """The bound terms of the selected configuration over its seeds (None: none recorded)."""
+        from probe.bounds import TERMS
+
+        found = [r.bounds for r in self.selected_rows if r.bounds]
+        if not found:
+            return None
+        names = list(dict.fromkeys(n for b in found for n in (b.get("losses") or {})))
+        return BoundStats(
+            domain=str(found[0].get("domain", "")), n=len(found),
+            rows=sorted({int(b.get("rows") or 0) for b in found}),
+            train_rows=max(int(b.get("train_rows") or 0) for b in found),
+            terms={t: _stat([b.get(t) for b in found]) for t in TERMS},
+            losses={n: _stat([(b.get("losses") or {}).get(n) for b in found]) for n in names},
+        )
 
     def grid_slices(self) -> list[tuple[str, dict[str, Any], list[Config]]]:
         """(hparam, the other varied hparams' selected values, configs) per varied hparam."""
