@@ -78,8 +78,9 @@ def _finite(v: float) -> float | None:
 def measure(theta: torch.Tensor, X: torch.Tensor, y: torch.Tensor, domains: torch.Tensor,
             names: list[str]) -> list[dict[str, Any] | None]:
     """Per head of ``theta`` (G, C, d+1): its losses per domain, the three maxima and the
-    pairs attaining them, on the rows ``X`` (float64); None for a head that is not finite."""
-    res = moments.domain_discrepancies(torch.nan_to_num(theta.to(torch.float64)), X, y, domains, check=False)
+    pairs attaining them, on the rows ``X`` (computed in float64, the Gram blocks in X's
+    dtype); None for a head that is not finite."""
+    res = moments.domain_discrepancies(torch.nan_to_num(theta.to(torch.float64)), X, y, domains)
     ids = [names[i] if i < len(names) else str(i) for i in res.domain_ids.tolist()]
     finite = torch.isfinite(theta).flatten(1).all(1).tolist()
     K = len(ids)
@@ -125,7 +126,7 @@ class Curve:
 
     def record(self, step: int, theta: torch.Tensor) -> None:
         th = torch.nan_to_num(theta.to(torch.float64))
-        vals = moments.domain_discrepancies(th, self.X, self.y, self.domains, gram=self.gram, check=False).largest()
+        vals = moments.domain_discrepancies(th, self.X, self.y, self.domains, gram=self.gram).largest()
         finite = torch.isfinite(theta).flatten(1).all(1).tolist()
         self.steps.append(step)
         self.values.append([[_finite(v) for v in row] if ok else [None] * len(TERMS)

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch.func import grad, hessian, jacfwd
 
 import probe.moments as M
+import probe.moments.discrepancy as discrepancy
 from tests.test_moments import problem, rel
 
 
@@ -33,8 +34,12 @@ def direct_distances(theta, X, y, domains):
     return torch.stack(out), torch.stack(losses)
 
 
+@pytest.mark.parametrize("form", ["features", "polynomial"])
 @pytest.mark.parametrize("C, block", [(2, 4), (4, 5), (3, 1000)])
-def test_distances_match_formed_derivatives(C, block):
+def test_distances_match_formed_derivatives(C, block, form, monkeypatch):
+    if form == "polynomial":  # the many-class form, forced; chunks of one head
+        monkeypatch.setattr(discrepancy, "FEATURE_CLASSES", 1)
+        monkeypatch.setattr(discrepancy, "KERNEL_CHUNK_BYTES", 1)
     theta, X, y, dom = problem(N=13, d=2, C=C, K=3, G=2, seed=C, domains=[0] * 7 + [2] * 5 + [5])
     res = M.domain_discrepancies(theta, X, y, dom, block_rows=block)
     assert res.domain_ids.tolist() == [0, 2, 5]
@@ -63,3 +68,13 @@ def test_one_domain_has_no_discrepancy():
     assert res.largest().tolist() == [0.0, 0.0, 0.0]
     with pytest.raises(ValueError, match="block_rows"):
         M.domain_discrepancies(theta, X, y, dom, block_rows=0)
+
+
+def test_float32_features_with_a_float64_head():
+    theta, X, y, dom = problem(N=40, d=6, C=3, K=3, G=2, seed=9, scale=0.3)
+    exact = M.domain_discrepancies(theta, X, y, dom)
+    low = M.domain_discrepancies(theta, X.float(), y, dom, block_rows=16)
+    assert low.distances.dtype == torch.float64
+    assert rel(low.distances, exact.distances) < 1e-5 and rel(low.losses, exact.losses) < 1e-6
+    with pytest.raises(ValueError, match="dtype"):
+        M.third_order_variance(theta, X.float(), dom)  # the penalties keep one dtype

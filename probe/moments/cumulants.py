@@ -59,6 +59,25 @@ def cumulant_kernels(Pi: torch.Tensor, Pj: torch.Tensor, orders: tuple[int, ...]
     return out
 
 
+def cumulant_features(P: torch.Tensor, order: int) -> torch.Tensor:
+    """``(…, N, M)`` per-row vectors whose dot products are the order-n cumulant kernel,
+    ``<f_i, f_j> = <A_i, A_j>`` (order 2) or ``<κ₃_i, κ₃_j>`` (order 3): the distinct entries
+    of the symmetric cumulant, each times the square root of how often it occurs. M is
+    ``C(C+1)/2`` or ``C(C+1)(C+2)/6`` (one for two classes: the rank-one factor): for
+    few classes, one matmul per pair of row blocks then serves every head."""
+    C = P.shape[-1]
+    if C == 2:
+        return (BINARY_NORM2[order] ** 0.5 * binary_factor(P, order)).unsqueeze(-1)
+    idx = torch.combinations(torch.arange(C, device=P.device), r=order, with_replacement=True)  # (M, n)
+    distinct = torch.tensor([len(set(row)) for row in idx.tolist()], device=P.device)
+    mult = {2: {1: 1.0, 2: 2.0}, 3: {1: 1.0, 2: 3.0, 3: 6.0}}[order]
+    scale = torch.tensor([mult[int(k)] for k in distinct.tolist()], dtype=P.dtype, device=P.device).sqrt()
+    if order == 2:
+        A = torch.diag_embed(P) - P.unsqueeze(-1) * P.unsqueeze(-2)
+        return A[..., idx[:, 0], idx[:, 1]] * scale
+    return third_cumulants(P)[..., idx[:, 0], idx[:, 1], idx[:, 2]] * scale
+
+
 def third_cumulants(P: torch.Tensor) -> torch.Tensor:
     """``κ₃(p)`` formed explicitly, ``(…, C, C, C)``: ``Σ_k p_k (e_k − p)^{⊗3}`` (references only)."""
     C = P.shape[-1]

@@ -75,10 +75,10 @@ class ChunkFit:
         self.curve = Curve(*self._bound_rows(settings.bounds_curve_rows)) if settings.bounds_curve_rows else None
 
     def _bound_rows(self, cap: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(X in float64, y, domains) of the fixed sample of training rows (probe.bounds)."""
+        """(X, y, domains) of the fixed sample of training rows (probe.bounds)."""
         tr = self.splits["train"]
         idx = torch.as_tensor(sample_rows(tr.domain.cpu().numpy(), cap), device=tr.rows.device)
-        return tr.X(idx).to(torch.float64), tr.y[idx], tr.domain[idx]
+        return tr.X(idx), tr.y[idx], tr.domain[idx]
 
     def run(self, on_step: Callable[[int], None] | None) -> list[Result]:
         steps = self.settings.steps
