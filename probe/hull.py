@@ -171,6 +171,8 @@ def hull_check(fs: FeatureSet, domain: str = "group", splits: tuple[str, ...] = 
             raise UserError(f"`splits`: {name!r} is not an evaluation split; choose from val, test")
     if not (isinstance(threshold, (int, float)) and 0 <= threshold <= 1):
         raise UserError(f"`threshold` {threshold!r} must be a number in [0, 1]")
+    if domain == "a" and (fs.a[fs.split == SPLITS["train"]] < 0).any():
+        raise UserError(f"{fs.path}: `domain` a needs the spurious attribute on every training row (found -1)")
     train_dom = train_domains(fs, domain)
     if len(train_dom) == 0:
         raise UserError(f"{fs.path}: the train split has no rows; the hull of the training domains is empty")

@@ -94,3 +94,8 @@ def test_probe_hull_command(tmp_path) -> None:
     assert table.code == 0 and "near the hull" in table.stdout
     assert_user_error(run_cli("hull", path, "--threshold", "3"), "--threshold", "[0, 1]")
     assert_user_error(run_cli("hull", path, "--splits", "train"), "--splits")
+
+
+def test_attribute_domains_need_the_attribute() -> None:
+    with pytest.raises(UserError, match="`domain` a"):
+        hull_check(feature_set(), domain="a")  # the test set has no attribute
