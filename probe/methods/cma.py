@@ -43,6 +43,8 @@ class CMA(GradientMethod):
     def penalty_terms(self, fwd, batch, gram):
         from probe import moments
 
+        if self.third and gram is None:  # one X̃X̃ᵀ for the three terms
+            gram = moments.feature_gram(batch.X)
         grad, hess = moments.variances_from_logits(
             fwd.z, batch.X, batch.y, batch.domains, batch.W, method=self.settings.hessian_method, gram=gram)
         terms = {"grad": grad, "hess": hess}
