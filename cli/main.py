@@ -1,4 +1,4 @@
-"""Entry point: `probe extract | info | merge | fit | report`.
+"""Entry point: `probe extract | info | merge | fit | hull | report`.
 
 Every user mistake surfaces as one line on stderr and exit code 2; a traceback
 means a bug in probe. Heavy imports (torch, transformers) happen inside the
@@ -23,6 +23,7 @@ except ImportError:  # pragma: no cover - older typer with real click
 from base.errors import UserError
 from cli import extract as _extract  # noqa: F401  (registers extract, info, merge)
 from cli import fit as _fit  # noqa: F401  (registers fit)
+from cli import hull as _hull  # noqa: F401  (registers hull)
 from cli import report as _report  # noqa: F401  (registers report)
 from cli import reproduce as _reproduce  # noqa: F401  (registers reproduce)
 from cli.app import app

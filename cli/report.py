@@ -55,7 +55,8 @@ def report(
         metavar="DIR",
         help="Also write PNG figures into DIR (created if missing): validation and test WGA "
         "heatmaps over alpha × beta for methods with both, per-group test accuracy bars, "
-        "and loss/penalty/accuracy curves of each selected configuration.",
+        "loss/penalty/accuracy curves of each selected configuration, and the bound terms (the "
+        "training domains' largest gradient, Hessian and third-derivative distances) along training.",
         show_default=False,
     ),
 ) -> None:

@@ -65,6 +65,8 @@ class Param:
     choices: tuple[str, ...] = ()
     chain: bool = False  # a text value may join several choices with + (a preprocessing chain)
     symbol: str = ""  # how papers write it (α), for labels
+    #: reports show its value whenever it is non-zero, searched or not (a term off by default)
+    label_nonzero: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in (float, int, str):

@@ -4,7 +4,7 @@ Every producer (the batched trainer, closed-form methods such as DFR) returns
 :class:`Result` rows, and every consumer (selection, the run folder, reports)
 reads them, through one JSON reader/writer, one configuration key and one sort
 order. The on-disk format is in docs/results-format.md; rows written by earlier
-versions (no ``tuned``, no ``extra``) still load.
+versions (no ``tuned``, no ``bounds``) still load.
 """
 
 from __future__ import annotations
@@ -70,6 +70,7 @@ class Result:
     best_step: int = 0  # step whose head is kept (0: no step, e.g. closed form)
     history: dict[str, Any] = field(default_factory=empty_history)
     tuned: dict[str, Any] | None = None  # what the method chose inside the fit (DFR's C)
+    bounds: dict[str, Any] | None = None  # the transfer bound's terms on the kept head (probe.bounds)
     # The head and its preprocessing, kept in memory for the run folder's heads/; not JSON.
     theta: Any = field(default=None, repr=False, compare=False)
     pre: dict[str, Any] | None = field(default=None, repr=False, compare=False)
@@ -101,6 +102,8 @@ class Result:
                "history": self.history}
         if self.tuned is not None:
             out["tuned"] = self.tuned
+        if self.bounds is not None:
+            out["bounds"] = self.bounds
         return out
 
     @classmethod
@@ -122,7 +125,8 @@ class Result:
                    run_id=str(obj.get("run_id", "")), steps_run=int(obj.get("steps_run") or 0),
                    best_step=int(obj.get("best_step") or 0),
                    history=history if isinstance(history, dict) else empty_history(),
-                   tuned=obj.get("tuned") if isinstance(obj.get("tuned"), dict) else None)
+                   tuned=obj.get("tuned") if isinstance(obj.get("tuned"), dict) else None,
+                   bounds=obj.get("bounds") if isinstance(obj.get("bounds"), dict) else None)
 
 
 def sort_results(results: Iterable[Result], methods: Sequence[str] | None = None) -> list[Result]:

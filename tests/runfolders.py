@@ -59,13 +59,27 @@ def _history(method: str, hp: dict[str, Any], steps: int) -> dict[str, Any]:
             "val_acc": [0.8 + 0.1 * (1 - math.exp(-s / (steps / 3))) for s in step]}
 
 
+def _bounds(method: str, hp: dict[str, Any], seed: int, steps: int) -> dict[str, Any]:
+    """Made-up bound terms: the penalties shrink the distances, seeds move them a little."""
+    shrink = 1.0 + hp.get("alpha", 0.0) / 100 + hp.get("beta", 0.0) / 10 + hp.get("gamma", 0.0)
+    final = {t: round(v / shrink * (1 + 0.05 * seed), 6) for t, v in (("grad", 0.2), ("hess", 0.05),
+                                                                      ("third", 0.01))}
+    step = list(range(0, steps + 1, steps // 10))
+    curve = {t: [round(v * (1 + 2 * math.exp(-s / (steps / 4))), 6) for s in step] for t, v in final.items()}
+    return {"domain": "group", "rows": sum(TRAIN_N), "train_rows": sum(TRAIN_N), "step": steps - steps // 10,
+            "losses": {g: round(0.05 + 0.1 * (i in (1, 2)) + 0.01 * seed, 6) for i, g in enumerate(GROUPS)},
+            **final, "pairs": {t: [GROUPS[0], GROUPS[2]] for t in final},
+            **({"curve": {"rows": 1024, "step": step, **curve}} if method != "dfr" else {})}
+
+
 def write_run_folder(
     path: Path, methods: dict[str, dict[str, list[Any]]], seeds: tuple[int, ...] = (0, 1),
-    diverged: dict[str, dict[str, Any]] | None = None, steps: int = 300,
+    diverged: dict[str, dict[str, Any]] | None = None, steps: int = 300, bounds: bool = False,
 ) -> dict[str, Any]:
     """Write results.jsonl and summary.json for ``methods`` (name -> grid) into ``path``.
 
-    ``diverged`` adds one configuration per method whose every seed diverged.
+    ``diverged`` adds one configuration per method whose every seed diverged; ``bounds``
+    gives every row made-up bound terms (results.jsonl ``bounds``).
     Returns {"selected": {method: hparams}, "rows": {method: [selected rows]}}.
     """
     path.mkdir(parents=True, exist_ok=True)
@@ -87,6 +101,8 @@ def write_run_folder(
                     "metrics": {s: _split_metrics(method, hp, seed, s) for s in SIZES},
                     "history": _history(method, hp, steps),
                 }
+                if bounds:
+                    row["bounds"] = _bounds(method, hp, seed, steps)
                 rows.append(row)
                 seed_rows.append(row)
             by_config.append(seed_rows)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.func import grad, hessian, vmap
+from torch.func import grad, hessian, jacfwd, vmap
 
 from probe import moments
 from probe.methods import REGISTRY
@@ -20,18 +20,17 @@ from tests.method_helpers import F64, ce, check, masks, pooled, problem, run
 # ------------------------------------------------------------------------ references
 
 
-def _cma_ref(batch, alpha, beta):
+def _cma_ref(batch, alpha, beta, gamma=0.0):
     def f(th):
-        Gs, Hs = [], []
+        Gs, Hs, Ts = [], [], []
         for m in masks(batch):
             def ce_e(t, m=m):
                 return ce(t, batch.X[m], batch.y[m])
             Gs.append(grad(ce_e)(th).reshape(-1))
-            Hs.append(hessian(ce_e)(th).reshape(th.numel(), th.numel()))
-        Gs, Hs = torch.stack(Gs), torch.stack(Hs)
-        r_g = ((Gs - Gs.mean(0)) ** 2).sum((1,)).mean()
-        r_h = ((Hs - Hs.mean(0)) ** 2).sum((1, 2)).mean()
-        return pooled(th, batch) + alpha * r_g + beta * r_h
+            Hs.append(hessian(ce_e)(th).reshape(-1))
+            Ts.append(jacfwd(jacfwd(grad(ce_e)))(th).reshape(-1))
+        r_g, r_h, r_3 = (((D - D.mean(0)) ** 2).sum(1).mean() for D in map(torch.stack, (Gs, Hs, Ts)))
+        return pooled(th, batch) + alpha * r_g + beta * r_h + gamma * r_3
     return f
 
 
@@ -95,10 +94,28 @@ def test_ce_weighting_override() -> None:
     torch.testing.assert_close(run("reweight", theta, batch, weighting="pooled"), run("erm", theta, batch))
 
 
-@pytest.mark.parametrize(("alpha", "beta"), [(4.0, 0.5), (0.0, 2.0), (3.0, 0.0)])
-def test_cma_matches_autograd_gradient_and_hessian_variances(alpha: float, beta: float) -> None:
+@pytest.mark.parametrize(("alpha", "beta", "gamma"), [(4.0, 0.5, 0.0), (0.0, 2.0, 0.0), (3.0, 0.0, 0.0),
+                                                   (1.0, 0.5, 0.2), (0.0, 0.0, 1.5)])
+def test_cma_matches_autograd_derivative_variances(alpha: float, beta: float, gamma: float) -> None:
     theta, batch = problem(G=2, N=24, d=2, C=3)
-    check("cma", theta, batch, _cma_ref(batch, alpha, beta), alpha=alpha, beta=beta)
+    check("cma", theta, batch, _cma_ref(batch, alpha, beta, gamma), alpha=alpha, beta=beta, gamma=gamma)
+
+
+def test_cma_third_order_term_only_when_some_gamma_is_nonzero() -> None:
+    theta, batch = problem(G=2, N=18, d=2, C=2)
+    cls = REGISTRY["cma"]
+
+    def logged(gammas):
+        hp = {"alpha": torch.ones(2, dtype=F64), "beta": torch.ones(2, dtype=F64),
+              "gamma": torch.tensor(gammas, dtype=F64)}
+        return cls(hp, Settings(dtype=F64)).loss(forward(theta, batch), batch, torch.ones(2, dtype=torch.bool))
+
+    off_loss, off_logs = logged([0.0, 0.0])
+    assert "third" not in off_logs  # neither computed nor logged: today's runs are unchanged
+    on_loss, on_logs = logged([0.0, 2.0])
+    torch.testing.assert_close(on_loss[0], off_loss[0])
+    torch.testing.assert_close(on_loss[1], off_loss[1] + 2.0 * on_logs["third"][1])
+    assert float(on_logs["third"][1]) > 0
 
 
 def test_irm_penalty_matches_autograd() -> None:

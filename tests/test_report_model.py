@@ -96,3 +96,16 @@ def test_selection_by_val_acc_is_named(runs: dict[str, Any]) -> None:
     assert report.selection(long=True) == "validation accuracy"
     both = build_report([runs["a"], runs["b"]])
     assert both.selection() == "validation WGA or validation accuracy (per run)"
+
+
+def test_labels_show_gamma_when_nonzero_and_a_gamma_axis_when_searched(tmp_path: Path) -> None:
+    base = {"alpha": [10.0, 100.0], "beta": [1.0], "anneal": [0]}
+    write_run_folder(tmp_path / "off", {"cma": {**base, "gamma": [0.0]}})
+    write_run_folder(tmp_path / "on", {"cma": {**base, "gamma": [5.0]}})
+    write_run_folder(tmp_path / "axis", {"cma": {**base, "gamma": [0.0, 5.0]}})
+    off, on, axis = (build_report([tmp_path / n]).methods[0] for n in ("off", "on", "axis"))
+    assert off.short_hparams == "alpha=100"
+    assert on.short_hparams == "alpha=100, gamma=5"  # not searched, but a term off by default is on
+    assert axis.varied == ["alpha", "gamma"]
+    assert [k for k, _, _ in axis.grid_slices()] == ["alpha", "gamma"]
+    assert axis.short_hparams.startswith("alpha=100, gamma=")

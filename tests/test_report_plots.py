@@ -63,3 +63,25 @@ def test_plots_refuse_a_file_as_folder(runs: dict[str, Any], tmp_path: Path) -> 
 
 def test_file_names_come_from_labels() -> None:
     assert slug("cma (x/run)") == "cma_x_run" and slug("///") == "run"
+
+
+def test_bound_terms_figure_averages_seeds_and_draws_closed_form_fits(tmp_path: Path) -> None:
+    from probe.reports.plots import bound_curves, bounds_figure
+    from tests.runfolders import ERM_GRID, write_run_folder
+
+    write_run_folder(tmp_path / "run", {"cma": CMA_GRID, "erm": ERM_GRID, "dfr": {"n_retrains": [20]}},
+                     bounds=True)
+    report = build_report([tmp_path / "run"])
+    cma, erm, dfr = report.methods
+    steps, series, kept = bound_curves(cma)
+    rows = cma.selected_rows
+    assert len(rows) == 2 and kept == rows[0].bounds["step"]
+    mean = [(a + b) / 2 for a, b in zip(rows[0].bounds["curve"]["hess"], rows[1].bounds["curve"]["hess"],
+                                        strict=True)]
+    assert series["hess"].tolist() == pytest.approx(mean)
+    assert bound_curves(dfr) is None and dfr.bound_stats() is not None
+    fig = bounds_figure(report)
+    ax = fig.axes[1]  # n = 2
+    labels = [line.get_label() for line in ax.get_lines()]
+    assert "cma" in labels and "erm" in labels and "dfr (closed form)" in labels
+    assert "bound_terms.png" in [p.name for p in write_plots(report, tmp_path / "figs")]

@@ -296,7 +296,8 @@ def test_fit_grid_writes_run_folder_and_selects_by_val_wga(tmp_path: Path) -> No
     assert {r["method"] for r in rows} == {"erm", "cma"} and len(rows) == 2 + 4
     assert len({r["run_id"] for r in rows}) == len(rows)
     for r in rows:
-        assert set(r) == {"run_id", "method", "hparams", "status", "steps_run", "best_step", "metrics", "history"}
+        assert set(r) == {"run_id", "method", "hparams", "status", "steps_run", "best_step", "metrics", "history",
+                          "bounds"}
         assert set(r["metrics"]) == {"train", "val", "test"}
         assert {"acc", "acc_train_weighted", "acc_group_mean", "wga", "per_group"} <= set(r["metrics"]["test"])
         assert {"step", "loss", "ce", "penalty", "val_wga", "val_acc"} <= set(r["history"])
@@ -377,7 +378,7 @@ def test_linear_head_estimator() -> None:
     ({"alpha": ["big"]}, "`alpha`: 'big' is not a number"),
     ({"weight_decay": [float("nan")]}, "`weight_decay`: nan is not allowed"),
     ({"preprocess": ["whiten"]}, "`preprocess` 'whiten'"),
-    ({"delta": [1.0]}, "unknown hyperparameter 'delta'"),
+    ({"zeta": [1.0]}, "unknown hyperparameter 'zeta'"),
 ])
 def test_fit_grid_checks_a_grid_given_in_python(tmp_path: Path, grid: dict, fragment: str) -> None:
     import re

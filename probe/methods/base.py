@@ -191,6 +191,8 @@ class GradientMethod(Method):
         return ce, {"ce": ce}
 
     def penalty_terms(self, fwd: Forward, batch: Batch, gram: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """``{term: (G,)}`` for the terms in ``penalties``; a term whose weight is zero for
+        every head of the chunk may be left out (it is then neither added nor logged)."""
         return {}
 
     def loss(self, fwd: Forward, batch: Batch, penalty_on: torch.Tensor,
@@ -200,7 +202,7 @@ class GradientMethod(Method):
         if self.penalties:
             terms = self.penalty_terms(fwd, batch, gram)
             terms = {t: v * self.factors[t] for t, v in terms.items()}
-            penalty = sum(self.hp[p.weight] * terms[t] for t, p in self.penalties.items())
+            penalty = sum(self.hp[p.weight] * terms[t] for t, p in self.penalties.items() if t in terms)
             total = total + penalty_on.to(total.dtype) * penalty
             logs.update(terms)
         return total, logs

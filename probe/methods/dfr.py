@@ -133,6 +133,23 @@ def fit_dfr(fs: FeatureSet, seed: int = 0, n_retrains: int = N_RETRAINS,
     )
 
 
+def dfr_bounds(fs: FeatureSet, row: Result, domain: str, rows: int) -> dict[str, Any]:
+    """The bound terms of a DFR head on the training rows (probe.bounds), in the standardized
+    space its head reads; ``step`` 0: it is fitted in closed form, no curve."""
+    import torch
+
+    from probe.bounds import domain_names, measure, record, sample_rows, train_domains
+
+    dom = train_domains(fs, domain)
+    idx = sample_rows(dom, rows)
+    train = np.flatnonzero(fs.split == SPLITS["train"])[idx]
+    mean, scale = (row.pre[k].to(torch.float64).numpy() for k in ("mean", "scale"))
+    X = torch.as_tensor((fs.features[train].astype(np.float64) - mean) / scale)
+    fig = measure(row.theta.unsqueeze(0), X, torch.as_tensor(fs.y[train]), torch.as_tensor(dom[idx]),
+                  domain_names(fs, domain))[0]
+    return record(fig, domain=domain, rows=len(idx), train_rows=len(dom), step=0)
+
+
 @register
 class DFR(Method):
     name = "dfr"
@@ -145,4 +162,5 @@ class DFR(Method):
         for i, cfg in enumerate(configs):
             row = fit_dfr(fs, seed=int(cfg["seed"]))
             row.run_id = run_id(cls.name, i)
+            row.bounds = dfr_bounds(fs, row, settings.domain, settings.bounds_rows)
             results.append(row)

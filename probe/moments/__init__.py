@@ -60,6 +60,18 @@ and ``"kernel"`` (``K'·R_g = tr(Rᵀ T_g R)`` with ``R = P - Y`` and
 ``penalty_terms`` returns the per-domain losses and both penalties from one
 logits pass, sharing the Gram matrix between them: the call a trainer wants.
 
+Beyond the paper (``third``, ``discrepancy``, with the cumulant kernels they share
+in ``cumulants``):
+
+    R_3 = (1/K') sum_e ||D_e - mean_f D_f||^2        third_order_variance
+
+with ``D_e`` the third derivative of domain e's mean cross-entropy,
+``(1/n_e) sum_i kappa_3(p_i) ⊗ x̃_i^{⊗3}`` (``kappa_3`` the third logit cumulant), in
+the kernel form of R_H with cubes in place of squares (``O(N² (d̃ + C))`` per head,
+memory ``O(N² + G N C)``); and ``domain_discrepancies``: per-domain losses and
+``||∇ⁿL_e − ∇ⁿL_f||_F`` for every pair of domains and n = 1, 2, 3, the terms of the
+paper's transfer bound, from the domain Gram matrices of the same kernels.
+
 Normalisation (``normalize``):
 
 * ``None`` (default): the definitions above.
@@ -93,6 +105,8 @@ from probe.moments.basics import (
     present_domains,
     probabilities,
 )
+from probe.moments.cumulants import cumulant_kernels
+from probe.moments.discrepancy import DomainDiscrepancies, domain_discrepancies
 from probe.moments.gradient import (
     GRAD_METHODS,
     GradMethod,
@@ -111,11 +125,21 @@ from probe.moments.hessian import (
     hessian_variance,
 )
 from probe.moments.penalties import Penalties, penalty_terms, variances_from_logits
+from probe.moments.third import (
+    THIRD_METHODS,
+    ThirdMethod,
+    choose_third_method,
+    third_order_costs,
+    third_order_variance,
+    third_variance_from_logits,
+)
 
 __all__ = [
-    "AUTO_MEMORY_BUDGET", "ELEMENTWISE_CHUNK_BYTES", "GRAD_METHODS", "METHODS", "NORMALIZE_OPTIONS", "GradMethod",
-    "Method", "Normalize", "Penalties", "augment", "design", "choose_gradient_method", "choose_hessian_method",
-    "domain_weights", "feature_gram", "feature_kernel", "gradient_variance", "hessian_costs", "hessian_variance",
-    "logits", "penalty_terms", "per_domain_gradients", "per_domain_losses", "present_domains", "probabilities",
+    "AUTO_MEMORY_BUDGET", "ELEMENTWISE_CHUNK_BYTES", "GRAD_METHODS", "METHODS", "NORMALIZE_OPTIONS",
+    "THIRD_METHODS", "DomainDiscrepancies", "GradMethod", "Method", "Normalize", "Penalties", "ThirdMethod",
+    "augment", "choose_gradient_method", "choose_hessian_method", "choose_third_method", "cumulant_kernels",
+    "design", "domain_discrepancies", "domain_weights", "feature_gram", "feature_kernel", "gradient_variance",
+    "hessian_costs", "hessian_variance", "logits", "penalty_terms", "per_domain_gradients", "per_domain_losses",
+    "present_domains", "probabilities", "third_order_costs", "third_order_variance", "third_variance_from_logits",
     "variances_from_logits",
 ]

@@ -24,7 +24,7 @@ def _all_finite(t: torch.Tensor) -> bool:
         return bool(torch.isfinite(t).all())
 
 
-def _check_theta_x(theta: torch.Tensor, X: torch.Tensor) -> None:
+def _check_theta_x(theta: torch.Tensor, X: torch.Tensor, same_dtype: bool = True) -> None:
     if not isinstance(theta, torch.Tensor) or not theta.is_floating_point():
         raise ValueError("theta must be a floating-point torch.Tensor")
     _as_grid(theta)
@@ -37,7 +37,7 @@ def _check_theta_x(theta: torch.Tensor, X: torch.Tensor) -> None:
             f"X has {X.shape[1]} feature columns but theta's last dimension is "
             f"{theta.shape[-1]}; it must be d+1 = {X.shape[1] + 1} (bias last)"
         )
-    if X.dtype != theta.dtype:
+    if not X.is_floating_point() or (same_dtype and X.dtype != theta.dtype):
         raise ValueError(f"X has dtype {X.dtype} but theta has {theta.dtype}; convert one of them")
     if X.device != theta.device:
         raise ValueError(f"X is on {X.device} but theta is on {theta.device}")
@@ -84,8 +84,8 @@ def _check_square(name: str, m: torch.Tensor | None, X: torch.Tensor) -> None:
         raise ValueError(f"{name} contains NaN or infinite values")
 
 
-def _validate(theta, X, y=None, domains=None, num_domains=None, kernel=None, gram=None) -> None:
-    _check_theta_x(theta, X)
+def _validate(theta, X, y=None, domains=None, num_domains=None, kernel=None, gram=None, same_dtype=True) -> None:
+    _check_theta_x(theta, X, same_dtype)
     n = X.shape[0]
     if y is not None:
         _check_labels("y", y, n, X.device)

@@ -63,6 +63,28 @@ class Stat:
         return {"mean": self.mean, "std": self.std}
 
 
+def _stat(values: Sequence[Any]) -> Stat:
+    """Mean and sample std of the numbers among ``values`` (std None for fewer than two)."""
+    nums = [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if not nums:
+        return Stat(None)
+    mean = sum(nums) / len(nums)
+    std = (sum((v - mean) ** 2 for v in nums) / (len(nums) - 1)) ** 0.5 if len(nums) > 1 else None
+    return Stat(mean, std)
+
+
+@dataclass
+class BoundStats:
+    """A selection's bound terms over its seeds (results.jsonl ``bounds``)."""
+
+    domain: str  # the column defining the training domains
+    n: int  # seeds with figures
+    rows: list[int]  # training rows measured (one value unless seeds differ)
+    train_rows: int
+    terms: dict[str, Stat]  # probe.bounds.TERMS (grad, hess, third) -> max pairwise distance
+    losses: dict[str, Stat]  # domain name -> mean cross-entropy
+
+
 @dataclass
 class Config:
     """All seeds of one hyperparameter configuration (hparams without the seed)."""
@@ -106,6 +128,7 @@ class MethodResult:
     n_configs: int
     n_diverged: int
     n_collapsed: int = 0
+    labelled: list[str] = field(default_factory=list)  # shown in labels: varied, then non-zero optional terms
 
     def get(self, split: str, key: str) -> Stat:
         return self.stats.get(split, {}).get(key, Stat(None))
@@ -119,7 +142,24 @@ class MethodResult:
         """The selected values of the hyperparameters that were searched over."""
         if self.selected_config is None and not self.selected:
             return "nothing selected"
-        return ", ".join(f"{k}={format_value(self.selected.get(k))}" for k in self.varied) or "–"
+        shown = self.labelled or self.varied
+        return ", ".join(f"{k}={format_value(self.selected.get(k))}" for k in shown) or "–"
+
+    def bound_stats(self) -> BoundStats | None:
+        """The bound terms of the selected configuration over its seeds (None: none recorded)."""
+        from probe.bounds import TERMS
+
+        found = [r.bounds for r in self.selected_rows if r.bounds]
+        if not found:
+            return None
+        names = list(dict.fromkeys(n for b in found for n in (b.get("losses") or {})))
+        return BoundStats(
+            domain=str(found[0].get("domain", "")), n=len(found),
+            rows=sorted({int(b.get("rows") or 0) for b in found}),
+            train_rows=max(int(b.get("train_rows") or 0) for b in found),
+            terms={t: _stat([b.get(t) for b in found]) for t in TERMS},
+            losses={n: _stat([(b.get("losses") or {}).get(n) for b in found]) for n in names},
+        )
 
     def grid_slices(self) -> list[tuple[str, dict[str, Any], list[Config]]]:
         """(hparam, the other varied hparams' selected values, configs) per varied hparam."""
@@ -222,6 +262,18 @@ def _varied(configs: Sequence[Config]) -> list[str]:
     return [k for k, vals in keys.items() if len(vals) > 1]
 
 
+def _labelled(method: str, varied: list[str], selected: dict[str, Any]) -> list[str]:
+    """The searched hyperparameters, then those the method declares ``label_nonzero`` (a
+    term that is off by default, as CMA's γ) when the selected value is non-zero."""
+    from probe.methods import REGISTRY
+
+    cls = REGISTRY.get(method)
+    extra = [n for n, p in (cls.hyperparameters().items() if cls else ())
+             if p.label_nonzero and n not in varied and isinstance(selected.get(n), (int, float))
+             and selected[n] != 0]
+    return varied + extra
+
+
 def _selected_config(configs: list[Config], run_ids: list[str], selected: dict[str, Any] | None
                      ) -> Config | None:
     """The configuration summary.json selected: by its first run id, else by its hparams."""
@@ -266,11 +318,13 @@ def _method_result(run: RunFolder, method: str, label: str) -> MethodResult:
     n_col = entry.get("n_collapsed")
     if n_col is None:  # written before collapse was detected
         n_col = sum(1 for r in rows if r.status == "collapsed")
+    varied = _varied(configs)
     return MethodResult(
         run=run, method=method, label=label, selected=selected, run_ids=run_ids,
         n_seeds=n_seeds, stats=stats, per_group=_per_group(sel_rows, summary_metrics),
-        configs=configs, selected_config=sel_config, varied=_varied(configs),
+        configs=configs, selected_config=sel_config, varied=varied,
         n_configs=int(entry.get("n_configs") or len(configs)), n_diverged=int(n_div), n_collapsed=int(n_col),
+        labelled=_labelled(method, varied, selected),
     )
 
 

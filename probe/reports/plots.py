@@ -1,4 +1,5 @@
-"""Figures for run folders: α × β worst-group heatmaps, per-group bars, training curves.
+"""Figures for run folders: α × β worst-group heatmaps, per-group bars, training curves,
+and the transfer bound's terms along training.
 
 matplotlib's object API with the Agg canvas (no pyplot global state, no display
 needed); every figure is written atomically as PNG.
@@ -36,7 +37,8 @@ def write_plots(run_dirs: Sequence[str | Path] | Report, plots: str | Path) -> l
 
     ``plots`` is created if missing. Returns the PNG paths written:
     ``wga_heatmap_<method>.png`` for methods with an alpha × beta grid,
-    ``per_group_test_acc.png``, and ``curves_<method>.png`` for selections with a history.
+    ``per_group_test_acc.png``, ``curves_<method>.png`` for selections with a history,
+    and ``bound_terms.png`` when the results record the bound terms.
     """
     report = run_dirs if isinstance(run_dirs, Report) else build_report(run_dirs)
     out = Path(plots)
@@ -59,6 +61,9 @@ def write_plots(run_dirs: Sequence[str | Path] | Report, plots: str | Path) -> l
         fig = curves_figure(m)
         if fig is not None:
             written.append(_save(fig, out / f"curves_{slug(m.label)}.png"))
+    fig = bounds_figure(report)
+    if fig is not None:
+        written.append(_save(fig, out / "bound_terms.png"))
     return written
 
 
@@ -277,3 +282,68 @@ def _spread(series: dict[str, np.ndarray]) -> float:
     if vals.size == 0 or vals.min() <= 0:
         return 1.0
     return float(vals.max() / vals.min())
+
+
+# --------------------------------------------------------------------------- bound terms
+
+BOUND_TITLES = {"grad": "n = 1: max ‖∇L_e − ∇L_f‖_F", "hess": "n = 2: max ‖∇²L_e − ∇²L_f‖_F",
+                "third": "n = 3: max ‖∇³L_e − ∇³L_f‖_F"}
+
+
+def bound_curves(m: MethodResult) -> tuple[np.ndarray, dict[str, np.ndarray], float] | None:
+    """(steps, term -> values, kept step) of a selection's bound curves: the mean over its
+    seeds when they were evaluated at the same steps, else its first seed's."""
+    curves = [(r.bounds["curve"], r.bounds.get("step")) for r in m.selected_rows
+              if r.bounds and isinstance(r.bounds.get("curve"), dict) and r.bounds["curve"].get("step")]
+    if not curves:
+        return None
+    steps = curves[0][0]["step"]
+    same = [c for c in curves if c[0]["step"] == steps]
+    n = len(steps)
+    series = {}
+    for t in BOUND_TITLES:
+        arrays = [a for c, _ in same if (a := _series(c.get(t), n)) is not None]
+        if arrays:
+            with np.errstate(all="ignore"):
+                series[t] = np.nanmean(np.vstack(arrays), axis=0)
+    kept = curves[0][1]
+    return np.asarray(steps, dtype=np.float64), series, float(kept) if kept is not None else math.nan
+
+
+def bounds_figure(report: Report) -> Figure | None:
+    """One panel per derivative order: each method's selected configuration over training steps
+    (a dot at its kept checkpoint); a method fitted in closed form (DFR) as a horizontal line."""
+    lines = [(m, c) for m in report.methods if (c := bound_curves(m)) is not None]
+    flat = [(m, b) for m in report.methods if bound_curves(m) is None and (b := m.bound_stats()) is not None]
+    if not lines and not flat:
+        return None
+    fig = Figure(figsize=(16.0, 4.6), layout="constrained")
+    axes = fig.subplots(1, len(BOUND_TITLES))
+    for ax, (t, title) in zip(axes, BOUND_TITLES.items(), strict=True):
+        values = []
+        for m, (steps, series, kept) in lines:
+            if t not in series:
+                continue
+            (line,) = ax.plot(steps, series[t], label=m.label, linewidth=1.5)
+            values.append(series[t])
+            if math.isfinite(kept):
+                k = int(np.argmin(np.abs(steps - kept)))
+                ax.plot([steps[k]], [series[t][k]], "o", color=line.get_color(), markersize=5)
+        for m, b in flat:
+            v = b.terms[t].mean
+            if v is not None and math.isfinite(v):
+                ax.axhline(v, linestyle="--", linewidth=1.2, color="dimgrey", label=f"{m.label} (closed form)")
+                values.append(np.array([v]))
+        if values and _spread({str(i): v for i, v in enumerate(values)}) > 20:
+            ax.set_yscale("log")
+        ax.set_xlabel("training step")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    rows = sorted({r.bounds["curve"].get("rows") for m, _ in lines for r in m.selected_rows
+                   if r.bounds and isinstance(r.bounds.get("curve"), dict)} - {None})
+    fig.suptitle("Transfer-bound terms across training domains along training ("
+                 + (f"{'/'.join(map(str, rows))} fixed training rows; " if rows else "")
+                 + "mean over seeds; dots: kept checkpoints; dashed: closed-form fits on their checkpoint rows)",
+                 fontsize=10)
+    return fig

@@ -217,9 +217,61 @@ def per_group_table(
     )
 
 
+#: the bound terms (probe.bounds.TERMS) as the table heads them
+BOUND_HEADERS = {"grad": "Δ∇L", "hess": "Δ∇²L", "third": "Δ∇³L"}
+#: more training domains than this: the loss columns become min and max
+MAX_LOSS_COLUMNS = 8
+
+
+def _num(stat: Stat, show_std: bool) -> str:
+    if stat.mean is None or not math.isfinite(stat.mean):
+        return MISSING
+    body = f"{stat.mean:.3g}"
+    return body + (f" ± {stat.std:.2g}" if show_std and stat.std is not None else "")
+
+
+def bounds_table(report: Report) -> Table | None:
+    """Rows = methods at their selection: the per-domain losses and the max pairwise derivative
+    distances (results.jsonl ``bounds``); None when no method recorded them."""
+    stats = [(m, m.bound_stats()) for m in report.methods]
+    if not any(b for _, b in stats):
+        return None
+    names = list(dict.fromkeys(n for _, b in stats if b for n in b.losses))
+    wide = len(names) <= MAX_LOSS_COLUMNS
+    loss_headers = [f"L ({n})" for n in names] if wide else ["L min", "L max"]
+    rows: list[list[Cell]] = []
+    for m, b in stats:
+        if b is None:
+            rows.append([m.label, MISSING, *[MISSING] * (len(loss_headers) + len(BOUND_HEADERS))])
+            continue
+        show = b.n > 1
+        rows_text = "/".join(map(str, b.rows)) + ("" if b.rows == [b.train_rows] else f" of {b.train_rows}")
+        if wide:
+            losses = [_num(b.losses.get(n, Stat(None)), show) for n in names]
+        else:
+            means = [s.mean for s in b.losses.values() if s.mean is not None]
+            losses = [f"{min(means):.3g}", f"{max(means):.3g}"] if means else [MISSING, MISSING]
+        rows.append([m.label, rows_text, *losses, *[_num(b.terms.get(t, Stat(None)), show) for t in BOUND_HEADERS]])
+    domains = sorted({b.domain for _, b in stats if b})
+    return Table(
+        title="Transfer-bound terms of the selected configurations, on the training domains "
+        f"({', '.join(domains)}; {_seeds_note(report)})",
+        headers=["Method", "Train rows", *loss_headers, *BOUND_HEADERS.values()],
+        rows=rows,
+        caption="L (e): mean cross-entropy of training domain e. Δ∇ⁿL: the largest ‖∇ⁿL_e − ∇ⁿL_f‖_F over "
+        "pairs of training domains, n = 1, 2, 3 (gradient, Hessian, third derivative w.r.t. the head's "
+        "weights and bias on its own preprocessed features, exact), the terms the CMA paper's transfer "
+        "bounds are made of. Measured at the kept checkpoint on the train rows shown (\"of N\": a fixed "
+        "sample of the N, stratified by domain, the same for every method).",
+    )
+
+
 def main_tables(report: Report) -> list[Table]:
-    """The comparison, selection and per-group tables, in the order every format shows them."""
-    return [comparison_table(report), selection_table(report), per_group_table(report)]
+    """The comparison, selection, per-group and (when recorded) bound tables, in the order
+    every format shows them."""
+    bounds = bounds_table(report)
+    return [comparison_table(report), selection_table(report), per_group_table(report),
+            *([bounds] if bounds else [])]
 
 
 def grid_tables(report: Report) -> list[Table]:

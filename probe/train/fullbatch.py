@@ -20,7 +20,7 @@ from features.store import FeatureSet
 from probe.methods.base import GradientMethod
 from probe.results import Result
 from probe.train.data import Batch, Split
-from probe.train.loop import head_rows
+from probe.train.loop import head_rows, kept_bounds
 from probe.train.plan import Chunk, problem_key
 from probe.train.settings import Settings
 from probe.train.solver import Problem, Solution, lbfgs
@@ -66,8 +66,10 @@ class SolverFit:
         theta = sol.theta[which].to(X.dtype)
         fixed = {"solver": "lbfgs", "tol": st.tol, "max_iter": st.max_iter, "domain": st.domain,
                  "ce_weighting": self.objective.ce}
+        fates = [_fate(sol, u) for u in which]
+        bounds = kept_bounds(self.fs, tr, theta, [f["steps_run"] for f in fates], st)
         rows = head_rows(self.fs, self.method.name, self.configs, fixed, self.splits, theta,
-                         [_fate(sol, u) for u in which], {"train": X})
+                         [{**f, "bounds": b} for f, b in zip(fates, bounds, strict=True)], {"train": X})
         for row in rows:  # validation is scored once, at the final point: the row's metrics
             val = row.metrics.get("val")
             if row.history["step"] and val:

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from features.store import FeatureSet
+from probe.bounds import Curve, domain_names, measure, record, sample_rows
 from probe.methods.base import FeatureScale, GradientMethod
 from probe.metrics import collapsed_heads, correct_by_group, group_sizes, metrics_by_head
 from probe.results import HISTORY_KEYS, SELECTABLE, Result, run_id
@@ -52,6 +53,23 @@ def initial_heads(G: int, C: int, D: int, seed: int, settings: Settings) -> torc
         layer = torch.nn.Linear(d, C, bias=settings.bias)
     head = layer.weight.detach() if not settings.bias else torch.cat([layer.weight, layer.bias[:, None]], 1).detach()
     return head.to(device=dev, dtype=dt).unsqueeze(0).repeat(G, 1, 1)
+
+
+def bound_rows(tr: Split, cap: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(X, y, domains) of the fixed sample of at most ``cap`` training rows (probe.bounds)."""
+    idx = torch.as_tensor(sample_rows(tr.domain.cpu().numpy(), cap), device=tr.rows.device)
+    return tr.X(idx), tr.y[idx], tr.domain[idx]
+
+
+def kept_bounds(fs: FeatureSet, tr: Split, theta: torch.Tensor, steps: list[int], settings: Settings,
+                curve: Curve | None = None) -> list[dict[str, Any]]:
+    """Each kept head's bound terms (``steps[g]``: its checkpoint), with its curve of the
+    three distances when one was recorded along training (probe.bounds)."""
+    X, y, dom = bound_rows(tr, settings.bounds_rows)
+    figures = measure(theta, X, y, dom, domain_names(fs, settings.domain), settings.bias)
+    return [record(fig, domain=settings.domain, rows=X.shape[0], train_rows=len(tr.rows), step=int(steps[g]),
+                   curve=curve.of_head(g) if curve else None)
+            for g, fig in enumerate(figures)]
 
 
 def head_rows(fs: FeatureSet, method: str, configs: list[dict[str, Any]], fixed: dict[str, Any],
@@ -114,6 +132,8 @@ class ChunkFit:
         self.val_X = va.X()  # evaluated every eval_every steps: preprocess once
         self.stream = Stream(tr, K, share, settings, chunk.seed, method.uses_gram)
         self.history: dict[str, list] = {k: [] for k in ("step", "loss", "val_wga", "val_acc")}
+        cap = settings.bounds_curve_rows
+        self.curve = Curve(*bound_rows(tr, cap), bias=settings.bias) if cap else None
 
     def run(self, on_step: Callable[[int], None] | None) -> list[Result]:
         steps = self.settings.steps
@@ -182,14 +202,18 @@ class ChunkFit:
             hist.setdefault(name, []).append(value.detach().cpu().tolist())
         hist["val_wga"].append(wga.cpu().tolist())
         hist["val_acc"].append(acc.cpu().tolist())
+        if self.curve is not None:
+            self.curve.record(step + 1, self.theta)
 
     @torch.no_grad()
     def results(self) -> list[Result]:
         st = self.settings
         fixed = {"steps": st.steps, "batch_size": st.batch_size, "optimizer": st.optimizer, "domain": st.domain,
                  "ce_weighting": self.objective.ce or self.method.name}
+        bounds = kept_bounds(self.fs, self.splits["train"], self.best_theta, self.best_step.tolist(), st,
+                             self.curve)
         fates = [{"status": "diverged" if bool(self.diverged[g]) else "ok", "steps_run": int(self.steps_run[g]),
-                  "best_step": int(self.best_step[g]), "history": self._history_of(g)}
+                  "best_step": int(self.best_step[g]), "history": self._history_of(g), "bounds": bounds[g]}
                  for g in range(len(self.configs))]
         return head_rows(self.fs, self.method.name, self.configs, fixed, self.splits, self.best_theta, fates,
                          {"val": self.val_X})

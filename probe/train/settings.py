@@ -105,6 +105,14 @@ class Settings:
                                          "means span.", minimum=1)
     probes: int = setting(100, "hutchinson: Rademacher probes per step for each domain's Hessian-diagonal "
                                "estimate.", minimum=1)
+    bounds_rows: int = setting(8192, "Training rows on which each kept head's bound terms are measured (per-domain "
+                                     "losses, max pairwise distance of the domains' gradients, Hessians and third "
+                                     "derivatives; exact, O(rows² d)); 0: every training row. A larger train "
+                                     "split is sampled once, stratified by domain, the same rows for every fit.",
+                               minimum=0)
+    bounds_curve_rows: int = setting(1024, "Training rows (the same kind of fixed sample) on which the three "
+                                           "distances are measured at every evaluation, for the curves of "
+                                           "`probe report --plots`; 0: no curve.", minimum=0)
     ce_weighting: str | None = setting(
         None, "Cross-entropy weighting over the balanced batches: pooled (natural-distribution mean via importance "
               "weights; default of erm, cma, irm, vrex, fishr) or domain (mean of per-domain means; default of "

@@ -39,6 +39,8 @@ def report_dict(report: Report) -> dict[str, Any]:
             for m in report.methods
         ],
         "per_group": [{**ident(m), "test": m.per_group} for m in report.methods],
+        "bounds": [{**ident(m), "seeds": [r.bounds for r in m.selected_rows if r.bounds]}
+                   for m in report.methods],
         "grid": [
             {**ident(m), "mode": GRID_MODE, "searched": m.varied, "slices": [
                 {"hparam": k, "fixed": fixed, "configs": [
