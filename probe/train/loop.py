@@ -23,18 +23,23 @@ from probe.train.settings import Settings
 
 
 def fit_chunks(fs: FeatureSet, method: type[GradientMethod], configs: list[dict[str, Any]], settings: Settings,
-               chunks: list[Chunk], on_step: Callable[[int], None] | None, results: list[Result]) -> None:
+               chunks: list[Chunk], on_step: Callable[[int], None] | None, results: list[Result],
+               on_chunk: Callable[[list[Result]], None] | None = None) -> None:
     """Fit ``configs`` chunk by chunk (``plan``), appending each chunk's rows to
     ``results`` as it finishes, so a caller that catches KeyboardInterrupt still
-    holds every finished configuration (those of the interrupted chunk are left out)."""
+    holds every finished configuration (those of the interrupted chunk are left out);
+    then ``on_chunk`` gets the chunk's rows."""
     prepared: dict[str, dict[str, Split]] = {}
     for chunk in chunks:
         if chunk.preprocess not in prepared:  # fitted once: it does not depend on the seed
             prepared[chunk.preprocess] = prepare(fs, chunk.preprocess, settings)
         fit = ChunkFit(fs, method, [configs[i] for i in chunk.configs], chunk, settings, prepared[chunk.preprocess])
-        for i, row in zip(chunk.configs, fit.run(on_step), strict=True):
+        rows = fit.run(on_step)
+        for i, row in zip(chunk.configs, rows, strict=True):
             row.run_id = run_id(method.name, i)
-            results.append(row)
+        results.extend(rows)
+        if on_chunk is not None:
+            on_chunk(rows)
 
 
 def initial_heads(G: int, C: int, D: int, seed: int, settings: Settings) -> torch.Tensor:
