@@ -24,6 +24,7 @@ from base.errors import UserError
 from cli import extract as _extract  # noqa: F401  (registers extract, info, merge)
 from cli import fit as _fit  # noqa: F401  (registers fit)
 from cli import report as _report  # noqa: F401  (registers report)
+from cli import study as _study  # noqa: F401  (registers study)
 from cli.app import app
 from cli.flags import flag_names
 
