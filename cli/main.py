@@ -1,4 +1,4 @@
-"""Entry point: `probe extract | info | merge | fit | report`.
+"""Entry point: `probe extract | info | merge | fit | report | study`.
 
 Every user mistake surfaces as one line on stderr and exit code 2; a traceback
 means a bug in probe. Heavy imports (torch, transformers) happen inside the

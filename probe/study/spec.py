@@ -86,7 +86,7 @@ def load_study(path: str | Path, out: str | Path | None = None) -> Study:
     head = _table(data, "study", where)
     _only(head, ("out", "launcher", "jobs"), f"{where} [study]")
     here = p.resolve().parent
-    folder = Path(out) if out is not None else _path(here, head.get("out", f"{p.stem}.study"))
+    folder = Path(out).resolve() if out is not None else _path(here, head.get("out", f"{p.stem}.study"))
     shared = _table(data, "fit", where)
     _check_fit(shared, f"{where} [fit]")
     feature_jobs = [_features(here, folder, e, i, where) for i, e in enumerate(_entries(data, "features", where))]
