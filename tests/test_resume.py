@@ -240,3 +240,40 @@ def test_full_disk_during_overwrite_keeps_the_previous_run(small_disk: Path, fea
     res = run_cli("fit", features, "--out", run, *GRID, "--overwrite")
     assert res.code == 0, res.stderr
     assert len(_rows(run)) == 12 and not (run / ".partial").exists()
+
+
+def test_ctrl_c_then_the_same_call_resumes_from_the_partial_run(tmp_path: Path, features: Path) -> None:
+    """In-process: an interrupted fit writes a partial run (complete: false); the same
+    call fits only the rest and ends where an uninterrupted one does."""
+    from probe.api import fit_grid
+
+    calls = {"n": 0}
+
+    class Stop:
+        def total(self, n: int) -> None:
+            pass
+
+        def advance(self, n: int) -> None:
+            calls["n"] += n
+            if calls["n"] > 2 * 30 + 5:  # the third cohort is under way
+                raise KeyboardInterrupt
+
+    args = dict(methods=["erm"], grid={"seed": [0, 1, 2, 3]}, steps=30, batch_size=16, eval_every=10,
+                command="probe fit good.h5")
+    with pytest.raises(KeyboardInterrupt):
+        fit_grid(str(features), out=tmp_path / "run", progress=Stop(), **args)
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["complete"] is False
+    assert [r["hparams"]["seed"] for r in _rows(tmp_path / "run")] == [0, 1]
+    seen = {"n": 0}
+
+    class Count:
+        def total(self, n: int) -> None:
+            seen["n"] = n
+
+        def advance(self, n: int) -> None:
+            pass
+
+    fit_grid(str(features), out=tmp_path / "run", progress=Count(), **args)
+    assert seen["n"] == 2 * 30, "the finished cohorts were fitted again"
+    fit_grid(str(features), out=tmp_path / "ref", **args)
+    assert _rows(tmp_path / "run") == _rows(tmp_path / "ref")

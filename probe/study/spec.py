@@ -95,17 +95,19 @@ def load_study(path: str | Path, out: str | Path | None = None) -> Study:
     _unique([g[0] for g in groups], "[[methods]]", where)
     jobs = [j for _, js, _, _ in feature_jobs for j in js]
     for fname, _, file, labels in feature_jobs:
-        needs = tuple(j.id for j in jobs if j.output == str(file.relative_to(folder))) if file.is_relative_to(
-            folder) else ()
+        needs = tuple(j.id for j in jobs if folder / j.output == file)  # its extraction (or merge), if any
         for gname, methods, flags in groups:
             out_rel = f"jobs/fit-{fname}-{gname}/run"
             argv = ("fit", str(file), *(("--method", ",".join(methods)) if methods else ()), "--out",
                     str(folder / out_rel), *flags, "--quiet")
             jobs.append(Job(f"fit-{fname}-{gname}", "fit", argv, out_rel, needs,
                             {**labels, "methods": gname}))
+    workers = head.get("jobs")
+    if workers is not None and (not isinstance(workers, int) or isinstance(workers, bool) or workers < 1):
+        raise UserError(f"{where} [study]: `jobs` must be a whole number >= 1")
     slurm = _table(data, "slurm", where)
     _only(slurm, SLURM_KEYS, f"{where} [slurm]")
-    return Study(p, folder, jobs, str(head.get("launcher", "local")), head.get("jobs"), slurm)
+    return Study(p, folder, jobs, str(head.get("launcher", "local")), workers, slurm)
 
 
 def _only(table: dict[str, Any], allowed: tuple[str, ...] | list[str], where: str) -> None:
