@@ -227,6 +227,11 @@ class RunSession:
         return self.previous.kind != "complete"
 
 
+def swapping(out: Path) -> bool:
+    """Whether a new run is being moved into ``out`` (its files are then a mixture)."""
+    return (out / JOURNAL / "staging" / "READY").exists()
+
+
 def no_space_message(exc: NoSpace, out: Path, kept: int) -> str:
     """A full disk during a fit, in one line: where, and what is intact."""
     return (f"{exc}; the previous contents of `out` {out} are unchanged"

@@ -277,3 +277,15 @@ def test_ctrl_c_then_the_same_call_resumes_from_the_partial_run(tmp_path: Path, 
     assert seen["n"] == 2 * 30, "the finished cohorts were fitted again"
     fit_grid(str(features), out=tmp_path / "ref", **args)
     assert _rows(tmp_path / "run") == _rows(tmp_path / "ref")
+
+
+def test_a_report_refuses_a_run_folder_mid_swap(tmp_path: Path) -> None:
+    from base.errors import UserError
+    from probe.reports import build_report
+    from tests.runfolders import write_run_folder
+
+    write_run_folder(tmp_path / "run", {"erm": {"weight_decay": [0.0]}})
+    (tmp_path / "run" / ".partial" / "staging").mkdir(parents=True)
+    (tmp_path / "run" / ".partial" / "staging" / "READY").write_text("{}")
+    with pytest.raises(UserError, match="being replaced by `probe fit`"):
+        build_report([tmp_path / "run"])

@@ -62,6 +62,11 @@ def load_run(path: str | Path, name: str = "") -> RunFolder:
         raise UserError(f"run folder {p} does not exist; pass a folder written by `probe fit --out`")
     if not p.is_dir():
         raise UserError(f"{p} is not a folder; pass a run folder written by `probe fit --out`")
+    from probe.resume import swapping  # imports torch (through probe.runs): not when the CLI starts
+
+    if swapping(p):
+        raise UserError(f"{p} is being replaced by `probe fit` (or one stopped while moving its new run in); "
+                        "wait for it, or rerun that `probe fit` to finish")
     summary = _read_json(p / "summary.json")
     results_file = p / "results.jsonl"
     results = parse_results(_read_text(results_file), where=results_file)
