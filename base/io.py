@@ -1,8 +1,14 @@
-"""Atomic writes: a result is either the old good file or the new good file."""
+"""Atomic writes: a result is either the old good file or the new good file.
+
+Each write is flushed to the disk (the file, then its folder) before it counts as
+done, so that what a resumable command has finished survives a power loss, and a
+full disk is one :class:`NoSpace` error naming the path, the old file intact.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -11,6 +17,38 @@ from pathlib import Path
 from typing import Any
 
 from base.errors import UserError
+
+
+class NoSpace(UserError):
+    """The disk (or quota) ran out while writing ``path``; whatever was there is intact."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        super().__init__(f"no space left on the device for {self.path}; free some space and rerun")
+
+
+def is_no_space(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+@contextlib.contextmanager
+def no_space_names(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Turn a full disk met while writing ``path`` into :class:`NoSpace`."""
+    try:
+        yield
+    except OSError as exc:
+        if is_no_space(exc):
+            raise NoSpace(path) from exc
+        raise
+
+
+def fsync_path(path: str | os.PathLike[str]) -> None:
+    """Flush a file, or a folder's entries (a rename is durable only once its folder is)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def check_writable_dir(path: Path, what: str = "output") -> None:
@@ -25,21 +63,26 @@ def check_writable_dir(path: Path, what: str = "output") -> None:
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it over ``path`` on success.
+    """Yield a temporary path beside ``path``; flush it and rename it over ``path`` on success.
 
     On an exception (including KeyboardInterrupt) the temporary file is removed
-    and ``path`` is left exactly as it was.
+    and ``path`` is left exactly as it was; a full disk is :class:`NoSpace`.
     """
     target = Path(path)
-    check_writable_dir(target.parent if str(target.parent) else Path("."))
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    folder = target.parent if str(target.parent) else Path(".")
+    check_writable_dir(folder)
+    with no_space_names(target):
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
-        # mkstemp creates 0600 files; give results the permissions any new file gets.
-        os.chmod(tmp_path, 0o666 & ~_umask())
-        os.replace(tmp_path, target)
+        with no_space_names(target):
+            yield tmp_path
+            # mkstemp creates 0600 files; give results the permissions any new file gets.
+            os.chmod(tmp_path, 0o666 & ~_umask())
+            fsync_path(tmp_path)
+            os.replace(tmp_path, target)
+            fsync_path(folder)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
@@ -54,6 +97,11 @@ def _umask() -> int:
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:

@@ -18,6 +18,7 @@ import typer
 
 from cli.app import app
 from cli.options import OptionSpec, with_options
+from cli.signals import Terminated, exit_code, sigterm_as_interrupt
 from probe.grid import RANGE_HELP, format_values
 from probe.methods import COMMON, all_params, get_method, method_names
 from probe.protocols import PROTOCOLS, protocol_names
@@ -109,16 +110,23 @@ def fit(
 
     Grid flags take a value, a comma list, or a range START:STOP:NUM (NUM evenly spaced
     values, both ends included) or START:STOP:NUM:log (geometric), e.g. --alpha
-    1e1:1e5:5:log --seed 0:4:5. The product of a method's values is its grid. Ctrl-C
-    stops cleanly: configurations of the cohorts (seed × preprocessing) already finished
-    are written, unfinished ones are left out, and the command exits with code 130.
+    1e1:1e5:5:log --seed 0:4:5. The product of a method's values is its grid.
+
+    Resumable: every finished cohort (seed × preprocessing) is kept in RUN_DIR/.partial;
+    after a crash, a kill or a pre-emption, the same command fits only what is left and
+    writes the same run. Ctrl-C or SIGTERM stops cleanly: the configurations already
+    finished are written (unless --overwrite is replacing a complete run, which then stays
+    as it was), and the command exits with code 130 (SIGINT) or 143 (SIGTERM).
     """
+    from base.errors import UserError
     from probe.api import fit_grid
 
     params = all_params()
     grid = {name: params[name][0][1].parse(text) for name, text in grid_text.items()}
     run_dir = out if out is not None else Path("runs") / features.stem
     if out is None:
+        if run_dir.parent.exists() and not run_dir.parent.is_dir():
+            raise UserError(f"`out` defaults to {run_dir}, but {run_dir.parent} is a file here; pass `out`")
         run_dir.parent.mkdir(exist_ok=True)
     from rich.progress import (
         BarColumn,
@@ -133,7 +141,7 @@ def fit(
     command = None if sys.argv[1:2] == ["fit"] else _command_line(features, method, run_dir, grid_text,
                                                                   {**settings, "protocol": protocol})
     try:
-        with bar if not quiet else contextlib.nullcontext():
+        with sigterm_as_interrupt(), bar if not quiet else contextlib.nullcontext():
             fit_grid(features, method if method is not None or protocol else "erm,cma", grid, run_dir,
                      overwrite=overwrite, allow_incomplete=allow_incomplete, device=device, dtype=dtype,
                      progress=None if quiet else _Progress(bar), command=command, protocol=protocol,
@@ -141,11 +149,20 @@ def fit(
                                                                               highlight=False),
                      **settings)
     except KeyboardInterrupt as exc:
-        written = getattr(exc, "probe_written", None)
-        where = f"finished configurations are in {written}" if written else "no configuration had finished"
-        print(f"probe fit: interrupted; {where}", file=sys.stderr)
-        raise typer.Exit(130) from None
+        print(f"probe fit: {_interrupted(exc, run_dir)}", file=sys.stderr)
+        raise typer.Exit(exit_code(exc)) from None
     _report(run_dir, quiet)
+
+
+def _interrupted(exc: KeyboardInterrupt, run_dir: Path) -> str:
+    what = "terminated" if isinstance(exc, Terminated) else "interrupted"
+    kept = getattr(exc, "probe_kept", 0)
+    if getattr(exc, "probe_written", None):
+        return f"{what}; {kept} finished configurations are in {run_dir}; rerun the same command to finish the fit"
+    if kept:
+        return (f"{what}; the previous run in {run_dir} is unchanged; {kept} finished configurations are kept in "
+                f"{run_dir}/.partial, rerun the same command to finish the fit")
+    return f"{what}; no configuration had finished"
 
 
 def _command_line(features: Path, method: str, run_dir: Path, grid_text: dict[str, str],

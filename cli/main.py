@@ -1,4 +1,4 @@
-"""Entry point: `probe extract | info | merge | fit | hull | report`.
+"""Entry point: `probe extract | info | merge | fit | hull | report | reproduce | study`.
 
 Every user mistake surfaces as one line on stderr and exit code 2; a traceback
 means a bug in probe. Heavy imports (torch, transformers) happen inside the
@@ -26,6 +26,7 @@ from cli import fit as _fit  # noqa: F401  (registers fit)
 from cli import hull as _hull  # noqa: F401  (registers hull)
 from cli import report as _report  # noqa: F401  (registers report)
 from cli import reproduce as _reproduce  # noqa: F401  (registers reproduce)
+from cli import study as _study  # noqa: F401  (registers study)
 from cli.app import app
 from cli.flags import flag_names
 

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import inspect
+import json
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -20,14 +21,16 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 
 from base.device import resolve_device
 from base.errors import UserError
+from base.io import NoSpace
 from features.store import SPLITS, FeatureSet, read_features
 from probe import moments
-from probe.fitting import fit_method, plan_method, progress_units
+from probe.fitting import fit_method, plan_method, progress_units, remaining
 from probe.methods import COMMON, GradientMethod, all_params, get_method, method_names
 from probe.preprocess import Preprocessor
 from probe.protocols import Resolved, resolve_for
-from probe.results import Result
-from probe.runs import prepare_run_dir, provenance, write_run
+from probe.results import Result, parse_results, sort_results
+from probe.resume import RunSession, data_fingerprint, fit_fingerprint, no_space_message
+from probe.runs import provenance
 from probe.train.data import SplitCache, validate_for_fit
 from probe.train.settings import DTYPES, Settings, user_settings, uses_solver
 
@@ -106,9 +109,14 @@ def fit_grid(features: FeatureSet | str | Path, methods: list[str] | str | None 
     ``progress`` (optional) has ``total(n)`` and ``advance(n)``, counted in steps × chunks;
     ``notify`` (optional) receives one-line messages (the resolved protocol).
 
+    With ``out``, every finished chunk is kept durably (``probe.resume``): the same call
+    after a crash or a kill fits only what is left and writes the same run; a folder
+    that holds this very fit, complete, is returned as it is.
+
     Returns ``{"summary": ..., "rows": {method: [Result]}}``. On Ctrl-C
     (KeyboardInterrupt) the configurations of every chunk that finished are
-    written (unfinished ones are left out) and the exception propagates.
+    written (unfinished ones are left out), unless that would replace a complete
+    previous run, and the exception propagates.
     """
     grid = check_grid(grid or {})
     make_settings(device, dtype, **settings)  # every setting checked before the file is read
@@ -120,32 +128,91 @@ def fit_grid(features: FeatureSet | str | Path, methods: list[str] | str | None 
     check_method_settings(fs, names, st)
     if resolved is not None and notify is not None:
         notify(resolved.describe([*grid, *settings]))
-    out_path = Path(out) if out is not None else None
-    if out_path is not None:
-        prepare_run_dir(out_path, overwrite)
+    prov = _provenance(fs, plans, st, command, grid, resolved,
+                       {"grid": grid, "settings": settings, **({"methods": methods} if methods is not None else {})})
+    if out is None:
+        rows = _fit_plans(fs, plans, progress, {}, None)
+        return {"summary": None, "rows": rows}
+    out_path = Path(out)
+    fingerprint = fit_fingerprint(data_fingerprint(fs), _plan_record(plans, resolved))
+    rows: dict[str, list[Result]] = {}
+    try:
+        with RunSession(out_path, fingerprint, overwrite) as session:
+            if session.complete:
+                if notify is not None:
+                    notify(f"{out_path} already holds this fit, complete; nothing to fit (`overwrite` fits it "
+                           "again)")
+                return {"summary": json.loads((out_path / "summary.json").read_text(encoding="utf-8")),
+                        "rows": _rows_by_method(out_path / "results.jsonl", names)}
+            try:
+                _fit_plans(fs, plans, progress, session.finished(), session, rows)
+                return {"summary": session.commit(rows, fs, prov, st.select, st.ties),
+                        "rows": {m: sort_results(r) for m, r in rows.items()}}
+            except KeyboardInterrupt as exc:
+                if any(rows.values()) and session.keep_partial():
+                    session.commit({m: r for m, r in rows.items() if r}, fs, prov, st.select, st.ties,
+                                   complete=False)
+                    exc.probe_written = str(out_path)  # type: ignore[attr-defined]  # for the CLI's message
+                exc.probe_kept = sum(map(len, rows.values()))  # type: ignore[attr-defined]
+                raise
+    except NoSpace as exc:
+        raise UserError(no_space_message(exc, out_path, sum(map(len, rows.values())))) from exc
+
+
+def _fit_plans(fs: FeatureSet, plans: dict[str, MethodPlan], progress: Any, done: dict[str, dict[int, Result]],
+               session: RunSession | None, rows: dict[str, list[Result]] | None = None) -> dict[str, list[Result]]:
+    """Fit what ``done`` (the journal's rows) lacks, appending every finished row to ``rows``."""
+    rows = {} if rows is None else rows
+    jobs = []
+    for m, p in plans.items():
+        finished = done.get(m, {})
+        if p.chunks is not None:
+            rows[m] = list(finished.values())
+            chunks = remaining(p.chunks, set(finished))
+            if chunks:
+                jobs.append((m, p, chunks))
+        elif set(finished) >= set(range(len(p.configs))):  # closed form: taken whole from the journal...
+            rows[m] = list(finished.values())
+        else:  # ...or fitted whole
+            rows[m] = []
+            jobs.append((m, p, None))
     if progress is not None:
-        progress.total(sum(progress_units(m, p.chunks, p.settings) for m, p in plans.items()))
-    rows: dict[str, list[Result]] = {m: [] for m in names}
+        progress.total(sum(progress_units(m, chunks, p.settings) for m, p, chunks in jobs))
+    splits = SplitCache()  # a preprocessing is fitted once for every method that uses it
+    for m, p, chunks in jobs:
+        fit_method(fs, m, p.configs, p.settings, on_step=progress.advance if progress else None, results=rows[m],
+                   chunks=chunks, splits=splits, on_chunk=session.save_chunk if session else None)
+    return rows
+
+
+def _plan_record(plans: dict[str, MethodPlan], resolved: Resolved | None) -> dict[str, Any]:
+    """What decides a fit's results, for its fingerprint: not the device's number or the
+    memory that decided the chunks, which change nothing."""
+    def decisive(st: Settings) -> dict[str, Any]:
+        pub = {k: v for k, v in st.public().items() if k not in ("max_heads", "memory_bytes")}
+        return {**pub, "device": st.device.type}
+
+    return {"methods": {m: {"settings": decisive(p.settings), "configs": p.configs} for m, p in plans.items()},
+            "protocol": resolved.record({}) if resolved is not None else None}
+
+
+def _provenance(fs: FeatureSet, plans: dict[str, MethodPlan], st: Settings, command: str | None,
+                grid: dict[str, list[Any]], resolved: Resolved | None, given: dict[str, Any]) -> dict[str, Any]:
     prov = provenance(fs.provenance(), str(st.device), st.select, command=command, settings=st.public(),
                       grid=grid)
     per_method = {m: p.settings.public() for m, p in plans.items() if p.settings.public() != st.public()}
     if per_method:
         prov["method_settings"] = per_method
     if resolved is not None:
-        prov["protocol"] = resolved.record({"grid": grid, "settings": settings, **({"methods": methods}
-                                                                               if methods is not None else {})})
-    splits = SplitCache()  # a preprocessing is fitted once for every method that uses it
-    try:
-        for m, p in plans.items():
-            fit_method(fs, m, p.configs, p.settings, on_step=progress.advance if progress else None,
-                       results=rows[m], chunks=p.chunks, splits=splits)
-    except KeyboardInterrupt as exc:
-        if out_path is not None and any(rows.values()):
-            write_run(out_path, {m: r for m, r in rows.items() if r}, fs, prov, st.select, st.ties)
-            exc.probe_written = str(out_path)  # type: ignore[attr-defined]  # for the CLI's message
-        raise
-    summary = write_run(out_path, rows, fs, prov, st.select, st.ties) if out_path is not None else None
-    return {"summary": summary, "rows": rows}
+        prov["protocol"] = resolved.record(given)
+    return prov
+
+
+def _rows_by_method(path: Path, names: list[str]) -> dict[str, list[Result]]:
+    rows: dict[str, list[Result]] = {m: [] for m in names}
+    for r in parse_results(path.read_text(encoding="utf-8"), path):
+        rows.setdefault(r.method, []).append(r)
+    return rows
 
 
 def check_method_settings(fs: FeatureSet, methods: list[str], st: Settings) -> None:

@@ -29,6 +29,13 @@ def plan_method(fs: FeatureSet, method: str | type[Method], configs: list[dict[s
     return plan(fs, cls, configs, settings) if issubclass(cls, GradientMethod) else None
 
 
+def remaining(chunks: list[Chunk], done: set[int]) -> list[Chunk]:
+    """The chunks still to fit when the configurations ``done`` are finished: each chunk
+    without them (a head's result does not depend on its chunk)."""
+    left = [Chunk(c.seed, c.preprocess, tuple(i for i in c.configs if i not in done)) for c in chunks]
+    return [c for c in left if c.configs]
+
+
 def progress_units(method: str | type[Method], chunks: list[Chunk] | None, settings: Settings) -> int:
     """Steps a fit reports through ``on_step``: ``steps`` per chunk, or ``max_iter`` for the
     full-batch solver (a chunk that converges sooner reports the rest at once); closed-form
@@ -42,14 +49,17 @@ def progress_units(method: str | type[Method], chunks: list[Chunk] | None, setti
 
 def fit_method(fs: FeatureSet, method: str | type[Method], configs: list[dict[str, Any]], settings: Settings,
                on_step: Callable[[int], None] | None = None, results: list[Result] | None = None,
-               chunks: list[Chunk] | None = None, splits: SplitCache | None = None) -> list[Result]:
+               chunks: list[Chunk] | None = None, splits: SplitCache | None = None,
+               on_chunk: Callable[[list[Result]], None] | None = None) -> list[Result]:
     """Fit every configuration of one method; one :class:`Result` per configuration, in
     the order of ``configs`` (run ids ``<method>-<index>``). ``chunks`` is
-    ``plan_method(...)`` when the caller has it already; ``splits`` a cache of prepared
+    ``plan_method(...)`` when the caller has it already (for a gradient method it may
+    leave configurations out: those are not fitted); ``splits`` a cache of prepared
     splits shared by the methods of one fit.
 
     Rows are also appended to ``results`` as they finish (a chunk at a time), so a
-    caller that catches KeyboardInterrupt still holds every finished configuration.
+    caller that catches KeyboardInterrupt still holds every finished configuration;
+    ``on_chunk`` receives each chunk's rows once they are (to keep them durably).
     """
     cls = method_class(method)
     out = results if results is not None else []
@@ -60,7 +70,9 @@ def fit_method(fs: FeatureSet, method: str | type[Method], configs: list[dict[st
             if missing:
                 raise ValueError(f"configuration {cfg} lacks {missing}")
         fit_chunks(fs, cls, configs, settings, chunks if chunks is not None else plan(fs, cls, configs, settings),
-                   on_step, out, splits, SolverFit if uses_solver(cls, settings) else ChunkFit)
+                   on_step, out, splits, SolverFit if uses_solver(cls, settings) else ChunkFit, on_chunk)
     else:
         cls.fit(fs, configs, settings, out)
+        if on_chunk is not None:
+            on_chunk(out[start:])
     return sorted(out[start:], key=lambda r: r.sort_key())

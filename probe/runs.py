@@ -3,45 +3,75 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import sys
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 from base.errors import UserError
-from base.io import atomic_path, check_writable_dir, write_json_atomic
+from base.io import check_writable_dir, fsync_path, write_bytes_atomic, write_json_atomic
 from base.version import code_version
 from probe.metrics import mean_metrics, mean_std
-from probe.results import SELECTABLE, Result, write_results
+from probe.results import SELECTABLE, Result, sort_results, write_results
 
 SELECT_KEYS = {"val_wga": "wga", "val_acc": "acc"}
-#: what marks a folder as holding a previous run
+#: the files of a run besides its heads (heads/<method>.safetensors)
 RUN_FILES = ("results.jsonl", "summary.json")
 
 
-def holds_run(out: Path) -> bool:
-    return any((out / f).exists() for f in RUN_FILES) or any((out / "heads").glob("*.safetensors"))
+@dataclass(frozen=True)
+class RunState:
+    """What a folder holds: no run, a partial one (an interrupted fit's finished
+    configurations) or a complete one; and the fingerprint of the fit that wrote it
+    (None when unknown: written before fingerprints, or damaged)."""
+
+    kind: str  # "none", "partial" or "complete"
+    fingerprint: str | None = None
+    heads: tuple[str, ...] = ()  # the head files it names (relative to the folder)
 
 
-def prepare_run_dir(out: Path, overwrite: bool) -> None:
-    """Refuse to replace a previous run unless asked; create the folder otherwise.
+def head_names(summary: Any) -> tuple[str, ...]:
+    """The head files a summary.json names: the only heads a new run may replace or remove."""
+    methods = summary.get("methods") if isinstance(summary, dict) else None
+    if not isinstance(methods, dict):
+        return ()
+    heads = [e.get("head") for e in methods.values() if isinstance(e, dict)]
+    return tuple(h for h in heads if isinstance(h, str) and h.startswith("heads/") and "/" not in h[6:])
 
-    Nothing of a previous run is deleted here: it is replaced file by file when the
-    new results are written, so a fit that fails or is interrupted before its first
-    configuration finishes leaves the old run intact.
-    """
+
+def run_state(out: Path) -> RunState:
+    """The run ``out`` holds (a folder that may not exist)."""
+    if not any((out / f).exists() for f in RUN_FILES):
+        return RunState("none")
+    try:
+        summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return RunState("complete")  # damaged or half of one: a run all the same, of unknown origin
+    if not isinstance(summary, dict):
+        return RunState("complete")
+    prov = summary.get("provenance") if isinstance(summary.get("provenance"), dict) else {}
+    kind = "partial" if summary.get("complete") is False else "complete"
+    return RunState(kind, prov.get("fingerprint"), head_names(summary))
+
+
+def check_run_dir(out: Path) -> None:
+    """Refuse an ``out`` that cannot be a run folder, naming what is in the way."""
     check_writable_dir(out.parent if str(out.parent) else Path("."), "`out` parent")
     if out.exists() and not out.is_dir():
         raise UserError(f"`out` {out} is a file; give a folder for the run")
-    if out.exists() and holds_run(out) and not overwrite:
-        raise UserError(f"`out` {out} already holds a run; pass `overwrite` to replace it or choose another "
-                        "folder")
-    out.mkdir(exist_ok=True)
-    (out / "heads").mkdir(exist_ok=True)
+    in_way = [out / f for f in RUN_FILES if (out / f).is_dir()]
+    if (out / "heads").exists() and not (out / "heads").is_dir():
+        in_way.append(out / "heads")
+    if in_way:
+        raise UserError(f"`out` {out} has {', '.join(map(str, in_way))} where the run's files go, and probe did "
+                        "not write them; move them away or choose another folder")
 
 
 def select(rows: list[Result], select_by: str = "val_wga", ties: str = "first") -> list[Result] | None:
@@ -105,28 +135,45 @@ def provenance(fs_prov: dict[str, Any], device: str, select_by: str, *, command:
 
 
 def write_run(out: Path, rows_by_method: dict[str, list[Result]], fs: Any, prov: dict[str, Any],
-              select_by: str, ties: str = "first") -> dict[str, Any]:
-    """Write heads, results.jsonl and summary.json (in that order, each atomically);
-    then drop head files a previous run left for methods this run did not select."""
+              select_by: str, ties: str = "first", complete: bool = True) -> dict[str, Any]:
+    """Write heads, results.jsonl and summary.json into the folder ``out`` (each
+    atomically; rows in the one order of ``sort_results``). ``complete`` False marks
+    the finished configurations of an interrupted fit."""
     methods = {}
-    written = set()
+    (out / "heads").mkdir(parents=True, exist_ok=True)
+    rows_by_method = {m: sort_results(rows) for m, rows in rows_by_method.items()}
     for method, rows in rows_by_method.items():
         summ = summarize_method(rows, select_by, ties)
         if summ["selected"] is not None:
             first = next(r for r in rows if r.run_id == summ["selected"]["run_ids"][0])
-            head = out / "heads" / f"{method}.safetensors"
-            _write_head(head, first, prov)
-            written.add(head.name)
+            _write_head(out / "heads" / f"{method}.safetensors", first, prov)
             summ["head"] = f"heads/{method}.safetensors"
         methods[method] = summ
     write_results(out / "results.jsonl", [r for rows in rows_by_method.values() for r in rows])
-    summary = {"provenance": prov, "group_names": fs.group_names, "class_names": fs.class_names,
-               "methods": methods}
+    summary = {"provenance": prov, "complete": complete, "group_names": fs.group_names,
+               "class_names": fs.class_names, "methods": methods}
     write_json_atomic(out / "summary.json", summary)
-    for stale in (out / "heads").glob("*.safetensors"):
-        if stale.name not in written:
-            stale.unlink(missing_ok=True)
     return summary
+
+
+def publish(staging: Path, out: Path, stale: Sequence[str]) -> None:
+    """Move a run written in ``staging`` into ``out``: heads, then results.jsonl, then
+    summary.json (the file a reader trusts), then remove ``stale`` (the previous run's
+    heads that the new one lacks). Only renames: no space is needed, and it can be
+    repeated after a crash part-way (what has moved already is skipped). Files of
+    ``out`` that are not part of a run are never touched."""
+    (out / "heads").mkdir(exist_ok=True)
+    moves = [(p, out / "heads" / p.name) for p in sorted((staging / "heads").glob("*.safetensors"))]
+    moves += [(staging / f, out / f) for f in RUN_FILES]
+    for src, dst in moves:
+        if src.exists():
+            os.replace(src, dst)
+    fsync_path(out / "heads")
+    for name in stale:
+        (out / name).unlink(missing_ok=True)
+    fsync_path(out)
+
+
 
 
 def _write_head(path: Path, row: Result, prov: dict[str, Any]) -> None:
@@ -137,5 +184,5 @@ def _write_head(path: Path, row: Result, prov: dict[str, Any]) -> None:
         config["tuned"] = row.tuned
     meta = {"config": json.dumps(config, default=str), "method": row.method,
             "provenance": json.dumps(prov, default=str)}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
+    # Serialised here and written by Python, so a full disk is an OSError like any other write.
+    write_bytes_atomic(path, save(tensors, metadata=meta))

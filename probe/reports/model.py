@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from base.errors import UserError
-from probe.reports.runfolder import RunFolder, distinct_names, load_run
+from probe.reports.runfolder import RunFolder, distinct_names, load_runs
 from probe.results import Result, canonical, config_key
 
 SELECTION_NAMES = {"val_wga": ("validation WGA", "validation worst-group accuracy"),
@@ -206,9 +206,10 @@ def build_report(run_dirs: Sequence[str | Path] | Sequence[RunFolder]) -> Report
     """Load the run folders and assemble one comparison over all their methods."""
     if not run_dirs:
         raise UserError("no run folder given; pass one or more folders written by `probe fit --out`")
-    runs = [r if isinstance(r, RunFolder) else load_run(r) for r in run_dirs]
+    runs = [run for r in run_dirs for run in ([r] if isinstance(r, RunFolder) else load_runs([r]))]
     for run, name in zip(runs, distinct_names([r.path for r in runs]), strict=True):
-        run.name = name
+        if not run.labelled:
+            run.name = name
     count: dict[str, int] = {}
     for run in runs:
         for m in run.summary["methods"]:

@@ -25,6 +25,7 @@ class RunFolder:
     summary: dict[str, Any]
     results: list[Result]
     name: str = ""  # what the report calls it: the path parts that tell it from the others
+    labelled: bool = False  # named by its study, not by its path
 
     @property
     def group_names(self) -> list[str]:
@@ -39,18 +40,38 @@ class RunFolder:
         return (self.summary.get("provenance") or {}).get("features") or {}
 
 
-def load_run(path: str | Path) -> RunFolder:
-    """Read and check one run folder; every problem is a one-line UserError naming the file."""
+def load_runs(paths: Sequence[str | Path]) -> list[RunFolder]:
+    """Run folders, and study folders (``probe study``) as their fit jobs' run folders,
+    each named by its study labels (feature file · method group)."""
+    runs = []
+    for path in paths:
+        if (Path(path) / "study.json").is_file():
+            from probe.study.jobs import study_runs  # only when a study is reported
+
+            runs += [load_run(run, name) for run, name in study_runs(Path(path))]
+        else:
+            runs.append(load_run(path))
+    return runs
+
+
+def load_run(path: str | Path, name: str = "") -> RunFolder:
+    """Read and check one run folder; every problem is a one-line UserError naming the file.
+    ``name``: what the report calls it (default: told apart from the others by its path)."""
     p = Path(path)
     if not p.exists():
         raise UserError(f"run folder {p} does not exist; pass a folder written by `probe fit --out`")
     if not p.is_dir():
         raise UserError(f"{p} is not a folder; pass a run folder written by `probe fit --out`")
+    from probe.resume import swapping  # imports torch (through probe.runs): not when the CLI starts
+
+    if swapping(p):
+        raise UserError(f"{p} is being replaced by `probe fit` (or one stopped while moving its new run in); "
+                        "wait for it, or rerun that `probe fit` to finish")
     summary = _read_json(p / "summary.json")
     results_file = p / "results.jsonl"
     results = parse_results(_read_text(results_file), where=results_file)
     _check_summary(p / "summary.json", summary)
-    return RunFolder(path=p, summary=summary, results=results, name=p.name)
+    return RunFolder(path=p, summary=summary, results=results, name=name or p.name, labelled=bool(name))
 
 
 def distinct_names(paths: Sequence[Path]) -> list[str]:

@@ -25,20 +25,25 @@ from probe.train.settings import Settings
 
 def fit_chunks(fs: FeatureSet, method: type[GradientMethod], configs: list[dict[str, Any]], settings: Settings,
                chunks: list[Chunk], on_step: Callable[[int], None] | None, results: list[Result],
-               splits: SplitCache | None = None, fitter: type | None = None) -> None:
+               splits: SplitCache | None = None, fitter: type | None = None,
+               on_chunk: Callable[[list[Result]], None] | None = None) -> None:
     """Fit ``configs`` chunk by chunk (``plan``), appending each chunk's rows to
     ``results`` as it finishes, so a caller that catches KeyboardInterrupt still
-    holds every finished configuration (those of the interrupted chunk are left out).
-    ``splits`` may be shared with other methods' fits on the same file. ``fitter`` fits
-    one chunk (``ChunkFit``, the default, or the full-batch solver's ``SolverFit``):
-    built as ``ChunkFit`` is, its ``run(on_step)`` returns the rows."""
+    holds every finished configuration (those of the interrupted chunk are left out);
+    then ``on_chunk`` gets the chunk's rows. ``splits`` may be shared with other
+    methods' fits on the same file. ``fitter`` fits one chunk (``ChunkFit``, the
+    default, or the full-batch solver's ``SolverFit``): built as ``ChunkFit`` is, its
+    ``run(on_step)`` returns the rows."""
     splits = splits if splits is not None else SplitCache()
     for chunk in chunks:
         fit = (fitter or ChunkFit)(fs, method, [configs[i] for i in chunk.configs], chunk, settings,
                                    splits.get(fs, chunk.preprocess, settings))
-        for i, row in zip(chunk.configs, fit.run(on_step), strict=True):
+        rows = fit.run(on_step)
+        for i, row in zip(chunk.configs, rows, strict=True):
             row.run_id = run_id(method.name, i)
-            results.append(row)
+        results.extend(rows)
+        if on_chunk is not None:
+            on_chunk(rows)
 
 
 def initial_heads(G: int, C: int, D: int, seed: int, settings: Settings) -> torch.Tensor:

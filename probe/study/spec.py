@@ -1,0 +1,244 @@
+"""The study file (TOML) and its jobs: each an ordinary `probe extract`, `probe merge`
+or `probe fit` command line with its own folder.
+
+A study is feature files (given, or extracted from a dataset with an encoder) times
+method groups (each with its grid flags, or a protocol); every pair is one fit job
+(one per method of the group with ``split = true``). An extraction with ``shards = N``
+is N `probe extract --shard i/N` jobs and one `probe merge` job. Paths in the file
+are relative to the file's folder. The layout is in :func:`load_study`'s docstring and
+in the README's "Studies and clusters".
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from base.errors import UserError
+from features.extract import shard_output_path
+from probe.methods import all_params, get_method
+from probe.protocols import protocol_names
+from probe.train.settings import user_settings
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10 has no tomllib; tomli is the same parser
+    import tomli as tomllib
+
+#: `probe fit` flags a study may set besides the grid and the settings
+FIT_EXTRAS = ("protocol", "device", "dtype", "allow_incomplete")
+#: the Slurm resources a job asks for (``[slurm]`` or the command line)
+SLURM_KEYS = ("partition", "time", "gpus", "cpus", "mem", "parallelism")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One command of the study: ``argv`` (probe's arguments), the jobs it needs first,
+    its output (relative to the study folder) and what the report calls it."""
+
+    id: str
+    kind: str  # "extract", "merge" or "fit"
+    argv: tuple[str, ...]
+    output: str
+    deps: tuple[str, ...] = ()
+    labels: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "kind": self.kind, "argv": list(self.argv), "output": self.output,
+                "deps": list(self.deps), "labels": self.labels}
+
+
+@dataclass
+class Study:
+    path: Path  # the study file
+    out: Path  # the study folder
+    jobs: list[Job]
+    launcher: str = "local"
+    workers: int | None = None
+    slurm: dict[str, Any] = field(default_factory=dict)
+
+
+def load_study(path: str | Path, out: str | Path | None = None) -> Study:
+    """Read and check a study file; every mistake is a UserError naming the file and the entry.
+
+    Tables: ``[study]`` (``out``, ``launcher``, ``jobs``), ``[fit]`` (any `probe fit`
+    flag, for every fit), ``[[features]]`` (``file``, or ``dataset``, ``root``,
+    ``encoder``, ``weights``, ``shards``, ``[features.options]``), ``[[methods]]``
+    (``method`` or ``methods``, grid flags and settings, ``protocol``, ``split``) and
+    ``[slurm]`` (``partition``, ``time`` in minutes, ``gpus``, ``cpus``, ``mem``,
+    ``parallelism``).
+    """
+    p = Path(path)
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"study file {p}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"study file {p} cannot be read ({exc})") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"study file {p} is not valid TOML: {exc}") from exc
+    where = str(p)
+    _only(data, ("study", "fit", "features", "methods", "slurm"), where)
+    head = _table(data, "study", where)
+    _only(head, ("out", "launcher", "jobs"), f"{where} [study]")
+    here = p.resolve().parent
+    folder = Path(out).resolve() if out is not None else _path(here, head.get("out", f"{p.stem}.study"))
+    shared = _table(data, "fit", where)
+    _check_fit(shared, f"{where} [fit]")
+    feature_jobs = [_features(here, folder, e, i, where) for i, e in enumerate(_entries(data, "features", where))]
+    groups = [g for i, e in enumerate(_entries(data, "methods", where)) for g in _groups(e, i, shared, where)]
+    _unique([f[0] for f in feature_jobs], "[[features]]", where)
+    _unique([g[0] for g in groups], "[[methods]]", where)
+    jobs = [j for _, js, _, _ in feature_jobs for j in js]
+    for fname, _, file, labels in feature_jobs:
+        needs = tuple(j.id for j in jobs if folder / j.output == file)  # its extraction (or merge), if any
+        for gname, methods, flags in groups:
+            out_rel = f"jobs/fit-{fname}-{gname}/run"
+            argv = ("fit", str(file), *(("--method", ",".join(methods)) if methods else ()), "--out",
+                    str(folder / out_rel), *flags, "--quiet")
+            jobs.append(Job(f"fit-{fname}-{gname}", "fit", argv, out_rel, needs,
+                            {**labels, "methods": gname}))
+    workers = head.get("jobs")
+    if workers is not None and (not isinstance(workers, int) or isinstance(workers, bool) or workers < 1):
+        raise UserError(f"{where} [study]: `jobs` must be a whole number >= 1")
+    slurm = _table(data, "slurm", where)
+    _only(slurm, SLURM_KEYS, f"{where} [slurm]")
+    return Study(p, folder, jobs, str(head.get("launcher", "local")), workers, slurm)
+
+
+def _only(table: dict[str, Any], allowed: tuple[str, ...] | list[str], where: str) -> None:
+    unknown = sorted(set(table) - set(allowed))
+    if unknown:
+        raise UserError(f"{where}: unknown key {unknown[0]!r}; use {', '.join(allowed)}")
+
+
+def _table(data: dict[str, Any], key: str, where: str) -> dict[str, Any]:
+    value = data.get(key, {})
+    if not isinstance(value, dict):
+        raise UserError(f"{where}: {key!r} must be a table ([{key}])")
+    return value
+
+
+def _entries(data: dict[str, Any], key: str, where: str) -> list[dict[str, Any]]:
+    value = data.get(key)
+    if not isinstance(value, list) or not value or not all(isinstance(e, dict) for e in value):
+        raise UserError(f"{where}: needs at least one [[{key}]] entry")
+    return value
+
+
+def _unique(names: list[str], what: str, where: str) -> None:
+    seen = [n for i, n in enumerate(names) if n in names[:i]]
+    if seen:
+        raise UserError(f"{where}: two {what} entries are named {seen[0]!r}; give each its own `name`")
+
+
+def _path(here: Path, text: Any) -> Path:
+    return (here / Path(str(text)).expanduser()).resolve()
+
+
+def _name(entry: dict[str, Any], default: str, where: str) -> str:
+    name = str(entry.get("name", default))
+    if not _NAME.match(name):
+        raise UserError(f"{where}: name {name!r} must be letters, digits and . _ + - (it names a folder)")
+    return name
+
+
+def _features(here: Path, folder: Path, e: dict[str, Any], i: int,
+              where: str) -> tuple[str, list[Job], Path, dict[str, str]]:
+    """(name, extraction jobs, the feature file, labels) of one [[features]] entry."""
+    at = f"{where} [[features]] #{i + 1}"
+    _only(e, ("name", "file", "dataset", "root", "encoder", "weights", "shards", "options"), at)
+    if "file" in e:
+        if set(e) - {"name", "file"}:
+            raise UserError(f"{at}: give `file` (a feature file) or the extraction keys, not both")
+        file = _path(here, e["file"])
+        return _name(e, file.stem, at), [], file, {"features": _name(e, file.stem, at)}
+    if "dataset" not in e:
+        raise UserError(f"{at}: give `file` (a feature file) or `dataset` (with root, encoder, ...) to extract")
+    name = _name(e, str(e["dataset"]), at)
+    file = folder / "features" / f"{name}.h5"
+    args = [str(e["dataset"]), *(("--root", str(_path(here, e["root"]))) if "root" in e else ())]
+    args += [*(("--encoder", str(e["encoder"])) if "encoder" in e else ())]
+    if "weights" in e:  # a file, a folder, or a prefix such as local-dir:PATH
+        w = str(e["weights"])
+        args += ["--weights", w if ":" in w or not (here / Path(w).expanduser()).exists() else str(_path(here, w))]
+    options = e.get("options", {})
+    if not isinstance(options, dict):
+        raise UserError(f"{at}: `options` must be a table of `probe extract` flags")
+    args += [a for k, v in options.items() for a in _flag(k, v)]
+    labels = {"features": name, "dataset": str(e["dataset"]), "encoder": str(e.get("encoder", "default"))}
+    shards = e.get("shards", 1)
+    if not isinstance(shards, int) or isinstance(shards, bool) or shards < 1:
+        raise UserError(f"{at}: `shards` must be a whole number >= 1")
+    rel = f"features/{name}.h5"
+    if shards == 1:
+        return name, [Job(f"extract-{name}", "extract", ("extract", *args, "--out", str(file), "--quiet"), rel,
+                          labels=labels)], file, labels
+    parts = [Job(f"extract-{name}-{k}of{shards}", "extract",
+                 ("extract", *args, "--out", str(file), "--shard", f"{k}/{shards}", "--quiet"),
+                 str(shard_output_path(Path(rel), (k, shards))), labels=labels) for k in range(shards)]
+    merge = Job(f"merge-{name}", "merge", ("merge", str(file), *(str(folder / j.output) for j in parts), "--quiet"),
+                rel, tuple(j.id for j in parts), labels)
+    return name, [*parts, merge], file, labels
+
+
+def _groups(e: dict[str, Any], i: int, shared: dict[str, Any], where: str) -> list[tuple[str, list[str], list[str]]]:
+    """(name, methods, `probe fit` flags) of one [[methods]] entry: one job, or one per
+    method with ``split = true`` (named after the method)."""
+    at = f"{where} [[methods]] #{i + 1}"
+    raw = e.get("methods", e.get("method"))
+    methods = [raw] if isinstance(raw, str) else list(raw or [])
+    for m in methods:
+        try:
+            get_method(str(m))
+        except UserError as exc:
+            raise UserError(f"{at}: {exc}") from exc
+    if not methods and "protocol" not in e and "protocol" not in shared:
+        raise UserError(f"{at}: give `method` (or a list `methods`) or a `protocol`")
+    own = {k: v for k, v in e.items() if k not in ("name", "method", "methods", "split")}
+    _check_fit(own, at)
+    flags = [a for k, v in {**shared, **own}.items() for a in _flag(k, v)]
+    if e.get("split", False) is True:
+        if not methods:
+            raise UserError(f"{at}: `split` needs the methods listed (`methods`)")
+        return [(_name({"name": m}, m, at), [m], flags) for m in methods]
+    return [(_name(e, "+".join(methods) or str(e.get("protocol", shared.get("protocol"))), at), methods, flags)]
+
+
+def _fit_keys() -> list[str]:
+    return [*all_params(), *(f.name for f in user_settings()), *FIT_EXTRAS, "seeds"]
+
+
+def _check_fit(table: dict[str, Any], where: str) -> None:
+    """Every key a `probe fit` flag, every grid value one the fit would take."""
+    _only(table, _fit_keys(), where)
+    params = all_params()
+    for key, value in table.items():
+        name = "seed" if key == "seeds" else key
+        try:
+            if name in params:
+                params[name][0][1].parse(_text(value))
+        except UserError as exc:
+            raise UserError(f"{where}: {exc}") from exc
+    if "protocol" in table and table["protocol"] not in protocol_names():
+        raise UserError(f"{where}: protocol {table['protocol']!r} is unknown; choose from "
+                        f"{', '.join(protocol_names())}")
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, list):
+        return ",".join(_text(v) for v in value)
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+def _flag(key: str, value: Any) -> list[str]:
+    flag = "--" + ("seed" if key == "seeds" else key).replace("_", "-")
+    if isinstance(value, bool):
+        return [flag if value else f"--no-{flag[2:]}"]
+    return [flag, _text(value)]
