@@ -156,6 +156,9 @@ def _read_features(h5: h5py.File, path: str | Path, allow_incomplete: bool) -> F
         raise UserError(f"{path}: datasets have different lengths ({desc}); the file is corrupted, extract it again")
     if feats.ndim != 2:
         raise UserError(f"{path}: 'features' must be 2-D (rows x dims), found shape {feats.shape}")
+    if feats.shape[1] == 0:
+        raise UserError(f"{path}: 'features' has no columns (shape {feats.shape}); nothing can be fitted on it, "
+                        "extract the file again")
     bad = ~np.isfinite(feats).all(axis=1)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from base.errors import UserError
 from features.store import SPLITS, FeatureSet
 from probe.methods.base import GradientMethod
 from probe.preprocess import default_pca_dim, steps_of
@@ -57,6 +58,15 @@ def available_memory(device: torch.device) -> int:
         return 4 * 1024**3
 
 
+def check_pca_dim(fs: FeatureSet, preprocess: str, n_train: int, pca_dim: int | None) -> None:
+    """Refuse a `pca_dim` that pca could not keep (more than the training rows or the
+    feature columns) rather than keep fewer while the run records the number asked for."""
+    limit = min(n_train, fs.features.shape[1])
+    if "pca" in steps_of(preprocess) and pca_dim is not None and pca_dim > limit:
+        raise UserError(f"`pca_dim` {pca_dim}: {fs.path} has {n_train} training rows and {fs.features.shape[1]} "
+                        f"feature columns, so pca keeps at most {limit} components; give at most {limit}")
+
+
 def out_width(preprocess: str, d: int, n_train: int, pca_dim: int | None) -> int:
     """Feature columns after ``preprocess`` (pca keeps pca_dim, or the default rule's, components)."""
     if "pca" in steps_of(preprocess):
@@ -97,6 +107,7 @@ def plan(fs: FeatureSet, method: type[GradientMethod], configs: list[dict[str, A
         budget = int(MEMORY_FRACTION * available_memory(settings.device))
     out = []
     for (seed, preprocess), idx in cohorts.items():
+        check_pca_dim(fs, str(preprocess), n_train, settings.pca_dim)
         d = out_width(preprocess, fs.features.shape[1], n_train, settings.pca_dim)
         shared, per = memory_estimate(method, B, fs.num_classes, d, K, n_train, n_eval, item)
         size = max(1, (budget - shared) // per)
