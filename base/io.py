@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from base.errors import UserError
+from base.outputs import disk_full, no_space_message
 
 
 def check_writable_dir(path: Path, what: str = "output") -> None:
@@ -32,7 +33,12 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """
     target = Path(path)
     check_writable_dir(target.parent if str(target.parent) else Path("."))
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as exc:
+        if disk_full(exc):
+            raise _unwritten(target) from exc
+        raise
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -40,9 +46,17 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         # mkstemp creates 0600 files; give results the permissions any new file gets.
         os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, target)
-    except BaseException:
+    except BaseException as exc:
         tmp_path.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and disk_full(exc):
+            raise _unwritten(target) from exc
         raise
+
+
+def _unwritten(target: Path) -> UserError:
+    state = "is as it was" if target.exists() else "was not created"
+    return UserError(f"{no_space_message(target)}; nothing was written ({target.name} {state}): free some space "
+                     "and run the command again")
 
 
 def _umask() -> int:
