@@ -103,24 +103,33 @@ def extract_cmd(
     dataset_options: dict[str, Any] | None = None,
 ) -> None:
     """Encode a dataset with a frozen encoder into an HDF5 feature file (resumable, shardable)."""
+    import sys
+
     from base.device import resolve_device
     from base.errors import UserError
     from base.progress import ignore
+    from cli.flags import flag_names
+    from cli.interrupts import signal_name
     from cli.progress import rows_bar, stderr_console, warner
     from features.datasets import dataset_info, load_dataset
     from features.encoders import load_encoder
     from features.extract import (
-        check_dtype,
+        check_encoder_choice,
         check_output,
+        check_replaced,
+        check_settings,
         choose_encoder,
         extract,
+        extraction_lock,
         parse_shard,
         shard_output_path,
+        stopped,
     )
     from features.loading import tune_cpu_allocator
 
+    # Every value that can be checked is checked before anything slow (the model) is loaded.
     dataset_info(dataset)  # a mistyped name is refused before anything slow runs
-    check_dtype(dtype)
+    check_settings(batch_size, workers, dtype)
     shard_spec = parse_shard(shard)
     out = shard_output_path(out, shard_spec)
     check_output(out)
@@ -130,12 +139,21 @@ def extract_cmd(
     if root is not None and not root.exists():
         raise UserError(f"--root {root}: no such folder")
     spec = load_dataset(dataset, root, **(dataset_options or {}))
-    enc = load_encoder(choose_encoder(dataset, spec.modality, encoder), weights=weights, device=dev,
-                       pooling=pooling, tower=tower, max_length=max_length, modality=spec.modality)
+    check_replaced(out)
+    name = choose_encoder(dataset, spec.modality, encoder)
+    check_encoder_choice(name, spec, tower)
     console = stderr_console(soft_wrap=True)
-    result = extract(spec, enc, out, batch_size=batch_size, workers=workers, dtype=dtype, shard=shard_spec,
-                     skip_bad=skip_bad, overwrite=overwrite, progress=None if quiet else rows_bar(console),
-                     warn=warner(console, "extract"), note=ignore if quiet else console.print)
+    with extraction_lock(out):  # a second extraction into `out` is refused before it loads a model
+        try:
+            enc = load_encoder(name, weights=weights, device=dev, pooling=pooling, tower=tower,
+                               max_length=max_length, modality=spec.modality)
+            result = extract(spec, enc, out, batch_size=batch_size, workers=workers, dtype=dtype, shard=shard_spec,
+                             skip_bad=skip_bad, overwrite=overwrite, progress=None if quiet else rows_bar(console),
+                             warn=warner(console, "extract"), note=ignore if quiet else console.print)
+        except KeyboardInterrupt:
+            message = f"probe extract: interrupted ({signal_name()}); {stopped(out, overwrite)}"
+            print(flag_names(message, ["extract"]), file=sys.stderr)
+            raise typer.Exit(130) from None
     if quiet:
         return
     if result.status == "already complete":
