@@ -8,7 +8,6 @@ full disk is one :class:`NoSpace` error naming the path, the old file intact.
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 import tempfile
@@ -17,18 +16,17 @@ from pathlib import Path
 from typing import Any
 
 from base.errors import UserError
+from base.outputs import DiskFull, disk_full, no_space_message
 
 
-class NoSpace(UserError):
+class NoSpace(DiskFull):
     """The disk (or quota) ran out while writing ``path``; whatever was there is intact."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        super().__init__(f"no space left on the device for {self.path}; free some space and rerun")
-
-
-def is_no_space(exc: BaseException) -> bool:
-    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        state = "is as it was" if self.path.exists() else "was not created"
+        super().__init__(f"{no_space_message(self.path)}; nothing was written ({self.path.name} {state}): free "
+                         "some space and run the command again")
 
 
 @contextlib.contextmanager
@@ -37,7 +35,7 @@ def no_space_names(path: str | os.PathLike[str]) -> Iterator[None]:
     try:
         yield
     except OSError as exc:
-        if is_no_space(exc):
+        if disk_full(exc):
             raise NoSpace(path) from exc
         raise
 

@@ -5,6 +5,10 @@ at once, so a lock file left by a killed process never blocks a rerun; a lock re
 normally removes its file. On NFS, Linux maps ``flock``
 onto the server's byte-range locks, which works across nodes where the mount
 supports locking (the usual cluster setup).
+
+Used for run folders and study jobs. Feature files use ``base.outputs.output_lock``
+instead: a POSIX record lock, which forked DataLoader workers do not inherit (a
+``flock`` they inherit would outlive a killed parent and refuse the resuming rerun).
 """
 
 from __future__ import annotations

@@ -113,25 +113,34 @@ def extract_cmd(
     dataset_options: dict[str, Any] | None = None,
 ) -> None:
     """Encode a dataset with a frozen encoder into an HDF5 feature file (resumable, shardable)."""
+    import sys
+
     from base.device import resolve_device
     from base.errors import UserError
     from base.progress import ignore
+    from cli.flags import flag_names
+    from cli.interrupts import signal_name
     from cli.progress import rows_bar, stderr_console, warner
     from features.datasets import dataset_info, load_dataset
     from features.encoders import load_encoder
     from features.extract import (
-        check_dtype,
+        check_encoder_choice,
         check_output,
+        check_replaced,
+        check_settings,
         choose_encoder,
         extract,
+        extraction_lock,
         parse_shard,
         shard_output_path,
+        stopped,
     )
     from features.loading import tune_cpu_allocator
     from features.prompts import prompt_class_names, read_templates
 
+    # Every value that can be checked is checked before anything slow (the model) is loaded.
     dataset_info(dataset)  # a mistyped name is refused before anything slow runs
-    check_dtype(dtype)
+    check_settings(batch_size, workers, dtype)
     if prompts:
         read_templates(prompts)
     shard_spec = parse_shard(shard)
@@ -145,13 +154,22 @@ def extract_cmd(
     spec = load_dataset(dataset, root, **(dataset_options or {}))
     if prompts:
         prompt_class_names(spec.class_names, class_names)
-    enc = load_encoder(choose_encoder(dataset, spec.modality, encoder), weights=weights, device=dev,
-                       pooling=pooling, tower=tower, max_length=max_length, modality=spec.modality)
+    check_replaced(out)
+    name = choose_encoder(dataset, spec.modality, encoder)
+    check_encoder_choice(name, spec, tower)
     console = stderr_console(soft_wrap=True)
-    result = extract(spec, enc, out, batch_size=batch_size, workers=workers, dtype=dtype, shard=shard_spec,
-                     skip_bad=skip_bad, overwrite=overwrite, prompts=prompts, class_names=class_names,
-                     progress=None if quiet else rows_bar(console),
-                     warn=warner(console, "extract"), note=ignore if quiet else console.print)
+    with extraction_lock(out):  # a second extraction into `out` is refused before it loads a model
+        try:
+            enc = load_encoder(name, weights=weights, device=dev, pooling=pooling, tower=tower,
+                               max_length=max_length, modality=spec.modality)
+            result = extract(spec, enc, out, batch_size=batch_size, workers=workers, dtype=dtype, shard=shard_spec,
+                             skip_bad=skip_bad, overwrite=overwrite, prompts=prompts, class_names=class_names,
+                             progress=None if quiet else rows_bar(console),
+                             warn=warner(console, "extract"), note=ignore if quiet else console.print)
+        except KeyboardInterrupt:
+            message = f"probe extract: interrupted ({signal_name()}); {stopped(out, overwrite)}"
+            print(flag_names(message, ["extract"]), file=sys.stderr)
+            raise typer.Exit(130) from None
     if quiet:
         return
     if result.status == "already complete":

@@ -7,6 +7,12 @@ commands so that `probe --help` answers at once.
 Library errors name parameters in backquotes (`batch_size`); here each one that
 is a flag of the command that ran becomes that flag (``--batch-size``, see
 :mod:`cli.flags`), so the API and the command line each speak their own names.
+
+Ctrl-C and SIGTERM interrupt every command the same way (:mod:`cli.interrupts`):
+a command that has something to say about what it kept catches the interrupt and
+says it in one line; for the others this module prints "interrupted". The command
+is invoked here rather than through Typer's runner, which would turn the
+interrupt into a silent exit code before any of that could run.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from base.errors import UserError
 from cli import extract as _extract  # noqa: F401  (registers extract, info, merge)
 from cli import fit as _fit  # noqa: F401  (registers fit)
 from cli import hull as _hull  # noqa: F401  (registers hull)
+from cli import interrupts
 from cli import report as _report  # noqa: F401  (registers report)
 from cli import reproduce as _reproduce  # noqa: F401  (registers reproduce)
 from cli import study as _study  # noqa: F401  (registers study)
@@ -36,8 +43,9 @@ _NO_ARGS_IS_HELP = getattr(click_exc, "NoArgsIsHelpError", ())
 
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
+    interrupts.handle_signals()
     try:
-        code = app(args=args, prog_name="probe", standalone_mode=False)
+        code = _invoke(args)
     except UserError as exc:
         _fail(flag_names(str(exc), args), exc.exit_code)
     except _NO_ARGS_IS_HELP:
@@ -46,9 +54,10 @@ def main(argv: list[str] | None = None) -> None:
         cmd = exc.ctx.command_path if exc.ctx is not None else "probe"
         _fail(f"{exc.format_message()} (see `{cmd} --help`)", 2, prefix=cmd)
     except typer.Exit as exc:
-        sys.exit(exc.exit_code)
+        # A command's own interrupt message exits 130 whichever signal it was.
+        sys.exit(interrupts.exit_code() if exc.exit_code == 130 else exc.exit_code)
     except (typer.Abort, KeyboardInterrupt):
-        _fail("interrupted", 130)
+        _fail(f"interrupted ({interrupts.signal_name()})", interrupts.exit_code())
     except click_exc.ClickException as exc:
         _fail(exc.format_message(), exc.exit_code)
     except BrokenPipeError:
@@ -56,6 +65,13 @@ def main(argv: list[str] | None = None) -> None:
         sys.stderr.close()
         sys.exit(0)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _invoke(args: list[str]) -> object:
+    """Parse ``args`` and run the command, letting KeyboardInterrupt through (see the module docstring)."""
+    command = typer.main.get_command(app)
+    with command.make_context("probe", args) as ctx:
+        return command.invoke(ctx)
 
 
 def _fail(message: str, code: int, prefix: str = "probe") -> None:

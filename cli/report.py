@@ -68,7 +68,10 @@ def report(
     from base.io import write_text_atomic
     from cli.console import as_text, show
     from probe.reports import build_report, render
+    from probe.reports.runfolder import check_output_file
 
+    if out is not None:
+        check_output_file(out, run_dirs)
     built = build_report(run_dirs)
     rendered = render(built, fmt.value, layout.value)
     written: list[Path] = []

@@ -18,11 +18,19 @@ import h5py
 import numpy as np
 
 from base.errors import UserError
-from base.io import atomic_path
+from base.io import NoSpace, atomic_path, check_writable_dir
+from base.outputs import (
+    DEFAULT_RESERVE_BYTES,
+    DiskFull,
+    lock_path,
+    output_lock,
+    same_file,
+)
 from base.progress import NoProgress, Progress
 from features.schema import LABEL_DATASETS, PROMPT_DATASET, WRITE_IDENTITY
 from features.store import (
     FeatureWriter,
+    check_replaceable,
     decode_json_attr,
     identity_difference,
     malformed_is_user_error,
@@ -127,34 +135,43 @@ def merge(out: str | Path, shard_paths: Sequence[str | Path], *, overwrite: bool
         raise UserError("probe merge needs the shard files to join: probe merge OUT.h5 SHARD.h5 ...")
     if out.is_dir():
         raise UserError(f"{out}: is a folder; give the merged file's name, e.g. {out / 'features.h5'}")
-    if any(p.resolve() == out.resolve() for p in paths if p.exists()) and out.exists():
+    if any(same_file(p, out) for p in paths):
         raise UserError(f"{out}: is also one of the shards; write the merged file under another name")
+    check_writable_dir(out.parent if str(out.parent) else Path("."), "OUT.h5")
+    check_replaceable(out, "OUT.h5", "probe merge")
     if out.exists() and not overwrite:
         raise UserError(f"{out}: already exists; pass `overwrite` to replace it")
     shards = sorted((_inspect(p) for p in paths), key=lambda s: s.index)
     _check(shards)
     first = shards[0]
     skipped = [s for sh in shards for s in sh.skipped]
+    # items_sha256 covers one shard's rows (and maybe another machine's file times): not the merged file's.
     attrs = {k: v for k, v in first.attrs.items()
-             if k not in ("features_dtype", "schema", "complete", "rows_written")}
+             if k not in ("features_dtype", "schema", "complete", "rows_written", "items_sha256")}
     attrs.update(shard="", shard_rows=[0, int(first.attrs["total_rows"])], skipped=skipped,
                  batches_done=sum(int(sh.attrs.get("batches_done", 0)) for sh in shards),
                  created=min(str(sh.attrs.get("created", "")) for sh in shards),
                  merged_from=[sh.path.name for sh in shards])
     dtype = str(first.attrs["features_dtype"])
     progress = progress or NoProgress()
-    with atomic_path(out) as tmp:
+    busy = f"{out}: another `probe merge` is writing it (it holds {lock_path(out).name}); wait for it to finish"
+    with output_lock(out, busy) as reserve, atomic_path(out) as tmp:
+        reserve.fill(DEFAULT_RESERVE_BYTES)
         progress.start(f"merging into {out.name}", total=sum(sh.rows for sh in shards))
-        writer = FeatureWriter.create(tmp, attrs, first.dim, dtype)
         try:
-            # Shards agree on their prompts (the write identity), so the first one's classifier is theirs.
-            with h5py.File(first.path, "r") as h5, malformed_is_user_error(first.path):
-                if PROMPT_DATASET in h5:
-                    writer.write_prompts(h5[PROMPT_DATASET][:])
-            rows = _copy_rows(shards, writer, progress)
-            writer.finish()
+            writer = FeatureWriter.create(tmp, attrs, first.dim, dtype, reserve)
+            try:
+                # Shards agree on their prompts (the write identity), so the first one's classifier is theirs.
+                with h5py.File(first.path, "r") as h5, malformed_is_user_error(first.path):
+                    if PROMPT_DATASET in h5:
+                        writer.write_prompts(h5[PROMPT_DATASET][:])
+                rows = _copy_rows(shards, writer, progress)
+                writer.finish()
+            finally:
+                writer.close()
+        except DiskFull as exc:
+            raise NoSpace(out) from exc
         finally:
-            writer.close()
             progress.finish()
     return MergeResult(out, rows, len(shards), skipped, time.perf_counter() - t0)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ import h5py
 import numpy as np
 
 from base.errors import UserError
+from base.outputs import DiskFull, SpaceReserve, disk_full, looks_like_hdf5, no_space_message
 from features.schema import (
     IDENTITY_ATTRS,
     LABEL_DATASETS,
@@ -160,6 +162,9 @@ def _read_features(h5: h5py.File, path: str | Path, allow_incomplete: bool) -> F
         raise UserError(f"{path}: datasets have different lengths ({desc}); the file is corrupted, extract it again")
     if feats.ndim != 2:
         raise UserError(f"{path}: 'features' must be 2-D (rows x dims), found shape {feats.shape}")
+    if feats.shape[1] == 0:
+        raise UserError(f"{path}: 'features' has no columns (shape {feats.shape}); nothing can be fitted on it, "
+                        "extract the file again")
     bad = ~np.isfinite(feats).all(axis=1)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
@@ -251,6 +256,29 @@ def summarize(path: str | Path) -> dict[str, Any]:
 # ---------------------------------------------------------------------------
 # Writer side: used by `probe extract` and `probe merge`.
 
+
+def check_replaceable(path: Path, flag: str, command: str) -> None:
+    """Refuse to write a feature file over ``path`` unless it is one (or is empty, or a damaged HDF5 file).
+
+    `overwrite` replaces feature files; anything else there (a table, an image, a
+    run's summary.json, someone's own HDF5 data) is the user's and is never replaced.
+    """
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    if looks_like_hdf5(path):
+        try:
+            with h5py.File(path, "r", locking=False) as h5:
+                schema = _decode(h5.attrs.get("schema"))
+        except (OSError, RuntimeError, ValueError, KeyError):
+            return  # a damaged feature file, e.g. killed while writing its header
+        if schema == SCHEMA:
+            return
+        what = f"an HDF5 file with schema {schema!r}" if schema else "an HDF5 file that is not a probe feature file"
+    else:
+        what = "not a feature file (not HDF5)"
+    raise UserError(f"{flag} {path}: exists and is {what}; {command} writes only over its own feature files, "
+                    "even with `overwrite`: move it away or choose another name")
+
 # Attributes stored as JSON strings because HDF5 attributes hold no lists or dicts.
 JSON_ATTRS = ("class_names", "group_names", "source", "skipped", "shard_rows", PROMPT_ATTR)
 # Rows per HDF5 chunk of the label datasets; features get chunks of about 512 KiB.
@@ -300,6 +328,16 @@ def _shown(value: Any, limit: int = 90) -> str:
     return repr(text if len(text) <= limit else text[: limit - 3] + "...")
 
 
+def _open_checked(path: Path, mode: str) -> h5py.File:
+    """:func:`_open_for_writing`, a full disk as DiskFull."""
+    try:
+        return _open_for_writing(path, mode)
+    except OSError as exc:
+        if disk_full(exc):
+            raise DiskFull(no_space_message(path)) from exc
+        raise
+
+
 def _open_for_writing(path: Path, mode: str) -> h5py.File:
     """h5py.File, falling back to no file locking where the filesystem has none (NFS, Lustre)."""
     # New files use the HDF5 1.8 format or later: attributes over 64 KiB (a long
@@ -319,40 +357,68 @@ class FeatureWriter:
 
     Rows become part of the file only at ``commit`` (``rows_written`` is the
     promise a resume relies on); anything past it is overwritten on resume.
+
+    A full disk is a :class:`DiskFull` error naming the file. With a ``reserve``
+    (:class:`base.outputs.SpaceReserve`) the file is then closed cleanly with every
+    committed row intact: HDF5 needs free space to close a file after a failed
+    write, and without it the process crashes at exit.
     """
 
-    def __init__(self, h5: h5py.File, path: Path) -> None:
+    def __init__(self, h5: h5py.File, path: Path, reserve: SpaceReserve | None = None) -> None:
         self.h5 = h5
         self.path = path
+        self.reserve = reserve
+        self.failed = False  # set by a full disk: the file is closed, nothing more is written
         self._end: int | None = None  # rows appended so far, committed or not
+        # Datasets stay open while the writer is: closing one flushes its chunk cache, and a
+        # write that fails there (a full disk) is swallowed by h5py's deallocator unseen.
+        self._datasets: dict[str, Any] = {}
+
+    def _dataset(self, key: str) -> Any:
+        if key not in self._datasets:
+            self._datasets[key] = self.h5[key]
+        return self._datasets[key]
 
     @classmethod
-    def create(cls, path: str | Path, attrs: dict[str, Any], dim: int, dtype: str = "float32") -> FeatureWriter:
+    def create(cls, path: str | Path, attrs: dict[str, Any], dim: int, dtype: str = "float32",
+               reserve: SpaceReserve | None = None) -> FeatureWriter:
         path = Path(path)
-        h5 = _open_for_writing(path, "w")
+        writer = cls(_open_checked(path, "w"), path, reserve)
         try:
-            itemsize = np.dtype(dtype).itemsize
-            feat_rows = max(1, min(4096, (512 * 1024) // max(1, dim * itemsize)))
-            h5.create_dataset("features", shape=(0, dim), maxshape=(None, dim), dtype=dtype,
-                              chunks=(feat_rows, max(1, dim)))
-            for key, dt in (("y", np.int64), ("a", np.int64), ("group", np.int64), ("split", np.int8),
-                            ("index", np.int64)):
-                h5.create_dataset(key, shape=(0,), maxshape=(None,), dtype=dt, chunks=(_LABEL_CHUNK,))
-            h5.create_dataset("id", shape=(0,), maxshape=(None,), dtype=h5py.string_dtype("utf-8"),
-                              chunks=(_LABEL_CHUNK,))
-            writer = cls(h5, path)
-            writer.set_attrs({**attrs, "schema": SCHEMA, "complete": False, "rows_written": 0})
-            h5.flush()
+            with writer._writing():
+                h5 = writer.h5
+                itemsize = np.dtype(dtype).itemsize
+                feat_rows = max(1, min(4096, (512 * 1024) // max(1, dim * itemsize)))
+                h5.create_dataset("features", shape=(0, dim), maxshape=(None, dim), dtype=dtype,
+                                  chunks=(feat_rows, max(1, dim)))
+                for key, dt in (("y", np.int64), ("a", np.int64), ("group", np.int64), ("split", np.int8),
+                                ("index", np.int64)):
+                    h5.create_dataset(key, shape=(0,), maxshape=(None,), dtype=dt, chunks=(_LABEL_CHUNK,))
+                h5.create_dataset("id", shape=(0,), maxshape=(None,), dtype=h5py.string_dtype("utf-8"),
+                                  chunks=(_LABEL_CHUNK,))
+                writer.set_attrs({**attrs, "schema": SCHEMA, "complete": False, "rows_written": 0})
+                h5.flush()
         except BaseException:
-            h5.close()
+            writer.close()
             raise
         return writer
 
     @classmethod
-    def reopen(cls, path: str | Path) -> FeatureWriter:
+    def reopen(cls, path: str | Path, reserve: SpaceReserve | None = None) -> FeatureWriter:
         """Open an unfinished file to continue it; OSError if HDF5 cannot open it."""
         path = Path(path)
-        return cls(_open_for_writing(path, "r+"), path)
+        return cls(_open_checked(path, "r+"), path, reserve)
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Around every HDF5 write: a full disk closes the file (see the class) and raises DiskFull."""
+        try:
+            yield
+        except (OSError, RuntimeError, ValueError) as exc:
+            if not disk_full(exc):
+                raise
+            self._give_up()
+            raise DiskFull(no_space_message(self.path)) from exc
 
     @property
     def attrs(self) -> dict[str, Any]:
@@ -376,10 +442,11 @@ class FeatureWriter:
     def truncate(self, rows: int) -> None:
         """Drop rows past ``rows`` (left by an interrupted commit)."""
         self._end = rows
-        for key in ("features", *LABEL_DATASETS, "index"):
-            ds = self.h5[key]
-            if ds.shape[0] != rows:
-                ds.resize(rows, axis=0)
+        with self._writing():
+            for key in ("features", *LABEL_DATASETS, "index"):
+                ds = self._dataset(key)
+                if ds.shape[0] != rows:
+                    ds.resize(rows, axis=0)
 
     def append(self, rows: dict[str, np.ndarray]) -> None:
         """Write ``rows`` (features, y, a, group, split, id, index) after the committed ones."""
@@ -387,28 +454,59 @@ class FeatureWriter:
         n = len(rows["id"])
         if n == 0:
             return
-        for key, value in rows.items():
-            ds = self.h5[key]
-            ds.resize(start + n, axis=0)
-            ds[start:start + n] = value
+        self._check_space(rows)
+        with self._writing():
+            for key, value in rows.items():
+                ds = self._dataset(key)
+                ds.resize(start + n, axis=0)
+                ds[start:start + n] = value
         self._end = start + n
+
+    def _check_space(self, rows: dict[str, np.ndarray]) -> None:
+        """Stop before a write the disk has no room for: HDF5 handles a failed write badly
+        (see the class), so a full disk is met here, with the file still in order, when it can be.
+
+        Room for the rows, one fresh chunk of every dataset (HDF5 allocates whole
+        chunks) and a MiB of metadata; the reserve covers what that misses.
+        """
+        try:
+            st = os.statvfs(self.path.parent)
+        except (OSError, AttributeError):
+            return
+        raw = sum(v.nbytes if v.dtype != object else sum(len(str(x)) + 16 for x in v) for v in rows.values())
+        chunks = sum(self._dataset(k).chunks[0] * self._dataset(k).dtype.itemsize
+                     * int(np.prod(self._dataset(k).shape[1:])) for k in rows if self._dataset(k).chunks)
+        if st.f_bavail * st.f_frsize < raw + chunks + (1 << 20):
+            self._give_up()
+            raise DiskFull(no_space_message(self.path))
+
+    def _give_up(self) -> None:
+        """The disk is full: hand back the reserve so that HDF5 can close the file in order."""
+        self.failed = True
+        if self.reserve is not None:
+            self.reserve.release()
+        with contextlib.suppress(Exception):
+            self.h5.close()
 
     def commit(self, **attrs: Any) -> None:
         """Flush the appended rows, then advance ``rows_written`` (and ``attrs``) and flush again.
 
         Two flushes so that a kill between them leaves the old, still true, rows_written.
         """
-        self.h5.flush()
-        rows = self.rows_written if self._end is None else self._end
-        self.set_attrs({**attrs, "rows_written": rows})
-        self.h5.flush()
+        with self._writing():
+            self.h5.flush()
+            rows = self.rows_written if self._end is None else self._end
+            self.set_attrs({**attrs, "rows_written": rows})
+            self.h5.flush()
 
     def finish(self, **attrs: Any) -> None:
         self.commit(**attrs)
-        self.h5.attrs["complete"] = True
-        self.h5.flush()
+        with self._writing():
+            self.h5.attrs["complete"] = True
+            self.h5.flush()
         self.close()
 
     def close(self) -> None:
-        if self.h5.id.valid:
-            self.h5.close()
+        if not self.failed and self.h5.id.valid:
+            with self._writing():
+                self.h5.close()

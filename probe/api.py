@@ -29,7 +29,7 @@ from probe.methods import COMMON, GradientMethod, all_params, get_method, method
 from probe.preprocess import Preprocessor
 from probe.protocols import Resolved, resolve_for
 from probe.results import Result, parse_results, sort_results
-from probe.resume import RunSession, data_fingerprint, fit_fingerprint, no_space_message
+from probe.resume import RunSession, data_fingerprint, fit_fingerprint, fit_no_space_message
 from probe.runs import provenance
 from probe.train.data import SplitCache, validate_for_fit
 from probe.train.settings import DTYPES, Settings, user_settings, uses_solver
@@ -156,7 +156,7 @@ def fit_grid(features: FeatureSet | str | Path, methods: list[str] | str | None 
                 exc.probe_kept = sum(map(len, rows.values()))  # type: ignore[attr-defined]
                 raise
     except NoSpace as exc:
-        raise UserError(no_space_message(exc, out_path, sum(map(len, rows.values())))) from exc
+        raise UserError(fit_no_space_message(exc, out_path, sum(map(len, rows.values())))) from exc
 
 
 def _fit_plans(fs: FeatureSet, plans: dict[str, MethodPlan], progress: Any, done: dict[str, dict[int, Result]],

@@ -30,6 +30,7 @@ from typing import Any
 from base.errors import UserError
 from base.io import NoSpace, fsync_path, no_space_names, write_json_atomic
 from base.locks import exclusive
+from base.outputs import no_space_message
 from base.version import code_version
 from probe.results import Result, parse_results, to_jsonl
 from probe.runs import RunState, check_run_dir, publish, run_state, write_run
@@ -232,7 +233,8 @@ def swapping(out: Path) -> bool:
     return (out / JOURNAL / "staging" / "READY").exists()
 
 
-def no_space_message(exc: NoSpace, out: Path, kept: int) -> str:
+def fit_no_space_message(exc: NoSpace, out: Path, kept: int) -> str:
     """A full disk during a fit, in one line: where, and what is intact."""
-    return (f"{exc}; the previous contents of `out` {out} are unchanged"
-            + (f" and the {kept} finished configurations are kept for the rerun" if kept else ""))
+    return (f"{no_space_message(exc.path)}; the previous contents of `out` {out} are unchanged"
+            + (f" and the {kept} finished configurations are kept for the rerun" if kept else "")
+            + ": free some space and run the command again")

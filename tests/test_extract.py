@@ -33,15 +33,16 @@ TINY_CLIP = {
 }
 
 
-def make_tiny_clip(folder: Path, seed: int = 0) -> Path:
+def make_tiny_clip(folder: Path, seed: int = 0, embed_dim: int | None = None) -> Path:
     """An open_clip local-dir model: config + random weights, like a downloaded checkpoint."""
     from open_clip.model import CLIP
 
+    cfg = {**TINY_CLIP, "embed_dim": embed_dim or TINY_CLIP["embed_dim"]}
     folder.mkdir(parents=True, exist_ok=True)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = CLIP(**TINY_CLIP)
-    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_CLIP, "preprocess_cfg": {}}))
+        model = CLIP(**cfg)
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg, "preprocess_cfg": {}}))
     torch.save(model.state_dict(), folder / "open_clip_pytorch_model.bin")
     return folder
 

@@ -87,9 +87,14 @@ def test_bad_shard_sets_refused(setup: tuple) -> None:
         merge(out, shards)
     assert not out.exists()
     out.write_text("keep me")
+    for overwrite in (False, True):  # a file that is not a feature file is never replaced
+        with pytest.raises(UserError, match="not a feature file.*even with `overwrite`"):
+            merge(out, shards, overwrite=overwrite)
+    assert out.read_text() == "keep me"
+    out.unlink()
+    out.write_bytes(b"")  # an empty file (made by mktemp, say) holds nothing to lose
     with pytest.raises(UserError, match="already exists.*`overwrite`"):
         merge(out, shards)
-    assert out.read_text() == "keep me"
     with pytest.raises(UserError, match="no such file"):
         merge(tmp_path / "m2.h5", [tmp_path / "nope.h5"])
 

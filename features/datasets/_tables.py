@@ -10,6 +10,7 @@ fields that span lines).
 
 from __future__ import annotations
 
+import codecs
 import csv
 import difflib
 import re
@@ -89,8 +90,32 @@ def open_text(path: Path, what: str) -> Iterator[TextIO]:
 
 
 def not_text_error(path: Path, what: str, line: int) -> UserError:
-    return UserError(f"{path}: the {what} is not UTF-8 text (near line {line}); is it the right file, "
-                     "uncompressed?")
+    """The file is not UTF-8: name the line of its first bad byte (``line`` if it cannot be read again)."""
+    line = first_bad_utf8_line(path) or line
+    return UserError(f"{path}: the {what} is not UTF-8 text (the first byte that is not is on line {line}); "
+                     "re-save it as UTF-8 (or is it the wrong file, or compressed?)")
+
+
+def first_bad_utf8_line(path: Path) -> int | None:
+    """The 1-based line of the first byte that is not UTF-8, or None.
+
+    Text files are decoded a block at a time ahead of the parser, so the line being
+    parsed when decoding fails is not where the bad byte is (often line 1); the bytes say.
+    """
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    line = 1
+    try:
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                try:
+                    decoder.decode(block)
+                except UnicodeDecodeError as exc:
+                    # exc.object is the decoder's held-back bytes (never a newline) + this block.
+                    return line + exc.object.count(b"\n", 0, exc.start)
+                line += block.count(b"\n")
+    except OSError:
+        return None
+    return None
 
 
 def iter_lines(path: Path, what: str) -> Iterator[tuple[int, str]]:

@@ -63,6 +63,34 @@ def _encoded_image(item: Any) -> Any:
     if isinstance(item, (bytes, bytearray, memoryview)):
         return io.BytesIO(item)
     return item
+# One-channel modes whose values are not 8-bit, and the value each one's white is.
+# PIL's convert("RGB") clips them at 255 (a 16-bit PNG comes out all white); they
+# are scaled instead. "I" (32-bit integers) is what 16-bit PNGs and PGMs open as in
+# some Pillow versions; "F" (floats) is taken as 0..1, the usual float-image convention.
+WIDE_MODES = {"I;16": 65535, "I;16B": 65535, "I;16L": 65535, "I;16N": 65535, "I": 65535, "F": 1.0}
+
+
+def to_rgb(img: Any) -> Any:
+    """A PIL image of any mode -> 8-bit RGB as a viewer shows it (wide values scaled, not clipped).
+
+    ValueError for an image whose values cannot be mapped to 8 bits without guessing
+    (a float image outside 0..1, integers outside 0..65535) or a mode PIL cannot convert.
+    """
+    if img.mode == "RGB":
+        return img
+    if img.mode not in WIDE_MODES:
+        return img.convert("RGB")
+    import numpy as np
+    from PIL import Image
+
+    arr = np.asarray(img)
+    white = WIDE_MODES[img.mode]
+    lo, hi = (arr.min(), arr.max()) if arr.size else (0, 0)
+    if not (np.isfinite(lo) and np.isfinite(hi) and 0 <= lo and hi <= white):
+        raise ValueError(f"mode {img.mode} image with values {lo}..{hi}, outside 0..{white}: its range is "
+                         "unknown; save it as an 8-bit image")
+    gray = np.rint(arr.astype(np.float64) * (255.0 / white)).astype(np.uint8)
+    return Image.fromarray(gray, "L").convert("RGB")
 
 
 def load_image(item: Any) -> Any:
@@ -73,7 +101,7 @@ def load_image(item: Any) -> Any:
     from PIL import Image
 
     if isinstance(item, Image.Image):
-        return item.convert("RGB")
+        return to_rgb(item)
     if isinstance(item, np.ndarray):
         if item.dtype != np.uint8 or item.ndim not in (2, 3):
             raise ValueError(f"array of {item.dtype} with shape {item.shape} is not an 8-bit image")
@@ -83,7 +111,7 @@ def load_image(item: Any) -> Any:
         raise ValueError(f"{type(item).__name__} is not an image path, image bytes or a PIL image")
     with Image.open(item) as img:
         img.load()  # decoded now: the image stays usable after the file is closed
-    return img if img.mode == "RGB" else img.convert("RGB")
+    return to_rgb(img)
 
 
 class ImagePrepare:

@@ -8,7 +8,9 @@ pooling, normalisation and length limit, which are used unless overridden.
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -80,8 +82,35 @@ def sentence_transformers_defaults(folder: Path) -> dict[str, Any]:
     return out
 
 
-def _from_pretrained(source: str, name: str) -> tuple[Any, Any, Path, bool]:
-    """(tokenizer, model, folder, whether it is a local folder) for a hub name or folder."""
+@contextlib.contextmanager
+def quiet_hugging_face() -> Iterator[None]:
+    """No Hugging Face progress bars or log lines while a model loads, whatever `-q` says.
+
+    Extraction draws its own progress bar, and an error raised after the model has
+    loaded must still be one line on stderr. What those log lines would have said
+    that matters (weights missing from the checkpoint) is checked instead.
+    """
+    import huggingface_hub.utils as hub
+    import transformers.utils.logging as hf_logging
+
+    verbosity, bars, hub_off = (hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled(),
+                                hub.are_progress_bars_disabled())
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    hub.disable_progress_bars()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+        if not hub_off:
+            hub.enable_progress_bars()
+
+
+def _from_pretrained(source: str, name: str) -> tuple[Any, Any, Path, bool, list[str]]:
+    """(tokenizer, model, folder, whether it is a local folder, parameters the checkpoint
+    lacked) for a hub name or folder."""
     from transformers import AutoModel, AutoTokenizer
 
     folder = Path(source).expanduser()
@@ -91,12 +120,15 @@ def _from_pretrained(source: str, name: str) -> tuple[Any, Any, Path, bool]:
                         "weights and tokenizer files")
     src = str(folder.resolve()) if local else source
     try:
-        return AutoTokenizer.from_pretrained(src), AutoModel.from_pretrained(src), folder, local
+        with quiet_hugging_face():
+            tokenizer = AutoTokenizer.from_pretrained(src)
+            model, info = AutoModel.from_pretrained(src, output_loading_info=True)
     except (OSError, ValueError, KeyError) as exc:
         raise UserError(
             f"`encoder` {name}: cannot load it here ({one_line(exc, 140)}); pass a local "
             "folder holding config.json, the weights and the tokenizer files: `encoder` hf:/path/to/folder"
         ) from exc
+    return tokenizer, model, folder, local, sorted(info.get("missing_keys", ()))
 
 
 def _load_hf(source: str, device: torch.device, pooling: str | None, max_length: int | None,
@@ -104,12 +136,19 @@ def _load_hf(source: str, device: torch.device, pooling: str | None, max_length:
     from torch import nn
 
     name = label or f"hf:{source}"
-    tokenizer, model, folder, local = _from_pretrained(source, name)
+    tokenizer, model, folder, local, missing = _from_pretrained(source, name)
     model = model.float().eval().to(device)
     st = sentence_transformers_defaults(folder) if local else {}
     pooling = pooling or st.get("pooling", "cls")
     if pooling == "pooler" and getattr(model, "pooler", None) is None:
         raise UserError(f"`pooling` pooler: {name} has no pooler layer; use cls or mean")
+    # transformers would initialise these at random (with a warning, silenced above).
+    random = [k for k in missing if pooling == "pooler" or not k.startswith("pooler.")]
+    if random:
+        hint = "use `pooling` cls or mean" if all(k.startswith("pooler.") for k in random) else \
+            "pass the folder of a complete model"
+        raise UserError(f"`encoder` {name}: the checkpoint has no weights for {len(random)} parameter(s) (first: "
+                        f"{random[0]}), which would be random; {hint}")
     normalize = bool(st.get("normalize", False))
     limits = [getattr(model.config, "max_position_embeddings", None), tokenizer.model_max_length]
     ceiling = min([int(v) for v in limits if isinstance(v, int) and 0 < v < 1_000_000] or [512])

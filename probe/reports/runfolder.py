@@ -14,7 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from base.errors import UserError
+from base.outputs import looks_like_hdf5, same_file
 from probe.results import Result, parse_results
+
+# What a run folder holds (docs/results-format.md): what a report reads, and must never write over.
+SUMMARY, RESULTS, HEADS = "summary.json", "results.jsonl", "heads"
 
 
 @dataclass
@@ -67,11 +71,41 @@ def load_run(path: str | Path, name: str = "") -> RunFolder:
     if swapping(p):
         raise UserError(f"{p} is being replaced by `probe fit` (or one stopped while moving its new run in); "
                         "wait for it, or rerun that `probe fit` to finish")
-    summary = _read_json(p / "summary.json")
-    results_file = p / "results.jsonl"
+    summary = _read_json(p / SUMMARY)
+    results_file = p / RESULTS
     results = parse_results(_read_text(results_file), where=results_file)
-    _check_summary(p / "summary.json", summary)
+    _check_summary(p / SUMMARY, summary)
     return RunFolder(path=p, summary=summary, results=results, name=name or p.name, labelled=bool(name))
+
+
+def run_folder_of(path: Path) -> Path | None:
+    """The run folder whose summary.json, results.jsonl or head ``path`` is (existing or not), or None."""
+    if path.name in (SUMMARY, RESULTS):
+        folder = path.parent
+    elif path.parent.name == HEADS and path.suffix == ".safetensors":
+        folder = path.parent.parent
+    else:
+        return None
+    return folder if any((folder / f).is_file() for f in (SUMMARY, RESULTS)) else None
+
+
+def check_output_file(out: Path, run_dirs: Sequence[Path]) -> None:
+    """Refuse a report file that would replace what reports are made from: a file of a run
+    folder (these or any other), a feature file, or a folder. Other files are replaced
+    (atomically), e.g. the report.md a previous report wrote."""
+    if out.is_dir():
+        raise UserError(f"`out` {out}: is a folder; give the report's file name, e.g. {out / 'report.md'}")
+    for run in run_dirs:
+        for own in (run / SUMMARY, run / RESULTS, *sorted((run / HEADS).glob("*.safetensors"))):
+            if same_file(out, own):
+                raise UserError(f"`out` {out}: is {own.relative_to(run)} of the run folder {run} this report "
+                                f"reads; write the report under another name, e.g. {run / 'report.md'}")
+    owner = run_folder_of(out)
+    if owner is not None:
+        raise UserError(f"`out` {out}: is a file of the run folder {owner}; write the report under another name, "
+                        f"e.g. {owner / 'report.md'}")
+    if out.is_file() and looks_like_hdf5(out):
+        raise UserError(f"`out` {out}: is a feature file (HDF5); write the report under another name")
 
 
 def distinct_names(paths: Sequence[Path]) -> list[str]:

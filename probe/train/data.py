@@ -83,6 +83,9 @@ def validate_for_fit(fs: FeatureSet, domain: str) -> None:
     """The checks a fit needs beyond a readable file; each a one-line UserError."""
     if domain not in DOMAIN_COLUMNS:
         raise UserError(f"`domain` {domain!r}: choose one of {', '.join(DOMAIN_COLUMNS)}")
+    if fs.num_classes < 2:
+        # Every head would score 100% on every group: a number that means nothing.
+        raise UserError(f"{fs.path}: has a single class ({fs.class_names[0]!r}); a classifier needs two or more")
     for name, code in SPLITS.items():
         if not (fs.split == code).any():
             raise UserError(f"{fs.path}: the {name} split has no rows; every split needs rows to fit and select")

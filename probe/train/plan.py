@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from base.errors import UserError
 from features.store import SPLITS, FeatureSet
 from probe.methods.base import GradientMethod
 from probe.preprocess import default_pca_dim, steps_of
@@ -62,6 +63,15 @@ def available_memory(device: torch.device) -> int:
         return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
     except (ValueError, OSError, AttributeError):
         return 4 * 1024**3
+
+
+def check_pca_dim(fs: FeatureSet, preprocess: str, n_train: int, pca_dim: int | None) -> None:
+    """Refuse a `pca_dim` that pca could not keep (more than the training rows or the
+    feature columns) rather than keep fewer while the run records the number asked for."""
+    limit = min(n_train, fs.features.shape[1])
+    if "pca" in steps_of(preprocess) and pca_dim is not None and pca_dim > limit:
+        raise UserError(f"`pca_dim` {pca_dim}: {fs.path} has {n_train} training rows and {fs.features.shape[1]} "
+                        f"feature columns, so pca keeps at most {limit} components; give at most {limit}")
 
 
 def out_width(preprocess: str, d: int, n_train: int, pca_dim: int | None) -> int:
@@ -132,6 +142,7 @@ def plan(fs: FeatureSet, method: type[GradientMethod], configs: list[dict[str, A
     out = []
     for idx in cohorts.values():
         preprocess = configs[idx[0]]["preprocess"]
+        check_pca_dim(fs, str(preprocess), n_train, settings.pca_dim)
         d = out_width(preprocess, fs.features.shape[1], n_train, settings.pca_dim)
         if solver:
             shared, per = solver_memory_estimate(fs.num_classes, d, n_train, item)

@@ -1,0 +1,173 @@
+"""Guarding the files a command writes: one writer per output, a full disk as one line, inputs left alone.
+
+* :func:`output_lock` holds ``OUT.lock`` while a command writes ``OUT``: a second
+  command writing the same output at once is refused with a clear message
+  instead of deleting or interleaving the first one's rows. The lock is a POSIX
+  record lock, released by the kernel when the process ends however it ends, and
+  not inherited by forked DataLoader workers (a worker outliving a killed parent
+  would otherwise refuse the rerun that should resume).
+* The lock file also holds a few MiB of the output's disk in reserve
+  (:class:`SpaceReserve`). HDF5 cannot survive a full disk: once one of its writes
+  fails, closing the file fails too and the process segfaults at exit. Releasing
+  the reserve at the first failed write lets it close the file cleanly, with every
+  committed row intact.
+* :func:`disk_full` tells a full disk (or quota) apart from other failures, also
+  when HDF5 reports it only in its message text.
+* :func:`looks_like_hdf5` recognises a feature file (or any HDF5 file) without
+  importing h5py, so that commands writing text or JSON can refuse to write over one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from base.errors import UserError
+
+try:  # POSIX; elsewhere outputs are not locked (as HDF5 does where a filesystem has no locks)
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+FULL_ERRNOS = tuple(e for e in (errno.ENOSPC, getattr(errno, "EDQUOT", None)) if e is not None)
+# HDF5 raises RuntimeError/OSError whose text carries the C errno and strerror, not an errno attribute.
+_FULL_TEXTS = tuple(f"errno = {e}," for e in FULL_ERRNOS) + tuple(os.strerror(e) for e in FULL_ERRNOS)
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+# Enough for HDF5 to flush its chunk caches (1 MiB per dataset at most, of which
+# only one commit's rows are dirty) and its metadata when closing after a failed write.
+DEFAULT_RESERVE_BYTES = 4 << 20
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` says that the disk (or the user's quota) is full."""
+    if isinstance(exc, OSError) and exc.errno in FULL_ERRNOS:
+        return True
+    text = str(exc)
+    return any(t in text for t in _FULL_TEXTS)
+
+
+def no_space_message(path: Path | str) -> str:
+    return f"{path}: no space left on the device (its disk or quota is full)"
+
+
+class DiskFull(UserError):
+    """A write failed because the disk or quota is full; the message names the file."""
+
+
+class SpaceReserve:
+    """Bytes kept in a file on the output's filesystem, handed back with :meth:`release`."""
+
+    def __init__(self, fd: int | None, path: Path) -> None:
+        self.fd = fd
+        self.path = path
+        self.held = 0
+
+    def fill(self, nbytes: int) -> None:
+        if self.fd is None or nbytes <= 0:
+            return
+        try:
+            # Random bytes, not zeros: a compressing filesystem would not store zeros.
+            os.pwrite(self.fd, os.urandom(nbytes), 0)
+        except OSError as exc:
+            os.ftruncate(self.fd, 0)
+            if disk_full(exc):
+                raise UserError(f"{no_space_message(self.path.parent)}: not even {nbytes >> 20} MiB are free "
+                                "to start writing; free some space") from exc
+            raise
+        self.held = nbytes
+
+    def release(self) -> None:
+        """Give the reserved space back to the filesystem (for a writer that hit a full disk)."""
+        if self.fd is not None and self.held:
+            os.ftruncate(self.fd, 0)
+            self.held = 0
+
+
+_HELD: dict[str, SpaceReserve] = {}  # lock path -> reserve: the lock is reentrant within a process
+
+
+def lock_path(target: Path) -> Path:
+    return target.with_name(target.name + ".lock")
+
+
+@contextlib.contextmanager
+def output_lock(target: str | os.PathLike[str], busy: str) -> Iterator[SpaceReserve]:
+    """Hold ``TARGET.lock`` (created beside ``target``, removed at the end) while ``target`` is written.
+
+    ``busy`` is the UserError message when another process holds it. Yields the
+    lock file's :class:`SpaceReserve`, empty until the writer fills it. Reentrant in
+    one process: an inner call yields the outer call's reserve. The folder must exist.
+    """
+    lock = lock_path(Path(target))
+    key = os.path.abspath(lock)
+    if key in _HELD:
+        yield _HELD[key]
+        return
+    fd = _acquire(lock, busy)
+    reserve = SpaceReserve(fd, lock)
+    _HELD[key] = reserve
+    try:
+        yield reserve
+    finally:
+        del _HELD[key]
+        if fd is not None:
+            # Unlinked while still held: a process that opened the old file meanwhile
+            # sees it is gone (see _acquire) and takes a fresh one.
+            with contextlib.suppress(OSError):
+                lock.unlink()
+            os.close(fd)
+
+
+def _acquire(lock: Path, busy: str) -> int | None:
+    if fcntl is None:
+        return None
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        except OSError as exc:
+            if disk_full(exc):
+                raise UserError(f"{no_space_message(lock.parent)}; free some space") from exc
+            raise UserError(f"{lock}: cannot be created ({exc.strerror}); check the folder's permissions") from exc
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EACCES, errno.EAGAIN):
+                raise UserError(busy) from None
+            if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                return None  # a filesystem without locks: write unlocked, as HDF5 does there
+            raise
+        try:
+            same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)  # the holder finished and removed it between our open and our lock: again
+
+
+def looks_like_hdf5(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is an HDF5 file: its signature at offset 0, 512, 1024, 2048, ... (after a user block)."""
+    try:
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            offset = 0
+            while offset + len(HDF5_SIGNATURE) <= size:
+                fh.seek(offset)
+                if fh.read(len(HDF5_SIGNATURE)) == HDF5_SIGNATURE:
+                    return True
+                offset = 512 if offset == 0 else 2 * offset
+    except OSError:
+        return False
+    return False
+
+
+def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    """Whether two paths name one file (through links too); False when either does not exist."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False

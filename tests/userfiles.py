@@ -1,0 +1,16 @@
+"""What a user had before a command ran: every file under a folder, to compare with afterwards."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """Relative path -> sha256 of every file under ``folder``."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
