@@ -54,18 +54,23 @@ def summarize(run: dict[str, Any], method: str) -> dict[str, Any]:
         "selected": (entry["selected"] or {}).get("hparams"),
         "selected_status": sorted({r.status for r in rows if r.run_id in (entry["selected"] or {}).get("run_ids", [])}),
         "configs": entry["n_configs"], "collapsed": entry["n_collapsed"],
+        "choice": " ".join(f"{k}={v:g}" for k, v in ((entry["selected"] or {}).get("hparams") or {}).items()
+                           if k in ("alpha", "beta", "anneal")),
     }
 
 
-def study(task: str, h5: Path, quick: bool) -> list[dict[str, Any]]:
+def study(task: str, h5: Path, quick: bool, preprocessings: tuple[str, ...] = PREPROCESSINGS,
+          scalings: tuple[str, ...] = SCALINGS, seeds: tuple[int, ...] = SEEDS,
+          cma_grid: dict[str, list[float]] | None = None) -> list[dict[str, Any]]:
     from probe.api import fit_grid
 
     rows = []
-    seeds = SEEDS[:1] if quick else SEEDS
-    for pre in PREPROCESSINGS:
-        for scaling in SCALINGS:
+    seeds = seeds[:1] if quick else seeds
+    for pre in preprocessings:
+        for scaling in scalings:
             t0 = time.perf_counter()
-            run = fit_grid(h5, ["erm", "cma"], {"preprocess": [pre], "seed": list(seeds)}, CACHE / "run",
+            run = fit_grid(h5, ["erm", "cma"], {"preprocess": [pre], "seed": list(seeds), **(cma_grid or {})},
+                           CACHE / "run",
                            overwrite=True, normalize=scaling, **({"steps": 100} if quick else {}))
             wall = time.perf_counter() - t0
             for method in ("erm", "cma"):
@@ -103,17 +108,30 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="one task, one seed, 100 steps")
     parser.add_argument("--tasks", default=",".join(tasks.TASKS))
+    parser.add_argument("--preprocess", default=",".join(PREPROCESSINGS), help="the study's preprocessings")
+    parser.add_argument("--scalings", default=",".join(SCALINGS), help="the study's --normalize values")
+    parser.add_argument("--seeds", default=",".join(map(str, SEEDS)), help="the study's seeds")
+    parser.add_argument("--alpha", default=None, help="the study's CMA alpha values (default: its default grid)")
+    parser.add_argument("--beta", default=None, help="the study's CMA beta values (default: its default grid)")
+    parser.add_argument("--parts", default="study,default", help="study, default (the bare command), or both")
+    parser.add_argument("--name", default=None, help="results file name (default: defaults or defaults_quick)")
     args = parser.parse_args(argv)
     names = ["demo"] if args.quick else [t for t in args.tasks.split(",") if t]
+    parts = set(args.parts.split(","))
     CACHE.mkdir(exist_ok=True)
     rows: list[dict[str, Any]] = []
     for task in names:
         h5 = features(task, args.quick)
-        rows += study(task, h5, args.quick)
-        rows.append(default_command(task, h5, args.quick))
-    name = "defaults_quick" if args.quick else "defaults"
+        if "study" in parts:
+            rows += study(task, h5, args.quick, tuple(args.preprocess.split(",")), tuple(args.scalings.split(",")),
+                          tuple(int(s) for s in args.seeds.split(",")),
+                          {k: [float(v) for v in getattr(args, k).split(",")] for k in ("alpha", "beta")
+                           if getattr(args, k)})
+        if "default" in parts:
+            rows.append(default_command(task, h5, args.quick))
+    name = args.name or ("defaults_quick" if args.quick else "defaults")
     write_results(name, rows, ["part", "task", "preprocess", "normalize", "method", "val_wga", "test_wga",
-                               "test_acc", "collapsed", "configs", "erm_test_wga", "cma_test_wga",
+                               "test_acc", "collapsed", "configs", "choice", "erm_test_wga", "cma_test_wga",
                                "cma_collapsed", "cma_configs", "met", "wall_s"])
     print(f"wrote {RESULTS_DIR / name}.json and .md")
 

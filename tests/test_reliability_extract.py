@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 
 from features.store import read_features
-from tests.conftest import IS_ROOT, REPO, CliResult, assert_user_error, run_cli
+from tests.conftest import REPO, CliResult, assert_user_error, run_cli, small_tmpfs
 from tests.test_extract import make_tiny_clip
 from tests.userfiles import sha256, snapshot
 
@@ -88,17 +88,8 @@ def rows_written(path: Path) -> int:
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 16 MiB tmpfs, unmounted afterwards."""
-    if not IS_ROOT:
-        pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mnt)], capture_output=True)
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.decode().strip()}")
-    try:
+    with small_tmpfs(tmp_path, "16m") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def fill(disk: Path, leave_mib: float) -> Path:

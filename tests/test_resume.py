@@ -13,12 +13,13 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from safetensors import safe_open
 
-from tests.conftest import IS_ROOT, REPO, assert_user_error, run_cli
+from tests.conftest import REPO, assert_user_error, run_cli, small_tmpfs
 from tests.h5craft import toy_arrays, write_feature_file
 
 #: twelve cohorts (one per seed), each a fraction of a second: a kill lands mid-grid (the
@@ -198,20 +199,10 @@ def test_overwrite_refuses_what_is_in_the_way(tmp_path: Path, features: Path) ->
 
 
 @pytest.fixture
-def small_disk(tmp_path: Path):
+def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 2 MiB tmpfs, mounted for the test (root only), unmounted afterwards."""
-    if not IS_ROOT:
-        pytest.skip("mounting a tmpfs needs root")
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True,
-                         text=True)
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip()}")
-    try:
+    with small_tmpfs(tmp_path, "2m") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def _fill(disk: Path) -> Path:

@@ -67,7 +67,9 @@ class SolverFit:
         fixed = {"solver": "lbfgs", "tol": st.tol, "max_iter": st.max_iter, "domain": st.domain,
                  "ce_weighting": self.objective.ce}
         fates = [_fate(sol, u) for u in which]
-        bounds = kept_bounds(self.fs, tr, theta, [f["steps_run"] for f in fates], st)
+        # measured once per distinct optimum: configurations that share one share its figures
+        unique_bounds = kept_bounds(self.fs, tr, sol.theta.to(X.dtype), list(sol.iterations), st)
+        bounds = [dict(unique_bounds[u]) for u in which]
         rows = head_rows(self.fs, self.method.name, self.configs, fixed, self.splits, theta,
                          [{**f, "bounds": b} for f, b in zip(fates, bounds, strict=True)], {"train": X})
         for row in rows:  # validation is scored once, at the final point: the row's metrics
