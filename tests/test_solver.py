@@ -180,5 +180,14 @@ def test_solver_setting_keeps_the_stochastic_path_and_refuses_lbfgs_for_penalise
         fit_grid(fs, ["erm", "cma"], {}, None, solver="lbfgs")
     with pytest.raises(UserError, match="`tol`"):
         Settings(tol=0.0)
+    with pytest.raises(UserError, match="`tol`: True"):  # a bool is not a tolerance
+        Settings(tol=True)
+    with pytest.raises(UserError, match="`bias`"):
+        Settings(bias=1)
+    with pytest.raises(UserError, match="`solver` lbfgs fits heads with a bias"):
+        fit_grid(fs, ["erm"], {}, None, solver="lbfgs", bias=False)
+    row = fit_method(fs, "erm", [_cfg()], Settings(steps=20, batch_size=64, eval_every=10, dtype=torch.float64,
+                                                    bias=False))[0]
+    assert "solver" not in row.hparams and row.theta.shape[-1] == 4  # auto: a bias-free head is trained
     flags = {f.name: f.type for f in user_settings()}
     assert flags["solver"] == "str" and flags["tol"] == "float" and flags["max_iter"] == "int"

@@ -148,10 +148,12 @@ def check_setting(name: str, value: Any, meta: Any) -> None:
         return
     if choices and value not in choices:
         raise UserError(f"`{name}` {value!r} is not one of: {', '.join(map(str, choices))}")
-    if isinstance(meta.get("default"), bool) or isinstance(value, bool):
+    if isinstance(meta.get("default"), bool):
         if not isinstance(value, bool):
             raise UserError(f"`{name}`: {value!r} is not true or false")
         return
+    if isinstance(value, bool) and (meta.get("positive") or minimum is not None):
+        raise UserError(f"`{name}`: {value!r} is not allowed; give a number")
     if meta.get("positive") and (not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0):
         raise UserError(f"`{name}`: {value!r} is not allowed; give a number > 0")
     if minimum is None:
