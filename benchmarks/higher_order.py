@@ -129,9 +129,10 @@ def cost_rows(quick: bool, device: torch.device, repeat: int) -> list[dict[str, 
 
 def bounds_cost(quick: bool) -> dict[str, Any]:
     """What the bound terms add to a CelebA-sized fit (162,770 train rows, d = 768, two
-    classes, four domains, 16 heads): at the kept checkpoint, the default --bounds-rows
-    sample (8,192 rows, float32 features, float64 head); at each evaluation, the default
-    --bounds-curve-rows sample (1,024 rows, Gram matrix computed once)."""
+    classes, four domains, 16 heads): at the kept checkpoint, a --bounds-rows sample of
+    8,192 rows (the default until issue 16 lowered it to 2,048), float32 features, float64
+    head; at each evaluation, the default --bounds-curve-rows sample (1,024 rows, Gram
+    matrix computed once)."""
     from probe.bounds import Curve, measure, sample_rows
 
     d, G, n_train = (96, 4, 20_000) if quick else (768, 16, 162_770)

@@ -59,7 +59,7 @@ def steps_of(kind: str) -> list[str]:
 
 @dataclass
 class Preprocessor:
-    kind: str = "standardize"
+    kind: str  # the product's default is the `preprocess` Param's (probe.methods.base)
     pca_dim: int | None = None  # None: default_pca_dim
     state: dict[str, Any] = field(default_factory=dict)  # name -> torch.Tensor
     isr_class: int | None = None

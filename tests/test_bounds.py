@@ -73,13 +73,13 @@ def test_results_carry_bound_terms_that_match_formed_derivatives(tmp_path: Path,
             X = (torch.as_tensor(fs.features[idx]).double() - pre["mean"]) / pre["scale"]
         elif r.hparams.get("solver") == "lbfgs":  # erm's optimum: its final iterate, no curve
             assert b["step"] == r.best_step == r.steps_run and "curve" not in b
-            X = Preprocessor("standardize", state=pre).transform(torch.as_tensor(fs.features[idx]).double())
+            X = Preprocessor(r.hparams["preprocess"], state=pre).transform(torch.as_tensor(fs.features[idx]).double())
         else:
             assert b["step"] == r.best_step
             curve = b["curve"]
             assert curve["rows"] == 24 and curve["step"] == r.history["step"]
             assert all(len(curve[t]) == len(curve["step"]) for t in TERMS)
-            X = Preprocessor("standardize", state=pre).transform(torch.as_tensor(fs.features[idx]).double())
+            X = Preprocessor(r.hparams["preprocess"], state=pre).transform(torch.as_tensor(fs.features[idx]).double())
         losses, maxima = formed_maxima(r.theta.double(), X, torch.as_tensor(fs.y[idx]),
                                        torch.as_tensor(fs.group[idx]))
         assert list(b["losses"].values()) == pytest.approx(losses, rel=1e-9)

@@ -16,7 +16,7 @@ from sklearn.linear_model import LogisticRegression
 from features.store import FeatureSet, read_features
 from probe.api import LinearHead, fit_grid
 from probe.fitting import fit_method, plan_method
-from probe.preprocess import Preprocessor
+from probe.preprocess import Preprocessor, default_pca_dim
 from probe.train.optim import BatchedOptimizer
 from probe.train.settings import Settings
 from tests.h5craft import toy_arrays, write_feature_file
@@ -316,8 +316,10 @@ def test_fit_grid_writes_run_folder_and_selects_by_val_wga(tmp_path: Path) -> No
     assert prov["features"]["dataset"] == "toy" and prov["command"] == "probe fit toy.h5"
     assert prov["settings"]["steps"] == 40 and prov["grid"]["alpha"] == [0.0, 10.0]
     with safe_open(str(run / "heads" / "cma.safetensors"), "pt") as f:
-        assert f.get_tensor("theta").shape == (2, 7)
-        assert {"pre.mean", "pre.scale"} <= set(f.keys())
+        # the default preprocessing is pca: the head reads default_pca_dim components, plus its bias
+        width = default_pca_dim(int((fs.split == 0).sum()), fs.features.shape[1])
+        assert width < fs.features.shape[1] and f.get_tensor("theta").shape == (2, width + 1)
+        assert {"pre.mean", "pre.proj"} <= set(f.keys()) and f.get_tensor("pre.proj").shape == (6, width)
         config = json.loads(f.metadata()["config"])
         assert config["run_id"] == sel["run_ids"][0] and json.loads(f.metadata()["provenance"])
     assert res["summary"]["methods"]["erm"]["n_configs"] == 2

@@ -105,7 +105,10 @@ class Settings:
                                          "means span.", minimum=1)
     probes: int = setting(100, "hutchinson: Rademacher probes per step for each domain's Hessian-diagonal "
                                "estimate.", minimum=1)
-    bounds_rows: int = setting(8192, "Training rows on which each kept head's bound terms are measured (per-domain "
+    # 2048: on Waterbirds-size features a stratified sample of 2,048 rows is within 1-3% of
+    # every row's figures at a quarter of the cost (benchmarks/results/bounds_sample.md), and
+    # at O(rows² d) a larger cap costed more than the ERM solver itself (issue 16)
+    bounds_rows: int = setting(2048, "Training rows on which each kept head's bound terms are measured (per-domain "
                                      "losses, max pairwise distance of the domains' gradients, Hessians and third "
                                      "derivatives; exact, O(rows² d)); 0: every training row. A larger train "
                                      "split is sampled once, stratified by domain, the same rows for every fit.",
