@@ -107,7 +107,7 @@ class Settings:
                                "estimate.", minimum=1)
     # 2048: on Waterbirds-size features a stratified sample of 2,048 rows is within 1-3% of
     # every row's figures at a quarter of the cost (benchmarks/results/bounds_sample.md), and
-    # at O(rows² d) a larger cap costed more than the ERM solver itself (issue 16)
+    # at O(rows² d) a larger cap cost more than the ERM solver itself (issue 16)
     bounds_rows: int = setting(2048, "Training rows on which each kept head's bound terms are measured (per-domain "
                                      "losses, max pairwise distance of the domains' gradients, Hessians and third "
                                      "derivatives; exact, O(rows² d)); 0: every training row. A larger train "
