@@ -319,7 +319,7 @@ def test_fit_grid_writes_run_folder_and_selects_by_val_wga(tmp_path: Path) -> No
         # the default preprocessing is pca: the head reads default_pca_dim components, plus its bias
         width = default_pca_dim(int((fs.split == 0).sum()), fs.features.shape[1])
         assert width < fs.features.shape[1] and f.get_tensor("theta").shape == (2, width + 1)
-        assert {"pre.mean", "pre.proj"} <= set(f.keys()) and f.get_tensor("pre.proj").shape == (6, width)
+        assert {"pre.mean", "pre.proj"} <= set(f.keys()) and f.get_tensor("pre.proj").shape == (fs.features.shape[1], width)
         config = json.loads(f.metadata()["config"])
         assert config["run_id"] == sel["run_ids"][0] and json.loads(f.metadata()["provenance"])
     assert res["summary"]["methods"]["erm"]["n_configs"] == 2
