@@ -80,11 +80,14 @@ def study(task: str, h5: Path, quick: bool, preprocessings: tuple[str, ...] = PR
     return rows
 
 
-def default_command(task: str, h5: Path, quick: bool, seed: int = 0) -> dict[str, Any]:
-    """`probe fit FILE --method erm,cma` with no other flag (``--seed`` the only one, for
-    seeds other than the default 0: how much one seed moves the bar), and the issue's bar."""
+def default_command(task: str, h5: Path, quick: bool, seed: int = 0, preprocess: str | None = None
+                    ) -> dict[str, Any]:
+    """`probe fit FILE --method erm,cma` with no other flag (``--seed`` for seeds other than
+    the default 0: how much one seed moves the bar; ``--preprocess`` to put another default
+    to the same bar), and the issue's bar."""
     out = CACHE / f"run_default_{task}"
-    flags = [*(["--steps", "100"] if quick else []), *(["--seed", str(seed)] if seed else [])]
+    flags = [*(["--steps", "100"] if quick else []), *(["--seed", str(seed)] if seed else []),
+             *(["--preprocess", preprocess] if preprocess else [])]
     cmd = [sys.executable, "-m", "cli", "fit", str(h5), "--method", "erm,cma", "--out", str(out), "--overwrite",
            "--quiet", *flags]
     t0 = time.perf_counter()
@@ -97,7 +100,7 @@ def default_command(task: str, h5: Path, quick: bool, seed: int = 0) -> dict[str
     selected_collapsed = any(status[i] == "collapsed" for m in (erm, cma) for i in m["selected"]["run_ids"])
     cma_wga, erm_wga = cma["metrics"]["test"]["wga"], erm["metrics"]["test"]["wga"]
     row = {"part": "default command", "task": task, "command": " ".join(["probe fit FILE --method erm,cma", *flags]),
-           "seed": seed,
+           "seed": seed, "preprocess": preprocess or "(default)",
            "wall_s": wall, "erm_test_wga": erm_wga, "cma_test_wga": cma_wga,
            "erm_test_acc": erm["metrics"]["test"]["acc"], "cma_test_acc": cma["metrics"]["test"]["acc"],
            "cma_selected": cma["selected"]["hparams"], "cma_collapsed": cma["n_collapsed"],
@@ -118,6 +121,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--beta", default=None, help="the study's CMA beta values (default: its default grid)")
     parser.add_argument("--parts", default="study,default", help="study, default (the bare command), or both")
     parser.add_argument("--command-seeds", default="0", help="seeds of the bare command (0: no --seed flag)")
+    parser.add_argument("--command-preprocess", default=None,
+                        help="give the bare command this --preprocess (default: none, the product's default)")
     parser.add_argument("--name", default=None, help="results file name (default: defaults or defaults_quick)")
     args = parser.parse_args(argv)
     names = ["demo"] if args.quick else [t for t in args.tasks.split(",") if t]
@@ -132,7 +137,8 @@ def main(argv: list[str] | None = None) -> None:
                           {k: [float(v) for v in getattr(args, k).split(",")] for k in ("alpha", "beta")
                            if getattr(args, k)})
         if "default" in parts:
-            rows += [default_command(task, h5, args.quick, int(seed)) for seed in args.command_seeds.split(",")]
+            rows += [default_command(task, h5, args.quick, int(seed), args.command_preprocess)
+                     for seed in args.command_seeds.split(",")]
     name = args.name or ("defaults_quick" if args.quick else "defaults")
     write_results(name, rows, ["part", "task", "seed", "preprocess", "normalize", "method", "val_wga", "test_wga",
                                "test_acc", "collapsed", "configs", "choice", "erm_test_wga", "cma_test_wga",
