@@ -39,7 +39,7 @@ def direct_distances(theta, X, y, domains, bias=True):
 def test_distances_match_formed_derivatives(C, block, form, monkeypatch):
     if form == "polynomial":  # the many-class form, forced; chunks of one head
         monkeypatch.setattr(discrepancy, "FEATURE_CLASSES", 1)
-        monkeypatch.setattr(discrepancy, "KERNEL_CHUNK_BYTES", 1)
+        monkeypatch.setattr(discrepancy, "KERNEL_BLOCK_BYTES", 1)
     theta, X, y, dom = problem(N=13, d=2, C=C, K=3, G=2, seed=C, domains=[0] * 7 + [2] * 5 + [5])
     res = M.domain_discrepancies(theta, X, y, dom, block_rows=block)
     assert res.domain_ids.tolist() == [0, 2, 5]
@@ -94,3 +94,25 @@ def test_float32_features_with_a_float64_head():
     assert rel(low.distances, exact.distances) < 1e-5 and rel(low.losses, exact.losses) < 1e-6
     with pytest.raises(ValueError, match="dtype"):
         M.third_order_variance(theta, X.float(), dom)  # the penalties keep one dtype
+
+
+@pytest.mark.parametrize("C", [2, 3, 65])
+def test_cumulant_kernels_in_place_and_differentiable_forms_match_formed_cumulants(C):
+    """The in-place evaluation (no gradient wanted) and the autograd-safe one are the same
+    polynomials: both equal the inner products of the formed cumulants A(p) and κ₃(p)."""
+    from probe.moments.cumulants import cumulant_kernels, third_cumulants
+
+    g = torch.Generator().manual_seed(C)
+    Pi = torch.softmax(3 * torch.randn(2, 5, C, generator=g, dtype=torch.float64), -1)
+    Pj = torch.softmax(3 * torch.randn(2, 4, C, generator=g, dtype=torch.float64), -1)
+    A = {P: torch.diag_embed(P) - P.unsqueeze(-1) * P.unsqueeze(-2) for P in (Pi, Pj)}
+    want = {2: torch.einsum("giab,gjab->gij", A[Pi], A[Pj]),
+            3: torch.einsum("giabc,gjabc->gij", third_cumulants(Pi), third_cumulants(Pj))}
+    with torch.no_grad():
+        lean = cumulant_kernels(Pi, Pj)
+    differentiable = cumulant_kernels(Pi.clone().requires_grad_(), Pj)
+    for n in (2, 3):
+        assert differentiable[n].requires_grad
+        assert rel(lean[n], want[n]) < 1e-12
+        assert rel(differentiable[n].detach(), want[n]) < 1e-12
+    assert set(cumulant_kernels(Pi, Pj, (2,))) == {2}
