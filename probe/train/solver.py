@@ -27,6 +27,11 @@ Why it is shaped this way:
   iterations. It costs one (n×d̃)·(d̃×n) product and a Cholesky factor per head.
 * Parameter-sized state (θ, gradients, the L-BFGS pairs) is float64 whatever the
   data's dtype; losses and the line search's sums are accumulated in float64.
+* Two classes are solved as one logit against a fixed zero, v = W₁ − W₀ (and the
+  biases' difference), with λ/2 for λ: from θ = 0 every iterate of the two-row head
+  keeps W₀ = −W₁ (the gradient's class rows sum to zero), so the optimum is the
+  same, [−v/2, v/2], and so are f and max|∇f| (∂f/∂v is the gradient's class-1 row);
+  each pass over X then carries one column per head instead of two.
 
 Stop: a head has converged when max|∇f_g| ≤ tol (scipy's pgtol, sklearn's tol).
 A head still above tol after ``max_iter`` iterations, or whose line search can no
@@ -67,6 +72,11 @@ class Problem:
     w: torch.Tensor  # (N,) row weights summing to 1 (the CE weighting), X's dtype
     num_classes: int
 
+    @property
+    def rows(self) -> int:
+        """Class rows the solver carries per head: one for two classes (module docstring)."""
+        return 1 if self.num_classes == 2 else self.num_classes
+
 
 @dataclass
 class Solution:
@@ -89,13 +99,16 @@ def preconditioner(pb: Problem, lam: torch.Tensor) -> torch.Tensor:
     n = min(N, PRECONDITIONER_ROWS_PER_COLUMN * (d + 1))
     rows = torch.linspace(0, N - 1, n, device=pb.X.device).round().long()  # fixed, spread over the data
     Xs = torch.cat([pb.X[rows], pb.X.new_ones(n, 1)], dim=1)
-    w = pb.w[rows]
-    second = ((Xs * (w / w.sum()).unsqueeze(1)).T @ Xs).to(torch.float64) / pb.num_classes
+    w = pb.w[rows] / pb.w[rows].sum()
+    # the softmax Hessian at uniform probabilities: 1/C per class row, p(1 − p) = 1/4 for one logit
+    second = ((Xs * w.unsqueeze(1)).T @ Xs).to(torch.float64) / (4 if pb.rows == 1 else pb.num_classes)
     penalised = torch.ones(d + 1, dtype=torch.float64, device=second.device)
     penalised[-1] = 0
     jitter = 1e-6 * float(second.diagonal().mean()) + 1e-12
     M = second + torch.diag_embed(lam.view(-1, 1) * penalised + jitter)
     L, info = torch.linalg.cholesky_ex(torch.nan_to_num(M))
+    if not bool(info.any()):  # the usual case, without two (G, D, D) selections
+        return torch.cholesky_inverse(L)
     ok, eye = (info == 0).view(-1, 1, 1), torch.eye(d + 1, dtype=torch.float64, device=M.device)
     # a head whose matrix is not positive definite (non-finite features) goes unpreconditioned
     return torch.where(ok, torch.cholesky_inverse(torch.where(ok, L, eye)), eye)
@@ -106,12 +119,12 @@ class _Heads:
 
     def __init__(self, pb: Problem, lam: torch.Tensor, precondition: bool) -> None:
         N, d = pb.X.shape
-        G, C = lam.shape[0], pb.num_classes
+        G, C = lam.shape[0], pb.rows
         f64 = dict(dtype=torch.float64, device=pb.X.device)
         self.ids = list(range(G))  # the active heads' indices in the grid
         self.lam = lam.to(**f64)
         self.theta = torch.zeros(G, C, d + 1, **f64)
-        self.z = torch.zeros(N, G, C, dtype=pb.X.dtype, device=pb.X.device)  # logits at θ
+        self.z = torch.zeros(N, G, pb.num_classes, dtype=pb.X.dtype, device=pb.X.device)  # logits at θ
         self.logp = torch.log_softmax(self.z, -1)
         self.S = torch.zeros(G, MEMORY, C * (d + 1), **f64)
         self.Y = torch.zeros_like(self.S)
@@ -171,20 +184,24 @@ class _Heads:
 
 
 def logits(X: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-    """(N, A, C) logits of heads ``theta`` (A, C, D) float64, computed in X's dtype: one pass over X."""
+    """(N, A, C) logits of heads ``theta`` (A, C, D) float64, computed in X's dtype: one pass over X.
+    A one-row head (two classes, module docstring) gets its fixed zero logit as class 0."""
     A, C, D = theta.shape
     W = theta[..., : D - 1].to(X.dtype).reshape(A * C, D - 1)
-    return (X @ W.T).view(-1, A, C).add_(theta[..., D - 1].to(X.dtype))
+    z = (X @ W.T).view(-1, A, C).add_(theta[..., D - 1].to(X.dtype))
+    return torch.nn.functional.pad(z, (1, 0)) if C == 1 else z
 
 
 def gradient(pb: Problem, logp: torch.Tensor, theta: torch.Tensor,
              lam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """∇f (A, C, D) and the weighted CE (A,) per head from the log-probabilities ``logp``
     (N, A, C) at θ: one pass over X."""
-    N, A, C = logp.shape
-    d = pb.X.shape[1]
+    N, A, _ = logp.shape
+    C, d = theta.shape[1], pb.X.shape[1]
     at_y = pb.y.view(N, 1, 1).expand(N, A, 1)
     R = logp.exp().scatter_add_(-1, at_y, torch.full_like(logp[..., :1], -1.0)).mul_(pb.w.view(N, 1, 1))
+    if C == 1:  # one logit: the derivative w.r.t. it is class 1's
+        R = R[..., 1:].contiguous()
     gW = (R.view(N, A * C).T @ pb.X).view(A, C, d).to(torch.float64)
     gb = R.sum(0, dtype=torch.float64)
     W = theta[..., :d]
@@ -251,7 +268,7 @@ def lbfgs(pb: Problem, lam: torch.Tensor, tol: float, max_iter: int, preconditio
     """Minimise f_g for every weight decay in ``lam`` (G,) from θ = 0 (module docstring);
     ``on_iteration(1)`` after every iteration (progress)."""
     G = lam.shape[0]
-    h = _Heads(pb, lam, precondition)
+    h = _Heads(pb, lam / 2 if pb.rows == 1 else lam, precondition)  # (λ/2)/2·‖v‖² = λ/2·‖[−v/2, v/2]‖²
     out = Solution(theta=h.theta.clone(), iterations=[0] * G, status=[NOT_CONVERGED] * G,
                    grad_max=[float("nan")] * G, loss=[[] for _ in range(G)], ce=[[] for _ in range(G)],
                    grad_trace=[[] for _ in range(G)])
@@ -283,6 +300,8 @@ def lbfgs(pb: Problem, lam: torch.Tensor, tol: float, max_iter: int, preconditio
         if on_iteration is not None:
             on_iteration(1)
         h.keep(_record(out, h, tol, ~found, it, max_iter))
+    if pb.rows == 1:  # the two-row head of the one-logit solution (module docstring)
+        out.theta = torch.cat([-out.theta / 2, out.theta / 2], dim=1)
     return out
 
 
