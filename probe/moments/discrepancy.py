@@ -33,13 +33,16 @@ from probe.moments.cumulants import cumulant_features, cumulant_kernels
 
 torch = lazy_import("torch")
 
-#: rows per block of the pairwise sums: a (b × b) float64 block of 512 KB stays in a core's
-#: L2 cache through the dozen passes the kernels make over it (1024 rows were 2-4× slower)
+#: rows per block of the pairwise sums on a CPU: a (b × b) float64 block of 512 KB stays in
+#: a core's L2 cache through the dozen passes the kernels make over it (1024 rows were 2-4×
+#: slower); on a GPU, whose allocator caches and whose kernels want work, larger blocks
 BLOCK_ROWS = 256
-#: the cumulant features of every head are kept only while they take at most twice this
+BLOCK_ROWS_CUDA = 2048
+#: the cumulant features of every head are kept only while they take at most twice this, and
+#: on a GPU the (b × b) kernel blocks are built for at most this many bytes of heads at a time
 KERNEL_CHUNK_BYTES = 256 * 1024**2
-#: per-head (b × b) kernel blocks are built for at most this many bytes of heads at a time
-#: (one head per chunk at the default block: heads side by side would leave the cache)
+#: the same budget on a CPU: one head per chunk at the default block (heads side by side
+#: would leave the cache)
 KERNEL_BLOCK_BYTES = 512 * 1024
 #: up to this many classes the cumulant kernels go through their features (one matmul per
 #: block pair for every head; C = 8 has 36 + 120 of them), beyond it through the polynomial
@@ -103,7 +106,7 @@ def _kernel_gram(Pi: torch.Tensor, Pj: torch.Tensor, g: torch.Tensor, Wi: torch.
     powers = {2: g * g}
     powers[3] = powers[2] * g
     per_head = Pi.shape[1] * Pj.shape[1] * Pi.element_size()
-    chunk = max(1, int(KERNEL_BLOCK_BYTES // per_head))
+    chunk = max(1, int((KERNEL_CHUNK_BYTES if Pi.is_cuda else KERNEL_BLOCK_BYTES) // per_head))
     res = Pi.new_empty(G, 2, K, K)
     for g0 in range(0, G, chunk):
         kappa = cumulant_kernels(Pi[g0:g0 + chunk], Pj[g0:g0 + chunk])
@@ -128,17 +131,21 @@ def _distances_from_gram(gamma: torch.Tensor) -> torch.Tensor:
 
 def domain_discrepancies(theta: torch.Tensor, X: torch.Tensor, y: torch.Tensor, domains: torch.Tensor,
                          num_domains: int | None = None, *, gram: torch.Tensor | None = None,
-                         block_rows: int = BLOCK_ROWS, check: bool = True, bias: bool = True) -> DomainDiscrepancies:
+                         block_rows: int | None = None, check: bool = True, bias: bool = True
+                         ) -> DomainDiscrepancies:
     """Per-domain mean CE and the pairwise distances ``‖∇ⁿL_e − ∇ⁿL_f‖_F`` (n = 1, 2, 3)
     of every pair of present domains, for one head ``(C, d+1)`` or a grid ``(G, C, d+1)``.
 
     ``X`` may have a lower floating dtype than ``theta`` (module docstring). ``gram``: a
     precomputed ``feature_gram(X, bias)`` (N×N, X's dtype), read block by block.
-    ``bias=False``: the head is ``(C, d)`` with no bias column (``x̃ = x``).
+    ``bias=False``: the head is ``(C, d)`` with no bias column (``x̃ = x``). ``block_rows``:
+    rows per block of the pairwise sums (None: BLOCK_ROWS, BLOCK_ROWS_CUDA on a GPU).
     """
     if check:  # the checks speak of a bias column: a head without one is checked padded with it
         _validate(theta if bias else torch.nn.functional.pad(theta, (0, 1)), X, y, domains, num_domains, gram=gram,
                   same_dtype=False)
+    if block_rows is None:
+        block_rows = BLOCK_ROWS_CUDA if X.is_cuda else BLOCK_ROWS
     if isinstance(block_rows, bool) or not isinstance(block_rows, int) or block_rows < 1:
         raise ValueError(f"`block_rows` must be a positive int, got {block_rows!r}")
     th, single = _as_grid(theta)
