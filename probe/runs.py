@@ -74,10 +74,11 @@ def check_run_dir(out: Path) -> None:
                         "not write them; move them away or choose another folder")
 
 
-def select(rows: list[Result], select_by: str = "val_wga", ties: str = "first") -> list[Result] | None:
+def select(rows: list[Result], select_by: str = "val_wga", ties: str = "acc") -> list[Result] | None:
     """Group configurations by hyperparameters without the seed (``Result.config_key``);
-    pick the group with the best mean validation score (``ties``: "first", the earlier
-    configuration; "sem", the smaller standard error of the mean over seeds, ddof 1).
+    pick the group with the best mean validation score (``ties``: "acc", the higher mean
+    validation accuracy, then the earlier configuration; "first", the earlier one; "sem",
+    the smaller standard error of the mean over seeds, ddof 1).
     Only rows whose status is in ``SELECTABLE`` take part ("ok", "not_converged"), or,
     when there are none, the collapsed ones (a collapsed head is never chosen over one
     that is not). Returns the chosen rows, or None."""
@@ -88,14 +89,22 @@ def select(rows: list[Result], select_by: str = "val_wga", ties: str = "first") 
     groups: dict[str, list[Result]] = {}
     for r in usable:
         groups.setdefault(r.config_key, []).append(r)
-    best, best_key = None, (-1.0, 0.0)
+    best, best_key = None, None
     for members in groups.values():
         vals = [m.split("val")[metric] for m in members if m.split("val")[metric] is not None]
-        score = sum(vals) / len(vals) if vals else -1.0
-        key = (score, -_sem(vals) if ties == "sem" else 0.0)
-        if key > best_key:
+        if not vals:  # nothing to select it by
+            continue
+        score = round(sum(vals) / len(vals), 12)  # equal means that differ by rounding are ties
+        key = (score, -_sem(vals) if ties == "sem" else _mean_val_acc(members) if ties == "acc" else 0.0)
+        if best_key is None or key > best_key:
             best, best_key = members, key
     return best
+
+
+def _mean_val_acc(members: list[Result]) -> float:
+    accs = [m.split("val").get("acc") for m in members]
+    accs = [a for a in accs if a is not None]
+    return sum(accs) / len(accs) if accs else -1.0
 
 
 def _sem(values: list[float]) -> float:
@@ -105,7 +114,7 @@ def _sem(values: list[float]) -> float:
     return (sum((v - mean) ** 2 for v in values) / (len(values) - 1) / len(values)) ** 0.5
 
 
-def summarize_method(rows: list[Result], select_by: str, ties: str = "first") -> dict[str, Any]:
+def summarize_method(rows: list[Result], select_by: str, ties: str = "acc") -> dict[str, Any]:
     members = select(rows, select_by, ties)
     counts = {"n_configs": len(rows), "n_diverged": sum(r.status == "diverged" for r in rows),
               "n_collapsed": sum(r.status == "collapsed" for r in rows),
@@ -135,7 +144,7 @@ def provenance(fs_prov: dict[str, Any], device: str, select_by: str, *, command:
 
 
 def write_run(out: Path, rows_by_method: dict[str, list[Result]], fs: Any, prov: dict[str, Any],
-              select_by: str, ties: str = "first", complete: bool = True) -> dict[str, Any]:
+              select_by: str, ties: str = "acc", complete: bool = True) -> dict[str, Any]:
     """Write heads, results.jsonl and summary.json into the folder ``out`` (each
     atomically; rows in the one order of ``sort_results``). ``complete`` False marks
     the finished configurations of an interrupted fit."""

@@ -65,6 +65,21 @@ def test_ties_go_to_the_smaller_standard_error_when_asked() -> None:
     assert select(rows, ties="sem")[0].hparams["lr"] == 2
 
 
+def test_ties_go_to_the_higher_validation_accuracy_by_default() -> None:
+    def row(cfg: float, seed: int, wga: float, acc: float) -> Result:
+        return Result("cma", {"alpha": cfg, "seed": seed}, {"val": {"wga": wga, "acc": acc}})
+
+    # configurations 1 and 2 tie on mean validation WGA; 2 has the higher mean validation accuracy
+    rows = [row(1, 0, 0.9, 0.95), row(1, 1, 0.8, 0.93), row(2, 0, 0.85, 0.97), row(2, 1, 0.85, 0.96),
+            row(3, 0, 0.84, 0.99), row(3, 1, 0.84, 0.99)]
+    assert select(rows)[0].hparams["alpha"] == 2
+    assert select(rows, ties="first")[0].hparams["alpha"] == 1
+    # accuracy breaks ties only: a better mean WGA wins whatever its accuracy
+    rows.append(row(4, 0, 0.9, 0.5))
+    rows.append(row(4, 1, 0.9, 0.5))
+    assert select(rows)[0].hparams["alpha"] == 4
+
+
 def _authors_loop(X, y, env, C, alpha, beta, anneal, steps, seed, lr=1e-3, batch=64):
     """The CMA authors' linear-probing loop as their code runs it, written out plainly: a
     bias-free nn.Linear from torch.manual_seed(seed), plain SGD re-created at the anneal
