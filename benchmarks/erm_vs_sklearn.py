@@ -2,6 +2,8 @@
 
     python -m benchmarks.erm_vs_sklearn            # all four cases (about 10-20 minutes on 2 cores)
     python -m benchmarks.erm_vs_sklearn --quick    # 1/10 of the rows, a smoke test; writes nothing
+    python -m benchmarks.erm_vs_sklearn --cases "waterbirds-size, 2" --runs 3 --name erm_vs_sklearn_wb2
+                                                   # one case, measured three times over (is a margin load?)
 
 Cases: 4,795 training rows × 512 (Waterbirds' size) and 162,770 × 768 (CelebA's), two
 classes and ten, on synthetic embeddings (:func:`embeddings`), plus the demo features
@@ -119,6 +121,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="1/10 of the rows; nothing is written")
     ap.add_argument("--threads", type=int, default=1, help="threads for both sides (module docstring)")
+    ap.add_argument("--cases", default="", help="only the cases whose name contains this text")
+    ap.add_argument("--runs", type=int, default=1, help="measure each case this many times, one row each")
+    ap.add_argument("--name", default="erm_vs_sklearn", help="results file name under benchmarks/results/")
     args = ap.parse_args()
     from threadpoolctl import threadpool_limits
 
@@ -136,15 +141,23 @@ def main() -> None:
     with threadpool_limits(args.threads):
         probe_fit(embeddings((200, 50, 50), 16, 2), {})  # warm-up: torch's kernels load once, not per case
         for name, make in cases:
-            rows.append(run_case(name, make()))
-            print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in rows[-1].items()}, flush=True)
+            if args.cases not in name:
+                continue
+            fs = make()
+            for _ in range(args.runs):
+                rows.append(run_case(name, fs))
+                print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in rows[-1].items()}, flush=True)
     if args.quick:
         return
-    write_results("erm_vs_sklearn", rows,
+    command = "python -m benchmarks.erm_vs_sklearn" + "".join(
+        f" --{k} {v!r}" if isinstance(v, str) else f" --{k} {v}" for k, v in
+        (("cases", args.cases), ("runs", args.runs), ("name", args.name))
+        if v != ap.get_default(k))
+    write_results(args.name, rows,
                   ["case", "n_train", "d", "classes", "sklearn_s", "sklearn_iter", "probe_s", "probe_iter",
                    "sklearn_acc", "probe_acc", "diff_points", "grid16_s", "grid16_ratio", "distinct16_s",
                    "distinct16_ratio", "sklearn_tol1e-4_s", "met"],
-                  extra={"command": "python -m benchmarks.erm_vs_sklearn", "threads": args.threads,
+                  extra={"command": command, "threads": args.threads,
                          "weight_decay": LAMBDA, "tol": TOL, "grid": "weight_decay 1e-5,1e-4,1e-3,1e-2 x seed 0..3",
                          "targets": "probe_s <= sklearn_s, diff_points <= 0.1, grid16_s <= 3 x probe_s",
                          "load_average_1_5_15min_at_start": list(load),
