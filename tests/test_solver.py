@@ -90,6 +90,24 @@ def test_heads_of_a_grid_are_what_they_are_alone() -> None:
     assert grid.iterations[2] < grid.iterations[0]
 
 
+def test_two_classes_stop_by_the_two_row_objectives_own_gradient() -> None:
+    """Two classes are solved as one logit (probe.train.solver); what comes back is the
+    two-row head [−v/2, v/2], and the objective it reports (f and max|∇f|) is that head's
+    under the two-row objective, formed here by autograd."""
+    X, y, sw = _data(300, 5, 2, seed=4)
+    w = torch.as_tensor(sw / sw.sum())
+    lam = 3e-2
+    sol = _solve(X, y, sw, [lam], tol=1e-6, max_iter=3)  # stopped early: a gradient far from zero
+    theta = sol.theta[0].clone().requires_grad_()
+    Xt = torch.cat([torch.as_tensor(X), torch.ones(len(X), 1, dtype=torch.float64)], 1)
+    ce = (torch.nn.functional.cross_entropy(Xt @ theta.T, torch.as_tensor(y), reduction="none") * w).sum()
+    f = ce + lam / 2 * (theta[:, :-1] ** 2).sum()
+    (g,) = torch.autograd.grad(f, theta)
+    assert torch.equal(sol.theta[0][0], -sol.theta[0][1])
+    assert abs(sol.loss[0][-1] - float(f)) < 1e-12
+    assert abs(sol.grad_max[0] - float(g.abs().max())) < 1e-12 and sol.grad_max[0] > 1e-6
+
+
 def test_a_head_out_of_budget_is_reported_not_converged() -> None:
     X, y, sw = _data(300, 5, 2, seed=3)
     sol = _solve(X, y, sw, [1e-2, 1e-2], max_iter=2)

@@ -73,7 +73,7 @@ class Problem:
     num_classes: int
 
     @property
-    def rows(self) -> int:
+    def class_rows(self) -> int:
         """Class rows the solver carries per head: one for two classes (module docstring)."""
         return 1 if self.num_classes == 2 else self.num_classes
 
@@ -101,7 +101,7 @@ def preconditioner(pb: Problem, lam: torch.Tensor) -> torch.Tensor:
     Xs = torch.cat([pb.X[rows], pb.X.new_ones(n, 1)], dim=1)
     w = pb.w[rows] / pb.w[rows].sum()
     # the softmax Hessian at uniform probabilities: 1/C per class row, p(1 − p) = 1/4 for one logit
-    second = ((Xs * w.unsqueeze(1)).T @ Xs).to(torch.float64) / (4 if pb.rows == 1 else pb.num_classes)
+    second = ((Xs * w.unsqueeze(1)).T @ Xs).to(torch.float64) / (4 if pb.class_rows == 1 else pb.num_classes)
     penalised = torch.ones(d + 1, dtype=torch.float64, device=second.device)
     penalised[-1] = 0
     jitter = 1e-6 * float(second.diagonal().mean()) + 1e-12
@@ -119,7 +119,7 @@ class _Heads:
 
     def __init__(self, pb: Problem, lam: torch.Tensor, precondition: bool) -> None:
         N, d = pb.X.shape
-        G, C = lam.shape[0], pb.rows
+        G, C = lam.shape[0], pb.class_rows
         f64 = dict(dtype=torch.float64, device=pb.X.device)
         self.ids = list(range(G))  # the active heads' indices in the grid
         self.lam = lam.to(**f64)
@@ -268,7 +268,7 @@ def lbfgs(pb: Problem, lam: torch.Tensor, tol: float, max_iter: int, preconditio
     """Minimise f_g for every weight decay in ``lam`` (G,) from θ = 0 (module docstring);
     ``on_iteration(1)`` after every iteration (progress)."""
     G = lam.shape[0]
-    h = _Heads(pb, lam / 2 if pb.rows == 1 else lam, precondition)  # (λ/2)/2·‖v‖² = λ/2·‖[−v/2, v/2]‖²
+    h = _Heads(pb, lam / 2 if pb.class_rows == 1 else lam, precondition)  # (λ/2)/2·‖v‖² = λ/2·‖[−v/2, v/2]‖²
     out = Solution(theta=h.theta.clone(), iterations=[0] * G, status=[NOT_CONVERGED] * G,
                    grad_max=[float("nan")] * G, loss=[[] for _ in range(G)], ce=[[] for _ in range(G)],
                    grad_trace=[[] for _ in range(G)])
@@ -300,7 +300,7 @@ def lbfgs(pb: Problem, lam: torch.Tensor, tol: float, max_iter: int, preconditio
         if on_iteration is not None:
             on_iteration(1)
         h.keep(_record(out, h, tol, ~found, it, max_iter))
-    if pb.rows == 1:  # the two-row head of the one-logit solution (module docstring)
+    if pb.class_rows == 1:  # the two-row head of the one-logit solution (module docstring)
         out.theta = torch.cat([-out.theta / 2, out.theta / 2], dim=1)
     return out
 
