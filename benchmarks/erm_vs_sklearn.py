@@ -11,7 +11,9 @@ when ``demo_out/demo.h5`` exists (``make demo``). Both sides get the same thread
 (torch's threads and threadpoolctl's limit for sklearn's BLAS) in one process: one by
 default, since on a shared machine a second BLAS thread that has to wait for a busy
 core slows both libraries several-fold and makes the comparison a measure of the load.
-Small cases take the best of two runs; the load average is recorded before and after.
+Small cases take the best of five runs on each side (a fraction of a second each, and
+the load of the machine moves single runs by half); the load average is recorded before
+and after.
 
 * sklearn: ``LogisticRegression(C, tol)`` fitted on the standardized training rows
   (standardizing is not timed), C = 1/(λ N_train), 2/(λ N_train) for two classes;
@@ -95,7 +97,7 @@ def run_case(name: str, fs: FeatureSet) -> dict[str, Any]:
     tr = fs.split == SPLITS["train"]
     # probe's standardization: training mean and sample std
     Z = ((fs.features - fs.features[tr].mean(0)) / fs.features[tr].std(0, ddof=1).clip(1e-6)).astype(np.float32)
-    rep = 2 if tr.sum() < 20_000 else 1
+    rep = 5 if tr.sum() < 20_000 else 1
     sk = sklearn_fit(Z, fs, LAMBDA, TOL, rep)
     sk_default = sklearn_fit(Z, fs, LAMBDA, 1e-4, rep)
     del Z
