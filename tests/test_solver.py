@@ -104,7 +104,7 @@ def test_two_classes_stop_by_the_two_row_objectives_own_gradient() -> None:
     f = ce + lam / 2 * (theta[:, :-1] ** 2).sum()
     (g,) = torch.autograd.grad(f, theta)
     assert torch.equal(sol.theta[0][0], -sol.theta[0][1])
-    assert abs(sol.loss[0][-1] - float(f)) < 1e-12
+    assert abs(sol.loss[0][-1] - f.item()) < 1e-12
     assert abs(sol.grad_max[0] - float(g.abs().max())) < 1e-12 and sol.grad_max[0] > 1e-6
 
 
