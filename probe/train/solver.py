@@ -99,7 +99,8 @@ def preconditioner(pb: Problem, lam: torch.Tensor) -> torch.Tensor:
     n = min(N, PRECONDITIONER_ROWS_PER_COLUMN * (d + 1))
     rows = torch.linspace(0, N - 1, n, device=pb.X.device).round().long()  # fixed, spread over the data
     Xs = torch.cat([pb.X[rows], pb.X.new_ones(n, 1)], dim=1)
-    w = pb.w[rows] / pb.w[rows].sum()
+    w = pb.w[rows]
+    w = w / w.sum()
     # the softmax Hessian at uniform probabilities: 1/C per class row, p(1 − p) = 1/4 for one logit
     second = ((Xs * w.unsqueeze(1)).T @ Xs).to(torch.float64) / (4 if pb.class_rows == 1 else pb.num_classes)
     penalised = torch.ones(d + 1, dtype=torch.float64, device=second.device)
