@@ -91,11 +91,14 @@ class Preprocessor:
         return {}
 
     def fit_rows(self, source: torch.Tensor, rows: torch.Tensor, y: torch.Tensor, a: torch.Tensor,
-                 dtype: torch.dtype, chunk: int = 8192) -> Preprocessor:
+                 dtype: torch.dtype, chunk: int = 1024) -> Preprocessor:
         """Fit on ``source[rows]`` (``y``, ``a`` indexed like ``source``) without
         materialising the training rows for the cheap kinds: none/l2 need nothing and
         standardize two moments, accumulated in chunks (float64); other kinds and
-        chains take one copy of the training rows."""
+        chains take one copy of the training rows. The chunks are small (1,024 rows
+        of 768 float64 columns are 6 MB) because a fresh allocation beyond malloc's mmap
+        threshold is page-faulted in on every chunk: 8,192-row chunks spent more time
+        faulting than summing (16 ms vs 5 ms on 4,795 × 512)."""
         if self.steps in (["none"], ["l2"]):
             self.state = {}
             return self
@@ -119,23 +122,29 @@ class Preprocessor:
                 d = self.state[self._key(i, "proj")].shape[1]
         return d
 
-    def _apply(self, i: int, step: str, X: torch.Tensor) -> torch.Tensor:
+    def _apply(self, i: int, step: str, X: torch.Tensor, owned: bool = False) -> torch.Tensor:
+        """Step ``i`` on ``X``; ``owned``: X is the caller's scratch and may be overwritten."""
         st = {k: self.state[self._key(i, k)] for k in ("mean", "scale", "proj", "spurious")
               if self._key(i, k) in self.state}
         if step == "standardize":
-            return (X - st["mean"]) / st["scale"]
+            return X.sub_(st["mean"]).div_(st["scale"]) if owned else (X - st["mean"]) / st["scale"]
         if step == "l2":
-            return X / X.norm(dim=1, keepdim=True).clamp_min(1e-12)
+            norm = X.norm(dim=1, keepdim=True).clamp_min(1e-12)
+            return X.div_(norm) if owned else X / norm
         if step == "pca":
-            return (X - st["mean"]) @ st["proj"]
+            return (X.sub_(st["mean"]) if owned else X - st["mean"]) @ st["proj"]
         if step == "isr-mean":
             Q = st["spurious"]
-            return X - (X @ Q) @ Q.T
+            return X.sub_((X @ Q) @ Q.T) if owned else X - (X @ Q) @ Q.T
         return X
 
-    def transform(self, X: torch.Tensor) -> torch.Tensor:
+    def transform(self, X: torch.Tensor, owned: bool = False) -> torch.Tensor:
+        """The fitted steps applied to ``X``. ``owned=True`` (X is a fresh copy nobody else
+        reads, such as a gather of rows) computes in place: the same values without an
+        out-of-place temporary per step, which on a CPU costs more than the arithmetic."""
         for i, step in enumerate(self.steps):
-            X = self._apply(i, step, X)
+            X = self._apply(i, step, X, owned)
+            owned = owned or step != "none"  # every other step's output is a fresh tensor
         return X
 
 

@@ -76,3 +76,24 @@ def test_a_chain_applies_its_steps_in_order_and_names_their_state() -> None:
 def test_unknown_kinds_are_refused(kind: str) -> None:
     with pytest.raises(UserError, match="`preprocess`"):
         Preprocessor(kind)
+
+
+@pytest.mark.parametrize("kind", ["none", "standardize", "l2", "pca", "isr-mean", "pca+isr-mean", "isr-mean+standardize"])
+def test_in_place_transform_matches_and_the_callers_rows_are_kept(kind: str) -> None:
+    X, y, a = _train(8)
+    pre = Preprocessor(kind, pca_dim=4).fit(X, y, a)
+    before = X.clone()
+    expected = pre.transform(X)
+    assert torch.equal(X, before)  # not owned: the input is left alone
+    scratch = X.clone()
+    assert torch.equal(pre.transform(scratch, owned=True), expected)  # the same values, bit for bit
+
+
+def test_standardize_fitted_in_chunks_equals_the_whole_split() -> None:
+    X, y, a = _train(8)
+    rows = torch.arange(0, X.shape[0], 2)
+    whole = Preprocessor("standardize").fit(X[rows], y[rows], a[rows])
+    for chunk in (1, 7, 10_000):
+        chunked = Preprocessor("standardize").fit_rows(X, rows, y, a, F64, chunk=chunk)
+        for name in ("mean", "scale"):
+            torch.testing.assert_close(chunked.state[name], whole.state[name], rtol=1e-12, atol=1e-12)

@@ -209,3 +209,12 @@ def test_solver_setting_keeps_the_stochastic_path_and_refuses_lbfgs_for_penalise
     assert "solver" not in row.hparams and row.theta.shape[-1] == 4  # auto: a bias-free head is trained
     flags = {f.name: f.type for f in user_settings()}
     assert flags["solver"] == "str" and flags["tol"] == "float" and flags["max_iter"] == "int"
+
+
+@pytest.mark.parametrize("blocks", [1, 3, 4, 7])
+def test_the_preconditioners_second_moment_is_the_weighted_design_moment(blocks: int) -> None:
+    X, _, sw = _data(50, 7, 2)
+    Xt, w = torch.as_tensor(X), torch.as_tensor(sw / sw.sum())
+    design = torch.cat([Xt, torch.ones(50, 1, dtype=Xt.dtype)], dim=1)
+    expected = (design * w.unsqueeze(1)).T @ design
+    torch.testing.assert_close(solver._second_moment(Xt, w, blocks), expected, rtol=1e-12, atol=1e-12)

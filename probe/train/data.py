@@ -22,6 +22,9 @@ from probe.train.settings import DOMAIN_COLUMNS, Settings
 #: per cohort and batches gathered from them when each is at most this large: a
 #: gather instead of preprocessing and a (B×d̃)·(d̃×B) matmul at every step
 CACHE_BYTES = 256 * 1024**2
+#: on a CPU, splits are preprocessed for scoring in blocks of at most this many bytes: a
+#: larger fresh allocation is beyond malloc's mmap threshold and page-faulted in each time
+CPU_BLOCK_BYTES = 4 * 1024**2
 
 
 @dataclass
@@ -40,7 +43,7 @@ class Split:
 
     def X(self, idx: torch.Tensor | None = None) -> torch.Tensor:
         rows = self.rows if idx is None else self.rows[idx]
-        return self.pre.transform(self.source.index_select(0, rows).to(self.dtype))
+        return self.pre.transform(self.source.index_select(0, rows).to(self.dtype), owned=True)
 
     def predict(self, theta: torch.Tensor, X: torch.Tensor | None = None) -> torch.Tensor:
         """(G, n) predicted classes, in row chunks sized to the grid."""
@@ -49,8 +52,10 @@ class Split:
     def predict_with_confidence(self, theta: torch.Tensor,
                                 X: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(G, n) predicted classes and (G, n) the probability each head gives its prediction."""
-        G, C, _ = theta.shape
+        G, C, D = theta.shape
         chunk = max(256, min(16384, (64 * 1024**2) // max(1, G * C * theta.element_size())))
+        if X is None and not self.source.is_cuda:  # preprocessed blocks that stay cached (and unfaulted)
+            chunk = min(chunk, max(256, CPU_BLOCK_BYTES // (D * self.source.element_size())))
         n = len(self.rows)
         preds, confs = [], []
         for i in range(0, n, chunk):

@@ -72,6 +72,13 @@ class Problem:
     w: torch.Tensor  # (N,) row weights summing to 1 (the CE weighting), X's dtype
     num_classes: int
 
+    def __post_init__(self) -> None:
+        # constants of every iteration: y in X's dtype (the one-logit residual σ(u) − y),
+        # 1 − 2y (the one-logit CE is softplus((1 − 2y)·u)) and the weights in float64
+        self.y_float = self.y.to(self.X.dtype).view(-1, 1, 1)
+        self.sign = 1 - 2 * self.y_float
+        self.w64 = self.w.to(torch.float64).view(-1, 1, 1)
+
     @property
     def class_rows(self) -> int:
         """Class rows the solver carries per head: one for two classes (module docstring)."""
@@ -98,11 +105,11 @@ def preconditioner(pb: Problem, lam: torch.Tensor) -> torch.Tensor:
     N, d = pb.X.shape
     n = min(N, PRECONDITIONER_ROWS_PER_COLUMN * (d + 1))
     rows = torch.linspace(0, N - 1, n, device=pb.X.device).round().long()  # fixed, spread over the data
-    Xs = torch.cat([pb.X[rows], pb.X.new_ones(n, 1)], dim=1)
+    Xs = pb.X.index_select(0, rows)
     w = pb.w[rows]
     w = w / w.sum()
     # the softmax Hessian at uniform probabilities: 1/C per class row, p(1 − p) = 1/4 for one logit
-    second = ((Xs * w.unsqueeze(1)).T @ Xs).to(torch.float64) / (4 if pb.class_rows == 1 else pb.num_classes)
+    second = _second_moment(Xs, w).to(torch.float64) / (4 if pb.class_rows == 1 else pb.num_classes)
     penalised = torch.ones(d + 1, dtype=torch.float64, device=second.device)
     penalised[-1] = 0
     jitter = 1e-6 * float(second.diagonal().mean()) + 1e-12
@@ -115,6 +122,22 @@ def preconditioner(pb: Problem, lam: torch.Tensor) -> torch.Tensor:
     return torch.where(ok, torch.cholesky_inverse(torch.where(ok, L, eye)), eye)
 
 
+def _second_moment(X: torch.Tensor, w: torch.Tensor, blocks: int = 4) -> torch.Tensor:
+    """(d+1, d+1) Σ_i w_i x̃_i x̃_iᵀ, x̃ = [x, 1], for weights summing to 1: the bias row is
+    the weighted mean (no copy of X with a column of ones), and the symmetric d × d part is
+    built from the column blocks on and above the diagonal, 5/8 of a full product's work."""
+    n, d = X.shape
+    Xw = X * w.unsqueeze(1)
+    out = X.new_empty(d + 1, d + 1)
+    edges = [round(d * k / blocks) for k in range(blocks + 1)]
+    for a, b in zip(edges[:-1], edges[1:], strict=True):
+        out[a:b, a:d] = Xw[:, a:b].T @ X[:, a:]
+    out[:d, :d] = out[:d, :d].triu() + out[:d, :d].triu(1).T
+    out[:d, d] = out[d, :d] = Xw.sum(0)
+    out[d, d] = 1
+    return out
+
+
 class _Heads:
     """The active heads' state; the head axis is dim 0 (dim 1 of the N-sized tensors)."""
 
@@ -125,8 +148,8 @@ class _Heads:
         self.ids = list(range(G))  # the active heads' indices in the grid
         self.lam = lam.to(**f64)
         self.theta = torch.zeros(G, C, d + 1, **f64)
-        self.z = torch.zeros(N, G, pb.num_classes, dtype=pb.X.dtype, device=pb.X.device)  # logits at θ
-        self.logp = torch.log_softmax(self.z, -1)
+        self.z = torch.zeros(N, G, C, dtype=pb.X.dtype, device=pb.X.device)  # logits at θ
+        self.terms = row_terms(pb, self.z)
         self.S = torch.zeros(G, MEMORY, C * (d + 1), **f64)
         self.Y = torch.zeros_like(self.S)
         self.rho = torch.zeros(G, MEMORY, **f64)  # 0: an empty (or skipped) pair
@@ -134,7 +157,7 @@ class _Heads:
         self.newest, self.pairs = -1, 0  # ring position of the newest pair and pairs stored (all heads)
         # in the data's dtype: a preconditioner needs no more precision, and it halves the reads
         self.Minv = preconditioner(pb, self.lam).to(pb.X.dtype) if precondition else None
-        self.g, self.ce = gradient(pb, self.logp, self.theta, self.lam)
+        self.g, self.ce = gradient(pb, self.terms, self.theta, self.lam)
 
     @property
     def loss(self) -> torch.Tensor:
@@ -150,7 +173,7 @@ class _Heads:
         for name in ("lam", "theta", "S", "Y", "rho", "gamma", "g", "ce", "Minv"):
             value = getattr(self, name)
             setattr(self, name, value.index_select(0, index) if value is not None else None)
-        self.z, self.logp = self.z.index_select(1, index), self.logp.index_select(1, index)
+        self.z, self.terms = self.z.index_select(1, index), self.terms.index_select(1, index)
 
     def h0(self, q: torch.Tensor) -> torch.Tensor:
         """The initial inverse Hessian (without γ) applied to flat (A, C·D) vectors."""
@@ -186,28 +209,39 @@ class _Heads:
 
 def logits(X: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     """(N, A, C) logits of heads ``theta`` (A, C, D) float64, computed in X's dtype: one pass over X.
-    A one-row head (two classes, module docstring) gets its fixed zero logit as class 0."""
+    A one-row head (two classes, module docstring) has one logit, class 1's against a fixed zero."""
     A, C, D = theta.shape
-    W = theta[..., : D - 1].to(X.dtype).reshape(A * C, D - 1)
-    z = (X @ W.T).view(-1, A, C).add_(theta[..., D - 1].to(X.dtype))
-    return torch.nn.functional.pad(z, (1, 0)) if C == 1 else z
+    W, b = theta[..., : D - 1].to(X.dtype).reshape(A * C, D - 1), theta[..., D - 1].to(X.dtype).reshape(A * C)
+    if A * C == 1:  # a matrix-vector product: a third faster than the (N×d)·(d×1) matmul
+        return torch.addmv(b, X, W[0]).view(-1, 1, 1)
+    return (X @ W.T).view(-1, A, C).add_(b.view(A, C))
 
 
-def gradient(pb: Problem, logp: torch.Tensor, theta: torch.Tensor,
+def row_terms(pb: Problem, z: torch.Tensor) -> torch.Tensor:
+    """What the gradient and the loss need of every row at logits ``z`` (N, A, C): the
+    log-probabilities, or, for one logit, the logit itself (its sigmoid is the probability)."""
+    return z if z.shape[-1] == 1 else torch.log_softmax(z, -1)
+
+
+def gradient(pb: Problem, terms: torch.Tensor, theta: torch.Tensor,
              lam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """∇f (A, C, D) and the weighted CE (A,) per head from the log-probabilities ``logp``
-    (N, A, C) at θ: one pass over X."""
-    N, A, _ = logp.shape
-    C, d = theta.shape[1], pb.X.shape[1]
-    at_y = pb.y.view(N, 1, 1).expand(N, A, 1)
-    R = logp.exp().scatter_add_(-1, at_y, torch.full_like(logp[..., :1], -1.0)).mul_(pb.w.view(N, 1, 1))
-    if C == 1:  # one logit: the derivative w.r.t. it is class 1's
-        R = R[..., 1:].contiguous()
+    """∇f (A, C, D) and the weighted CE (A,) per head from the rows' ``row_terms`` (N, A, C)
+    at θ: one pass over X."""
+    N, A, C = terms.shape
+    d = pb.X.shape[1]
+    w = pb.w.view(N, 1, 1)
+    if C == 1:  # one logit u: ∂CE/∂u = σ(u) − y, CE = softplus(u) − y·u = softplus((1 − 2y)·u)
+        R = torch.sigmoid(terms).sub_(pb.y_float).mul_(w)
+        # softplus in float64: torch's float32 softplus is three times slower on a CPU
+        ce = (torch.nn.functional.softplus((terms * pb.sign).to(torch.float64)) * pb.w64).sum(0).view(A)
+    else:
+        at_y = pb.y.view(N, 1, 1).expand(N, A, 1)
+        R = terms.exp().scatter_add_(-1, at_y, torch.full_like(terms[..., :1], -1.0)).mul_(w)
+        ce = -(terms.gather(-1, at_y).squeeze(-1) * pb.w.unsqueeze(1)).sum(0, dtype=torch.float64)
     gW = (R.view(N, A * C).T @ pb.X).view(A, C, d).to(torch.float64)
     gb = R.sum(0, dtype=torch.float64)
     W = theta[..., :d]
     g = torch.cat([gW + lam.view(A, 1, 1) * W, gb.unsqueeze(-1)], dim=-1)
-    ce = -(logp.gather(-1, at_y).squeeze(-1) * pb.w.unsqueeze(1)).sum(0, dtype=torch.float64)
     return g, ce
 
 
@@ -220,18 +254,31 @@ class _Line:
         self.pb, self.z, self.zp = pb, h.z, zp
         # λ⟨W,P⟩ and λ‖P‖²: the penalty's part of φ' and φ''
         self.ridge = (h.lam * (h.theta[..., :d] * P).sum((1, 2)), h.lam * (P * P).sum((1, 2)))
-        self.zp_y = zp.gather(-1, pb.y.view(N, 1, 1).expand(N, zp.shape[1], 1)).squeeze(-1)
+        if zp.shape[-1] == 1:  # one logit: w·zp and w·zp² serve every evaluation
+            self.wzp = zp * pb.w.view(N, 1, 1)
+            self.wzp2 = self.wzp * zp
+            self.zp_y = (self.wzp * pb.y_float).sum((0, 2), dtype=torch.float64)
+        else:
+            self.zp_y = zp.gather(-1, pb.y.view(N, 1, 1).expand(N, zp.shape[1], 1)).squeeze(-1)
 
     def slope(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """φ'(t), φ''(t) and the log-probabilities at θ + t p:
-        φ'(t) = Σ_i w_i (p_i(t) − e_{y_i})·zp_i + λ(⟨W,P⟩ + t‖P‖²), φ''(t) = Σ_i w_i Var_{p_i(t)}(zp_i) + λ‖P‖²."""
-        logp = torch.log_softmax(torch.addcmul(self.z, self.zp, t.to(self.z.dtype).view(1, -1, 1)), -1)
+        """φ'(t), φ''(t) and the rows' ``row_terms`` at θ + t p:
+        φ'(t) = Σ_i w_i (p_i(t) − e_{y_i})·zp_i + λ(⟨W,P⟩ + t‖P‖²), φ''(t) = Σ_i w_i Var_{p_i(t)}(zp_i) + λ‖P‖²;
+        for one logit, p_i = σ(u_i) and Var = σ(1 − σ)·zp_i²."""
+        z = torch.addcmul(self.z, self.zp, t.to(self.z.dtype).view(1, -1, 1))
+        ridge = self.ridge[0] + t * self.ridge[1], self.ridge[1]
+        if z.shape[-1] == 1:
+            sig = torch.sigmoid(z)
+            d1 = (sig * self.wzp).sum((0, 2), dtype=torch.float64) - self.zp_y + ridge[0]
+            d2 = ((sig - sig * sig) * self.wzp2).sum((0, 2), dtype=torch.float64) + ridge[1]
+            return d1, d2, z
+        logp = torch.log_softmax(z, -1)
         pz = logp.exp().mul_(self.zp)
         mean = pz.sum(-1)
         second = pz.mul_(self.zp).sum(-1)
         w = self.pb.w.unsqueeze(1)
-        d1 = ((mean - self.zp_y) * w).sum(0, dtype=torch.float64) + self.ridge[0] + t * self.ridge[1]
-        d2 = ((second - mean * mean) * w).sum(0, dtype=torch.float64) + self.ridge[1]
+        d1 = ((mean - self.zp_y) * w).sum(0, dtype=torch.float64) + ridge[0]
+        d2 = ((second - mean * mean) * w).sum(0, dtype=torch.float64) + ridge[1]
         return d1, d2, logp
 
     def search(self, t: torch.Tensor, slope0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -241,21 +288,21 @@ class _Line:
         every evaluation; Newton steps inside it, bisection (or doubling while hi is
         unbounded) when Newton would leave it. Every head is evaluated at every step
         (one batched evaluation); a head that is done keeps its t. Returns t, whether
-        each head met the condition, and the log-probabilities at the returned t.
+        each head met the condition, and the rows' ``row_terms`` at the returned t.
         """
         lo, hi = torch.zeros_like(t), torch.full_like(t, float("inf"))
         target = CURVATURE * slope0.abs()
         for k in range(LINE_SEARCH_STEPS):
-            d1, d2, logp = self.slope(t)
+            d1, d2, terms = self.slope(t)
             done = (d1.abs() <= target) & torch.isfinite(d1)
             if k == LINE_SEARCH_STEPS - 1 or bool(done.all()):
-                break  # before t moves on: the log-probabilities belong to the returned t
+                break  # before t moves on: the row terms belong to the returned t
             lo, hi = torch.where(d1 < 0, t, lo), torch.where(d1 > 0, t, hi)
             newton = t - d1 / d2
             inside = torch.isfinite(newton) & (newton > lo) & (newton < hi)
             fallback = torch.where(torch.isfinite(hi), (lo + hi) / 2, 2 * torch.maximum(t, lo))
             t = torch.where(done, t, torch.where(inside, newton, fallback))
-        return t, done, logp
+        return t, done, terms
 
     def newton_from_zero(self, slope0: torch.Tensor) -> torch.Tensor:
         """−φ'(0)/φ''(0): the first guess where the direction has no natural unit step."""
@@ -288,15 +335,18 @@ def lbfgs(pb: Problem, lam: torch.Tensor, tol: float, max_iter: int, preconditio
             h.z = logits(pb.X, h.theta)
         zp = logits(pb.X, p)
         line = _Line(pb, h, p, zp)
-        t, found, logp = line.search(torch.ones_like(slope0) if it > 1 else line.newton_from_zero(slope0), slope0)
+        t, found, terms = line.search(torch.ones_like(slope0) if it > 1 else line.newton_from_zero(slope0), slope0)
         if not bool(found.all()):  # those heads stall where they are, and stop below
             t = torch.where(found, t, 0.0)
-            logp = torch.where(found.view(1, -1, 1), logp, h.logp)
+            terms = torch.where(found.view(1, -1, 1), terms, h.terms)
         step = t.view(-1, 1, 1) * p
-        h.theta, h.logp = h.theta + step, logp
-        h.z.add_(zp.mul_(t.to(zp.dtype).view(1, -1, 1)))
+        h.theta, h.terms = h.theta + step, terms
+        if pb.class_rows == 1:  # one logit: the row terms are the logits at the accepted t
+            h.z = terms
+        else:
+            h.z.add_(zp.mul_(t.to(zp.dtype).view(1, -1, 1)))
         g_old = h.g
-        h.g, h.ce = gradient(pb, h.logp, h.theta, h.lam)
+        h.g, h.ce = gradient(pb, h.terms, h.theta, h.lam)
         h.remember(step, h.g - g_old)
         if on_iteration is not None:
             on_iteration(1)
