@@ -31,7 +31,8 @@ Why it is shaped this way:
   biases' difference), with λ/2 for λ: from θ = 0 every iterate of the two-row head
   keeps W₀ = −W₁ (the gradient's class rows sum to zero), so the optimum is the
   same, [−v/2, v/2], and so are f and max|∇f| (∂f/∂v is the gradient's class-1 row);
-  each pass over X then carries one column per head instead of two.
+  each pass over X then carries one column per head instead of two, and the line
+  search and the gradient go through σ(u) and softplus instead of a two-way softmax.
 
 Stop: a head has converged when max|∇f_g| ≤ tol (scipy's pgtol, sklearn's tol).
 A head still above tol after ``max_iter`` iterations, or whose line search can no
@@ -99,9 +100,10 @@ class Solution:
 
 
 def preconditioner(pb: Problem, lam: torch.Tensor) -> torch.Tensor:
-    """(G, D, D) float64: (Σ̃/C + λ_g E + δI)⁻¹ per head (module docstring); δ keeps it
+    """(G, D, D) in X's dtype: (Σ̃/C + λ_g E + δI)⁻¹ per head (module docstring); δ keeps it
     positive definite when features are collinear and λ is 0, and I stands in where the
-    features are not finite."""
+    features are not finite. The factor is float64; the inverse is formed from it in X's
+    dtype, which is all a preconditioner needs (and float32 halves that step's time)."""
     N, d = pb.X.shape
     n = min(N, PRECONDITIONER_ROWS_PER_COLUMN * (d + 1))
     rows = torch.linspace(0, N - 1, n, device=pb.X.device).round().long()  # fixed, spread over the data
@@ -115,9 +117,10 @@ def preconditioner(pb: Problem, lam: torch.Tensor) -> torch.Tensor:
     jitter = 1e-6 * float(second.diagonal().mean()) + 1e-12
     M = second + torch.diag_embed(lam.view(-1, 1) * penalised + jitter)
     L, info = torch.linalg.cholesky_ex(torch.nan_to_num(M))
+    L = L.to(pb.X.dtype)
     if not bool(info.any()):  # the usual case, without two (G, D, D) selections
         return torch.cholesky_inverse(L)
-    ok, eye = (info == 0).view(-1, 1, 1), torch.eye(d + 1, dtype=torch.float64, device=M.device)
+    ok, eye = (info == 0).view(-1, 1, 1), torch.eye(d + 1, dtype=L.dtype, device=M.device)
     # a head whose matrix is not positive definite (non-finite features) goes unpreconditioned
     return torch.where(ok, torch.cholesky_inverse(torch.where(ok, L, eye)), eye)
 
@@ -156,7 +159,7 @@ class _Heads:
         self.gamma = torch.ones(G, **f64)  # the scale of H₀: sᵀy / yᵀH₀y of the newest pair
         self.newest, self.pairs = -1, 0  # ring position of the newest pair and pairs stored (all heads)
         # in the data's dtype: a preconditioner needs no more precision, and it halves the reads
-        self.Minv = preconditioner(pb, self.lam).to(pb.X.dtype) if precondition else None
+        self.Minv = preconditioner(pb, self.lam) if precondition else None
         self.g, self.ce = gradient(pb, self.terms, self.theta, self.lam)
 
     @property
