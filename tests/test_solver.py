@@ -218,3 +218,34 @@ def test_the_preconditioners_second_moment_is_the_weighted_design_moment(blocks:
     design = torch.cat([Xt, torch.ones(50, 1, dtype=Xt.dtype)], dim=1)
     expected = (design * w.unsqueeze(1)).T @ design
     torch.testing.assert_close(solver._second_moment(Xt, w, blocks), expected, rtol=1e-12, atol=1e-12)
+
+
+def _two_loop(h: solver._Heads, g: torch.Tensor) -> torch.Tensor:
+    """The textbook two-loop recursion (Nocedal & Wright, Alg. 7.4) over the stored pairs, newest first."""
+    q = -g.flatten(1)
+    order = [(h.newest - j) % solver.MEMORY for j in range(h.pairs)]
+    alpha = {}
+    for i in order:
+        alpha[i] = h.rho[:, i] * (h.S[:, i] * q).sum(-1)
+        q = q - alpha[i].unsqueeze(-1) * h.Y[:, i]
+    r = h.gamma.unsqueeze(-1) * h.h0(q)
+    for i in reversed(order):
+        r = r + (alpha[i] - h.rho[:, i] * (h.Y[:, i] * r).sum(-1)).unsqueeze(-1) * h.S[:, i]
+    return r.view_as(g)
+
+
+@pytest.mark.parametrize("C, pairs", [(2, 3), (2, 14), (4, 1), (4, 10)])
+def test_the_compact_direction_is_the_two_loop_recursions(C: int, pairs: int) -> None:
+    X, y, sw = _data(40, 5, C)
+    pb = Problem(torch.as_tensor(X), torch.as_tensor(y), torch.as_tensor(sw / sw.sum()), C)
+    h = solver._Heads(pb, torch.tensor([1e-3, 1e-1], dtype=torch.float64), precondition=True)
+    gen = torch.Generator().manual_seed(C + pairs)
+    for k in range(pairs):  # pairs with positive curvature, one with none (skipped), the ring wrapping past MEMORY
+        s = torch.randn(h.g.shape, generator=gen, dtype=torch.float64)
+        yv = s + 0.3 * torch.randn(h.g.shape, generator=gen, dtype=torch.float64)
+        h.remember(s, -yv if k == 1 else yv)
+        if k == pairs // 2:  # a head restarted (as the solver does when a direction points uphill)
+            h.rho[1] = 0.0
+    assert bool((h.rho == 0).any())
+    h.g = torch.randn(h.g.shape, generator=gen, dtype=torch.float64)
+    torch.testing.assert_close(h.direction(), _two_loop(h, h.g), rtol=1e-9, atol=1e-12)
