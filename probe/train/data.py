@@ -52,10 +52,11 @@ class Split:
     def predict_with_confidence(self, theta: torch.Tensor,
                                 X: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(G, n) predicted classes and (G, n) the probability each head gives its prediction."""
-        G, C, D = theta.shape
+        G, C, _ = theta.shape
         chunk = max(256, min(16384, (64 * 1024**2) // max(1, G * C * theta.element_size())))
-        if X is None and not self.source.is_cuda:  # preprocessed blocks that stay cached (and unfaulted)
-            chunk = min(chunk, max(256, CPU_BLOCK_BYTES // (D * self.source.element_size())))
+        if X is None and not self.source.is_cuda:  # gathered blocks that stay cached (and unfaulted)
+            row_bytes = self.source.shape[1] * max(self.source.element_size(), self.dtype.itemsize)
+            chunk = min(chunk, max(256, CPU_BLOCK_BYTES // row_bytes))
         n = len(self.rows)
         preds, confs = [], []
         for i in range(0, n, chunk):
