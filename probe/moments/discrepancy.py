@@ -38,7 +38,8 @@ torch = lazy_import("torch")
 #: slower); on a GPU, whose allocator caches and whose kernels want work, larger blocks
 BLOCK_ROWS = 256
 BLOCK_ROWS_CUDA = 2048
-#: the cumulant features of every head are kept only while they take at most twice this, and
+#: the cumulant features of every head (weighted per domain, with their running sums) are
+#: kept only while they take at most twice this, and
 #: on a GPU the (b × b) kernel blocks are built for at most this many bytes of heads at a time
 KERNEL_CHUNK_BYTES = 256 * 1024**2
 #: the same budget on a CPU: one head per chunk at the default block (heads side by side
@@ -82,20 +83,36 @@ def _first_order(th: torch.Tensor, X: torch.Tensor, y: torch.Tensor, W: torch.Te
     return losses, grads, P
 
 
-def _features_gram(Fi: dict[int, torch.Tensor], Fj: dict[int, torch.Tensor], g: torch.Tensor, Wi: torch.Tensor,
-                   Wj: torch.Tensor) -> torch.Tensor:
-    """(G, 2, K', K'): the block's share of Γ² and Γ³ from the cumulant features (few
-    classes): ``κₙ(i, j) = fᵢ·fⱼ``, so one matmul ``gⁿ @ [b × G·K'·M]`` serves every head."""
-    G, K = Fi[2].shape[0], Wi.shape[1]
-    out, power = [], g * g
-    for n in (2, 3):
-        if n == 3:
-            power = power.mul_(g)
-        Ai = Wi.view(1, -1, K, 1) * Fi[n].unsqueeze(2)  # (G, bᵢ, K', M)
-        Aj = Wj.view(1, -1, K, 1) * Fj[n].unsqueeze(2)
-        right = (power @ Aj.permute(1, 0, 2, 3).reshape(Aj.shape[1], -1)).view(-1, G, K, Aj.shape[-1])
-        out.append(torch.einsum("gikm,iglm->gkl", Ai, right))
-    return torch.stack(out, dim=1)
+class _FeatureSums:
+    """Γ² and Γ³ from the cumulant features (few classes): ``κₙ(i, j) = fᵢ·fⱼ``, so
+    ``Γⁿ = Aₙᵀ (gⁿ) Aₙ`` with ``Aₙ = W ∘ Fₙ`` (N × G·K'·M, every head and domain side by
+    side). A block pair I ≤ J adds ``gⁿ_IJ Aₙ[J]`` to the running sums of the rows I,
+    those of diagonal pairs apart: Γ is then the diagonal pairs' ``AᵀR`` plus the others'
+    and its transpose (they stand for (i, j) and (j, i)), contracted once at the end
+    instead of at every pair."""
+
+    def __init__(self, F: dict[int, torch.Tensor], W: torch.Tensor) -> None:
+        N, K = W.shape
+        self.shape = {n: (N, f.shape[0], K, f.shape[-1]) for n, f in F.items()}
+        self.A = {n: (W.view(N, 1, K, 1) * f.transpose(0, 1).unsqueeze(2)).reshape(N, -1) for n, f in F.items()}
+        self.off = {n: torch.zeros_like(a) for n, a in self.A.items()}
+        self.diag = {n: torch.zeros_like(a) for n, a in self.A.items()}
+
+    def add(self, bi: slice, bj: slice, g: torch.Tensor) -> None:
+        sums, power = self.diag if bi == bj else self.off, g * g
+        for n in (2, 3):
+            if n == 3:
+                power = power.mul_(g)
+            sums[n][bi].addmm_(power, self.A[n][bj])
+
+    def gamma(self) -> torch.Tensor:
+        """(G, 2, K', K')."""
+        out = []
+        for n in (2, 3):
+            A = self.A[n].view(self.shape[n])
+            off = torch.einsum("igkm,iglm->gkl", A, self.off[n].view(self.shape[n]))
+            out.append(torch.einsum("igkm,iglm->gkl", A, self.diag[n].view(self.shape[n])) + off + off.mT)
+        return torch.stack(out, dim=1)
 
 
 def _kernel_gram(Pi: torch.Tensor, Pj: torch.Tensor, g: torch.Tensor, Wi: torch.Tensor, Wj: torch.Tensor
@@ -115,10 +132,11 @@ def _kernel_gram(Pi: torch.Tensor, Pj: torch.Tensor, g: torch.Tensor, Wi: torch.
     return res
 
 
-def _use_features(G: int, N: int, C: int, itemsize: int) -> bool:
-    """Cumulant features when they are few (C ≤ FEATURE_CLASSES) and fit the chunk budget."""
+def _use_features(G: int, N: int, K: int, C: int, itemsize: int) -> bool:
+    """Cumulant features when they are few (C ≤ FEATURE_CLASSES) and, weighted per domain
+    with their two running sums (``_FeatureSums``), fit the chunk budget."""
     m = C * (C + 1) // 2 + C * (C + 1) * (C + 2) // 6 if C > 2 else 2
-    return C <= FEATURE_CLASSES and G * N * m * itemsize <= 2 * KERNEL_CHUNK_BYTES
+    return C <= FEATURE_CLASSES and 3 * G * N * K * m * itemsize <= 2 * KERNEL_CHUNK_BYTES
 
 
 def _distances_from_gram(gamma: torch.Tensor) -> torch.Tensor:
@@ -155,18 +173,20 @@ def domain_discrepancies(theta: torch.Tensor, X: torch.Tensor, y: torch.Tensor, 
     with torch.no_grad():
         losses, grads, P = _first_order(th, X, y, W, blocks, bias)
         G, K = th.shape[0], W.shape[1]
-        F = {n: cumulant_features(P, n) for n in (2, 3)} if _use_features(G, N, th.shape[1], 8) else None
+        sums = _FeatureSums({n: cumulant_features(P, n) for n in (2, 3)}, W) \
+            if _use_features(G, N, K, th.shape[1], 8) else None
         gamma = th.new_zeros(G, 2, K, K)
         for a, bi in enumerate(blocks):
             for bj in blocks[a:]:
                 g = (gram[bi, bj] if gram is not None else X[bi] @ X[bj].T + float(bias)).to(th.dtype)
-                if F is not None:
-                    part = _features_gram({n: f[:, bi] for n, f in F.items()}, {n: f[:, bj] for n, f in F.items()},
-                                          g, W[bi], W[bj])
-                else:
-                    part = _kernel_gram(P[:, bi], P[:, bj], g, W[bi], W[bj])
+                if sums is not None:
+                    sums.add(bi, bj, g)
+                    continue
+                part = _kernel_gram(P[:, bi], P[:, bj], g, W[bi], W[bj])
                 # Γ is symmetric: an off-diagonal block pair stands for (i, j) and (j, i)
                 gamma += part if bi == bj else part + part.transpose(-1, -2)
+        if sums is not None:
+            gamma = sums.gamma()
         flat = grads.flatten(2)
         first = (flat.unsqueeze(2) - flat.unsqueeze(1)).pow(2).sum(-1).sqrt()
         dist = torch.cat([first.unsqueeze(1), _distances_from_gram(gamma)], dim=1)
