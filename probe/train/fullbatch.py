@@ -68,7 +68,7 @@ class SolverFit:
                  "ce_weighting": self.objective.ce}
         fates = [_fate(sol, u) for u in which]
         # measured once per distinct optimum: configurations that share one share its figures
-        unique_bounds = kept_bounds(self.fs, tr, sol.theta.to(X.dtype), list(sol.iterations), st)
+        unique_bounds = kept_bounds(self.fs, tr, sol.theta.to(X.dtype), list(sol.iterations), st, X=X)
         bounds = [dict(unique_bounds[u]) for u in which]
         rows = head_rows(self.fs, self.method.name, self.configs, fixed, self.splits, theta,
                          [{**f, "bounds": b} for f, b in zip(fates, bounds, strict=True)], {"train": X})

@@ -60,17 +60,19 @@ def initial_heads(G: int, C: int, D: int, seed: int, settings: Settings) -> torc
     return head.to(device=dev, dtype=dt).unsqueeze(0).repeat(G, 1, 1)
 
 
-def bound_rows(tr: Split, cap: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(X, y, domains) of the fixed sample of at most ``cap`` training rows (probe.bounds)."""
+def bound_rows(tr: Split, cap: int, X: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(X, y, domains) of the fixed sample of at most ``cap`` training rows (probe.bounds),
+    taken from ``X``, the split's preprocessed rows, when they are at hand."""
     idx = torch.as_tensor(sample_rows(tr.domain.cpu().numpy(), cap), device=tr.rows.device)
-    return tr.X(idx), tr.y[idx], tr.domain[idx]
+    return (tr.X(idx) if X is None else X.index_select(0, idx)), tr.y[idx], tr.domain[idx]
 
 
 def kept_bounds(fs: FeatureSet, tr: Split, theta: torch.Tensor, steps: list[int], settings: Settings,
-                curve: Curve | None = None) -> list[dict[str, Any]]:
+                curve: Curve | None = None, X: torch.Tensor | None = None) -> list[dict[str, Any]]:
     """Each kept head's bound terms (``steps[g]``: its checkpoint), with its curve of the
-    three distances when one was recorded along training (probe.bounds)."""
-    X, y, dom = bound_rows(tr, settings.bounds_rows)
+    three distances when one was recorded along training (probe.bounds); ``X``: the
+    training rows preprocessed, when they are at hand."""
+    X, y, dom = bound_rows(tr, settings.bounds_rows, X)
     figures = measure(theta, X, y, dom, domain_names(fs, settings.domain), settings.bias)
     return [record(fig, domain=settings.domain, rows=X.shape[0], train_rows=len(tr.rows), step=int(steps[g]),
                    curve=curve.of_head(g) if curve else None)
