@@ -211,26 +211,32 @@ def test_solver_setting_keeps_the_stochastic_path_and_refuses_lbfgs_for_penalise
     assert flags["solver"] == "str" and flags["tol"] == "float" and flags["max_iter"] == "int"
 
 
+@pytest.mark.parametrize("owned", [False, True])
 @pytest.mark.parametrize("blocks", [1, 3, 4, 7])
-def test_the_preconditioners_second_moment_is_the_weighted_design_moment(blocks: int) -> None:
+def test_the_preconditioners_second_moment_is_the_weighted_design_moment(blocks: int, owned: bool) -> None:
     X, _, sw = _data(50, 7, 2)
     Xt, w = torch.as_tensor(X), torch.as_tensor(sw / sw.sum())
     design = torch.cat([Xt, torch.ones(50, 1, dtype=Xt.dtype)], dim=1)
     expected = (design * w.unsqueeze(1)).T @ design
-    torch.testing.assert_close(solver._second_moment(Xt, w, blocks), expected, rtol=1e-12, atol=1e-12)
+    scratch = Xt.clone()
+    torch.testing.assert_close(solver._second_moment(scratch, w, blocks, owned), expected, rtol=1e-12, atol=1e-12)
+    assert torch.equal(scratch, Xt) != owned  # a caller's rows are kept unless they are scratch
 
 
 def _two_loop(h: solver._Heads, g: torch.Tensor) -> torch.Tensor:
-    """The textbook two-loop recursion (Nocedal & Wright, Alg. 7.4) over the stored pairs, newest first."""
+    """The textbook two-loop recursion (Nocedal & Wright, Alg. 7.4) over the stored pairs, newest
+    first; a skipped pair (stored as zeros) has ρ = 0."""
     q = -g.flatten(1)
-    order = [(h.newest - j) % solver.MEMORY for j in range(h.pairs)]
+    order = list(reversed(range(h.pairs)))
+    sy = (h.S * h.Y).sum(-1)
+    rho = torch.where(sy != 0, 1 / torch.where(sy != 0, sy, 1.0), 0.0)
     alpha = {}
     for i in order:
-        alpha[i] = h.rho[:, i] * (h.S[:, i] * q).sum(-1)
+        alpha[i] = rho[:, i] * (h.S[:, i] * q).sum(-1)
         q = q - alpha[i].unsqueeze(-1) * h.Y[:, i]
     r = h.gamma.unsqueeze(-1) * h.h0(q)
     for i in reversed(order):
-        r = r + (alpha[i] - h.rho[:, i] * (h.Y[:, i] * r).sum(-1)).unsqueeze(-1) * h.S[:, i]
+        r = r + (alpha[i] - rho[:, i] * (h.Y[:, i] * r).sum(-1)).unsqueeze(-1) * h.S[:, i]
     return r.view_as(g)
 
 
@@ -240,12 +246,13 @@ def test_the_compact_direction_is_the_two_loop_recursions(C: int, pairs: int) ->
     pb = Problem(torch.as_tensor(X), torch.as_tensor(y), torch.as_tensor(sw / sw.sum()), C)
     h = solver._Heads(pb, torch.tensor([1e-3, 1e-1], dtype=torch.float64), precondition=True)
     gen = torch.Generator().manual_seed(C + pairs)
-    for k in range(pairs):  # pairs with positive curvature, one with none (skipped), the ring wrapping past MEMORY
+    for k in range(pairs):  # pairs with positive curvature, one with none (skipped), the memory overflowing
         s = torch.randn(h.g.shape, generator=gen, dtype=torch.float64)
         yv = s + 0.3 * torch.randn(h.g.shape, generator=gen, dtype=torch.float64)
         h.remember(s, -yv if k == 1 else yv)
         if k == pairs // 2:  # a head restarted (as the solver does when a direction points uphill)
-            h.rho[1] = 0.0
-    assert bool((h.rho == 0).any())
+            h.forget(torch.tensor([False, True]))
+    assert h.pairs == min(pairs, solver.MEMORY)
+    assert bool((h.SY.diagonal(dim1=1, dim2=2)[:, :h.pairs] == 0).any())  # a skipped pair is in the memory
     h.g = torch.randn(h.g.shape, generator=gen, dtype=torch.float64)
     torch.testing.assert_close(h.direction(), _two_loop(h, h.g), rtol=1e-9, atol=1e-12)

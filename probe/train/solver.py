@@ -22,9 +22,10 @@ Why it is shaped this way:
 * Embeddings are strongly correlated, which makes plain L-BFGS (and sklearn's)
   take hundreds of iterations. The initial inverse Hessian is therefore not a
   multiple of I but (Σ̃/C + λE)⁻¹, Σ̃ the weighted second moment of x̃ on a fixed
-  subsample of rows and E the penalty's pattern (the softmax Hessian at uniform
-  probabilities, exact for the penalty): the same optimum in a few dozen
-  iterations. It costs one (n×d̃)·(d̃×n) product and a Cholesky factor per head.
+  subsample of rows (shrunk a little toward its mean diagonal, which a sample moment
+  needs) and E the penalty's pattern (the softmax Hessian at uniform probabilities,
+  exact for the penalty): the same optimum in a few dozen iterations. It costs one
+  (d̃×n)·(n×d̃) product and a Cholesky factor per head.
 * Parameter-sized state (θ, gradients, the L-BFGS pairs) is float64 whatever the
   data's dtype; losses and the line search's sums are accumulated in float64.
 * Two classes are solved as one logit against a fixed zero, v = W₁ − W₀ (and the
@@ -55,8 +56,15 @@ CURVATURE = 0.1
 #: line-search evaluations at most per iteration; more means it stalled
 LINE_SEARCH_STEPS = 20
 #: rows of the preconditioner's second moment: this many per feature column (at most N);
-#: an approximation is all a preconditioner needs, and its cost stays below two passes
+#: an approximation is all a preconditioner needs
 PRECONDITIONER_ROWS_PER_COLUMN = 4
+#: the sample moment is shrunk this far toward its mean diagonal (times I), as Ledoit and
+#: Wolf shrink a covariance: a moment of a few rows per column underestimates its smallest
+#: directions (and is singular when d ≥ N), and its inverse would over-amplify them. At 5%,
+#: iterations at λ = 1e-4 went from 54 to 43 at 4,795 × 512 with ten classes, from 100 to 19
+#: on the demo features (898 × 1,280), and from 29 to 26 with two classes; four rows per
+#: column then did as well as six (which cost 50% more rows)
+PRECONDITIONER_SHRINK = 0.05
 #: iterations between exact recomputations of the logits, which are otherwise updated
 #: (z += t·X̃p) and so collect rounding errors: a float32 concern over long runs
 REFRESH_EVERY = 50
@@ -100,18 +108,22 @@ class Solution:
 
 
 def preconditioner(pb: Problem, lam: torch.Tensor) -> torch.Tensor:
-    """(G, D, D) in X's dtype: (Σ̃/C + λ_g E + δI)⁻¹ per head (module docstring); δ keeps it
-    positive definite when features are collinear and λ is 0, and I stands in where the
-    features are not finite. The factor is float64; the inverse is formed from it in X's
+    """(G, D, D) in X's dtype: (Σ̃/C + λ_g E + δI)⁻¹ per head (module docstring), the weights'
+    block of Σ̃ shrunk toward its mean diagonal (PRECONDITIONER_SHRINK); δ keeps it positive
+    definite when λ is 0 and the features are constant, and I stands in where the features
+    are not finite. The factor is float64; the inverse is formed from it in X's
     dtype, which is all a preconditioner needs (and float32 halves that step's time)."""
     N, d = pb.X.shape
     n = min(N, PRECONDITIONER_ROWS_PER_COLUMN * (d + 1))
     rows = torch.linspace(0, N - 1, n, device=pb.X.device).round().long()  # fixed, spread over the data
-    Xs = pb.X.index_select(0, rows)
     w = pb.w[rows]
     w = w / w.sum()
     # the softmax Hessian at uniform probabilities: 1/C per class row, p(1 − p) = 1/4 for one logit
-    second = _second_moment(Xs, w).to(torch.float64) / (4 if pb.class_rows == 1 else pb.num_classes)
+    second = _second_moment(pb.X.index_select(0, rows), w, owned=True).to(torch.float64)
+    second /= 4 if pb.class_rows == 1 else pb.num_classes
+    top = second[:d, :d]
+    level = float(top.diagonal().mean())
+    top.mul_(1 - PRECONDITIONER_SHRINK).diagonal().add_(PRECONDITIONER_SHRINK * level)
     penalised = torch.ones(d + 1, dtype=torch.float64, device=second.device)
     penalised[-1] = 0
     jitter = 1e-6 * float(second.diagonal().mean()) + 1e-12
@@ -125,18 +137,20 @@ def preconditioner(pb: Problem, lam: torch.Tensor) -> torch.Tensor:
     return torch.where(ok, torch.cholesky_inverse(torch.where(ok, L, eye)), eye)
 
 
-def _second_moment(X: torch.Tensor, w: torch.Tensor, blocks: int = 4) -> torch.Tensor:
+def _second_moment(X: torch.Tensor, w: torch.Tensor, blocks: int = 8, owned: bool = False) -> torch.Tensor:
     """(d+1, d+1) Σ_i w_i x̃_i x̃_iᵀ, x̃ = [x, 1], for weights summing to 1: the bias row is
     the weighted mean (no copy of X with a column of ones), and the symmetric d × d part is
-    built from the column blocks on and above the diagonal, 5/8 of a full product's work."""
+    built from the column blocks on and above the diagonal, 9/16 of a full product's work.
+    ``owned``: X is a scratch copy, scaled in place (by √w) instead of copied."""
     n, d = X.shape
-    Xw = X * w.unsqueeze(1)
+    root = w.sqrt().unsqueeze(1)
+    Xr = X.mul_(root) if owned else X * root
     out = X.new_empty(d + 1, d + 1)
     edges = [round(d * k / blocks) for k in range(blocks + 1)]
     for a, b in zip(edges[:-1], edges[1:], strict=True):
-        out[a:b, a:d] = Xw[:, a:b].T @ X[:, a:]
+        out[a:b, a:d] = Xr[:, a:b].T @ Xr[:, a:]
     out[:d, :d] = out[:d, :d].triu() + out[:d, :d].triu(1).T
-    out[:d, d] = out[d, :d] = Xw.sum(0)
+    out[:d, d] = out[d, :d] = root.view(-1) @ Xr
     out[d, d] = 1
     return out
 
@@ -153,14 +167,15 @@ class _Heads:
         self.theta = torch.zeros(G, C, d + 1, **f64)
         self.z = torch.zeros(N, G, C, dtype=pb.X.dtype, device=pb.X.device)  # logits at θ
         self.terms = row_terms(pb, self.z)
+        # the stored pairs, oldest first (the first ``pairs`` positions); a skipped pair is
+        # stored as zeros, so it contributes nothing, as in the two-loop recursion
         self.S = torch.zeros(G, MEMORY, C * (d + 1), **f64)
         self.Y = torch.zeros_like(self.S)
         self.HY = torch.zeros_like(self.S)  # H₀ without γ applied to each y
-        self.SY = torch.zeros(G, MEMORY, MEMORY, **f64)  # s_i·y_j over the ring's positions
+        self.SY = torch.zeros(G, MEMORY, MEMORY, **f64)  # s_i·y_j
         self.YHY = torch.zeros_like(self.SY)  # y_i·H₀y_j, without γ
-        self.rho = torch.zeros(G, MEMORY, **f64)  # 0: an empty (or skipped) pair
         self.gamma = torch.ones(G, **f64)  # the scale of H₀: sᵀy / yᵀH₀y of the newest pair
-        self.newest, self.pairs = -1, 0  # ring position of the newest pair and pairs stored (all heads)
+        self.pairs = 0  # pairs stored (every head the same count, skipped ones included)
         # in the data's dtype: a preconditioner needs no more precision, and it halves the reads
         self.Minv = preconditioner(pb, self.lam) if precondition else None
         self.g, self.ce = gradient(pb, self.terms, self.theta, self.lam)
@@ -176,7 +191,7 @@ class _Heads:
             return
         self.ids = [g for g, m in zip(self.ids, mask, strict=True) if m]
         index = torch.tensor([k for k, m in enumerate(mask) if m], dtype=torch.long, device=self.g.device)
-        for name in ("lam", "theta", "S", "Y", "HY", "SY", "YHY", "rho", "gamma", "g", "ce", "Minv"):
+        for name in ("lam", "theta", "S", "Y", "HY", "SY", "YHY", "gamma", "g", "ce", "Minv"):
             value = getattr(self, name)
             setattr(self, name, value.index_select(0, index) if value is not None else None)
         self.z, self.terms = self.z.index_select(1, index), self.terms.index_select(1, index)
@@ -188,6 +203,12 @@ class _Heads:
         A, D = q.shape[0], self.Minv.shape[-1]
         return torch.bmm(q.view(A, -1, D).to(self.Minv.dtype), self.Minv).view(A, -1).to(q.dtype)
 
+    def forget(self, heads: torch.Tensor) -> None:
+        """Restart the heads of the mask ``heads`` from steepest descent: no pairs, γ = 1."""
+        for t in (self.S, self.Y, self.HY, self.SY, self.YHY):
+            t[heads] = 0.0
+        self.gamma[heads] = 1.0
+
     def direction(self) -> torch.Tensor:
         """−H g, (A, C, D), by the compact form of L-BFGS (Byrd, Nocedal & Schnabel 1994,
         eq. 2.6), the two-loop recursion's H in a few batched products instead of four
@@ -196,44 +217,43 @@ class _Heads:
             H g = H₀g + S R⁻ᵀ[(D + YᵀH₀Y) R⁻¹Sᵀg − YᵀH₀g] − H₀Y R⁻¹Sᵀg,
 
         S, Y the stored pairs oldest first, R the upper triangle of SᵀY, D its diagonal,
-        H₀ = γ·h0. An empty pair (ρ = 0) gets a unit row and column in R and zeros
-        elsewhere, so it contributes nothing, as in the two-loop recursion."""
+        H₀ = γ·h0. A skipped pair (stored as zeros) gets a unit diagonal in R and zeros
+        elsewhere, so it contributes nothing."""
         g = self.g.flatten(1)
         hg = self.gamma.unsqueeze(-1) * self.h0(g)
-        if self.pairs == 0:
+        k = self.pairs
+        if k == 0:
             return (-hg).view_as(self.g)
-        order = torch.tensor([(self.newest - self.pairs + 1 + j) % MEMORY for j in range(self.pairs)],
-                             device=g.device)  # oldest first
-        valid = (self.rho.index_select(1, order) != 0).to(g.dtype)  # (A, k)
-        both = valid.unsqueeze(-1) * valid.unsqueeze(-2)
-        gamma = self.gamma.view(-1, 1)
-        u = torch.bmm(self.S, g.unsqueeze(-1)).squeeze(-1).index_select(1, order) * valid  # Sᵀg
-        v = torch.bmm(self.HY, g.unsqueeze(-1)).squeeze(-1).index_select(1, order) * valid * gamma  # YᵀH₀g
-        SY = self.SY.index_select(1, order).index_select(2, order)
-        R = SY.triu() * both + torch.diag_embed(1 - valid)
-        B = torch.diag_embed(SY.diagonal(dim1=1, dim2=2) * valid) \
-            + gamma.unsqueeze(-1) * self.YHY.index_select(1, order).index_select(2, order) * both
-        a = torch.linalg.solve_triangular(R, u.unsqueeze(-1), upper=True)
-        c = torch.linalg.solve_triangular(R.mT, torch.bmm(B, a) - v.unsqueeze(-1), upper=False)
-        on_ring = torch.zeros(g.shape[0], 2, MEMORY, dtype=g.dtype, device=g.device)
-        on_ring[:, 0].index_copy_(1, order, c.squeeze(-1))
-        on_ring[:, 1].index_copy_(1, order, -a.squeeze(-1) * gamma)
-        Hg = hg + torch.bmm(on_ring[:, :1], self.S).squeeze(1) + torch.bmm(on_ring[:, 1:], self.HY).squeeze(1)
+        S, HY, SY = self.S[:, :k], self.HY[:, :k], self.SY[:, :k, :k]
+        gamma = self.gamma.view(-1, 1, 1)
+        diag = SY.diagonal(dim1=1, dim2=2)  # sᵀy > 0 for a kept pair, exactly 0 for a skipped one
+        R = SY.triu() + torch.diag_embed((diag == 0).to(g.dtype))
+        B = torch.diag_embed(diag) + gamma * self.YHY[:, :k, :k]
+        a = torch.linalg.solve_triangular(R, torch.bmm(S, g.unsqueeze(-1)), upper=True)  # R⁻¹Sᵀg
+        v = gamma * torch.bmm(HY, g.unsqueeze(-1))  # YᵀH₀g
+        c = torch.linalg.solve_triangular(R.mT, torch.bmm(B, a) - v, upper=False)
+        Hg = hg + torch.bmm(c.mT, S).squeeze(1) - torch.bmm((gamma * a).mT, HY).squeeze(1)
         return (-Hg).view_as(self.g)
 
     def remember(self, s: torch.Tensor, yv: torch.Tensor) -> None:
-        """Store this iteration's pair (s, y); one with sᵀy ≤ 0 (no step) counts as empty."""
+        """Store this iteration's pair (s, y) as the newest, dropping the oldest when the
+        memory is full; one with sᵀy ≤ 0 (no step) is stored as zeros (skipped)."""
         s, yv = s.flatten(1), yv.flatten(1)
         hy = self.h0(yv)
         sy, yhy = (s * yv).sum(-1), (yv * hy).sum(-1)
         ok = (sy > 1e-12 * s.norm(dim=-1) * yv.norm(dim=-1)) & (yhy > 0)
-        self.newest, self.pairs = (self.newest + 1) % MEMORY, min(self.pairs + 1, MEMORY)
-        j = self.newest
+        keep = ok.unsqueeze(-1)
+        s, yv, hy = torch.where(keep, s, 0.0), torch.where(keep, yv, 0.0), torch.where(keep, hy, 0.0)
+        if self.pairs == MEMORY:  # the oldest pair leaves: every position moves one down
+            self.S, self.Y, self.HY = (t.roll(-1, 1) for t in (self.S, self.Y, self.HY))
+            self.SY, self.YHY = (t.roll((-1, -1), (1, 2)) for t in (self.SY, self.YHY))
+        else:
+            self.pairs += 1
+        j = self.pairs - 1
         self.S[:, j], self.Y[:, j], self.HY[:, j] = s, yv, hy
         self.SY[:, j, :] = torch.bmm(self.Y, s.unsqueeze(-1)).squeeze(-1)  # s_j·y_k
         self.SY[:, :, j] = torch.bmm(self.S, yv.unsqueeze(-1)).squeeze(-1)  # s_k·y_j
         self.YHY[:, j, :] = self.YHY[:, :, j] = torch.bmm(self.HY, yv.unsqueeze(-1)).squeeze(-1)
-        self.rho[:, j] = torch.where(ok, 1 / torch.where(ok, sy, 1.0), 0.0)
         self.gamma = torch.where(ok, sy / torch.where(ok, yhy, 1.0), self.gamma)
 
 
@@ -358,7 +378,7 @@ def lbfgs(pb: Problem, lam: torch.Tensor, tol: float, max_iter: int, preconditio
         slope0 = (p * h.g).sum((1, 2))
         uphill = ~(slope0 < 0)  # stale curvature pairs: restart those heads from steepest descent
         if bool(uphill.any()):
-            h.rho[uphill], h.gamma[uphill] = 0.0, 1.0
+            h.forget(uphill)
             p = torch.where(uphill.view(-1, 1, 1), -h.g, p)
             slope0 = torch.where(uphill, -(h.g * h.g).sum((1, 2)), slope0)
         if it % REFRESH_EVERY == 0:  # the updated logits drift by rounding: recompute them at θ
