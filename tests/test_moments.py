@@ -325,3 +325,21 @@ def test_bad_options_raise_value_error_naming_the_option():
         M.hessian_variance(theta, X, dom, kernel=torch.zeros(3, 3, dtype=F64))
     with pytest.raises(ValueError, match="gram"):
         M.gradient_variance(theta, X, y, dom, gram=torch.zeros(10, 10))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+@pytest.mark.parametrize("C", [1, 2, 3, 10, 15, 16, 65])
+def test_log_softmax_is_torchs_for_every_width(C: int, dtype: torch.dtype) -> None:
+    """The composed small-class form and torch's kernel agree, at extreme logits too."""
+    gen = torch.Generator().manual_seed(C)
+    z = torch.randn(3, 37, C, generator=gen, dtype=dtype) * 30
+    z[0, 0] = 1e4  # a row whose every logit is huge: the shift keeps it finite
+    z[0, 1, 0] = -1e4  # one vanishing class
+    if C > 1:
+        z[1, 2, -1] = float("-inf")  # a class masked out
+    expected = torch.log_softmax(z, -1)
+    got = M.log_softmax(z)
+    assert got.shape == z.shape and got.dtype == dtype
+    torch.testing.assert_close(got, expected, rtol=0, atol=8 * torch.finfo(dtype).eps * 30)
+    if C > 1:
+        assert bool(torch.isneginf(got[1, 2, -1]))

@@ -101,6 +101,7 @@ from probe.moments.basics import (
     domain_weights,
     feature_gram,
     feature_kernel,
+    log_softmax,
     logits,
     present_domains,
     probabilities,
@@ -139,7 +140,7 @@ __all__ = [
     "THIRD_METHODS", "DomainDiscrepancies", "GradMethod", "Method", "Normalize", "Penalties", "ThirdMethod",
     "augment", "choose_gradient_method", "choose_hessian_method", "choose_third_method", "cumulant_kernels",
     "design", "domain_discrepancies", "domain_weights", "feature_gram", "feature_kernel", "gradient_variance",
-    "hessian_costs", "hessian_variance", "logits", "penalty_terms", "per_domain_gradients", "per_domain_losses",
+    "hessian_costs", "hessian_variance", "log_softmax", "logits", "penalty_terms", "per_domain_gradients", "per_domain_losses",
     "present_domains", "probabilities", "third_order_costs", "third_order_variance", "third_variance_from_logits",
     "variances_from_logits",
 ]

@@ -27,7 +27,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from base.lazy import lazy_import
-from probe.moments.basics import _logits, _weights, design
+from probe.moments.basics import _logits, _weights, design, log_softmax
 from probe.moments.checks import _as_grid, _validate
 from probe.moments.cumulants import cumulant_features, cumulant_kernels
 
@@ -73,7 +73,7 @@ def _first_order(th: torch.Tensor, X: torch.Tensor, y: torch.Tensor, W: torch.Te
     for rows in blocks:
         Xb = X[rows].to(th.dtype)
         z = _logits(th, Xb, bias)
-        logp = torch.log_softmax(z, dim=-1)
+        logp = log_softmax(z)
         yb = y[rows]
         nll = -logp.gather(-1, yb.view(1, -1, 1).expand(G, -1, 1)).squeeze(-1)
         losses += nll @ W[rows]

@@ -62,9 +62,9 @@ class Split:
         for i in range(0, n, chunk):
             Xi = X[i: i + chunk] if X is not None else self.X(torch.arange(i, min(i + chunk, n),
                                                                            device=self.rows.device))
-            conf, pred = torch.softmax(moments.logits(theta, Xi, self.bias), -1).max(-1)
+            top, pred = moments.log_softmax(moments.logits(theta, Xi, self.bias)).max(-1)
             preds.append(pred)
-            confs.append(conf)
+            confs.append(top.exp_())
         if not preds:
             empty = torch.zeros(G, 0, device=theta.device)
             return empty.long(), empty.to(theta.dtype)

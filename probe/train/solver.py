@@ -49,6 +49,8 @@ from dataclasses import dataclass
 
 import torch
 
+from probe.moments.basics import log_softmax
+
 #: L-BFGS memory: (s, y) pairs kept per head (scipy's and sklearn's default)
 MEMORY = 10
 #: the line search accepts t once |φ'(t)| ≤ CURVATURE·|φ'(0)| (strong Wolfe, c₂)
@@ -270,7 +272,7 @@ def logits(X: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
 def row_terms(pb: Problem, z: torch.Tensor) -> torch.Tensor:
     """What the gradient and the loss need of every row at logits ``z`` (N, A, C): the
     log-probabilities, or, for one logit, the logit itself (its sigmoid is the probability)."""
-    return z if z.shape[-1] == 1 else torch.log_softmax(z, -1)
+    return z if z.shape[-1] == 1 else log_softmax(z)
 
 
 def gradient(pb: Problem, terms: torch.Tensor, theta: torch.Tensor,
@@ -322,7 +324,7 @@ class _Line:
             d1 = (sig * self.wzp).sum((0, 2), dtype=torch.float64) - self.zp_y + ridge[0]
             d2 = ((sig - sig * sig) * self.wzp2).sum((0, 2), dtype=torch.float64) + ridge[1]
             return d1, d2, z
-        logp = torch.log_softmax(z, -1)
+        logp = log_softmax(z)
         pz = logp.exp().mul_(self.zp)
         mean = pz.sum(-1)
         second = pz.mul_(self.zp).sum(-1)
