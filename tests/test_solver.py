@@ -167,6 +167,7 @@ def test_configurations_with_one_optimum_are_solved_once() -> None:
     for r in rows:
         same = rows[0] if r.hparams["weight_decay"] == 1e-3 else rows[4]
         assert torch.equal(r.theta, same.theta) and r.metrics == same.metrics
+        assert r is same or r.metrics is not same.metrics  # scored once, but each row owns its figures
     assert not torch.equal(rows[0].theta, rows[4].theta)
     # a memory budget of one head per chunk still keeps the duplicates together
     tight = plan_method(fs, "erm", cfgs, Settings(memory_bytes=1))

@@ -63,15 +63,15 @@ class SolverFit:
         if on_step is not None:  # progress counts max_iter per chunk; the rest is skipped
             on_step(st.max_iter - max(sol.iterations, default=0))
         which = [unique.index(k) for k in keys]
-        theta = sol.theta[which].to(X.dtype)
+        theta = sol.theta.to(X.dtype)
         fixed = {"solver": "lbfgs", "tol": st.tol, "max_iter": st.max_iter, "domain": st.domain,
                  "ce_weighting": self.objective.ce}
         fates = [_fate(sol, u) for u in which]
         # measured once per distinct optimum: configurations that share one share its figures
-        unique_bounds = kept_bounds(self.fs, tr, sol.theta.to(X.dtype), list(sol.iterations), st, X=X)
+        unique_bounds = kept_bounds(self.fs, tr, theta, list(sol.iterations), st, X=X)
         bounds = [dict(unique_bounds[u]) for u in which]
         rows = head_rows(self.fs, self.method.name, self.configs, fixed, self.splits, theta,
-                         [{**f, "bounds": b} for f, b in zip(fates, bounds, strict=True)], {"train": X})
+                         [{**f, "bounds": b} for f, b in zip(fates, bounds, strict=True)], {"train": X}, which)
         for row in rows:  # validation is scored once, at the final point: the row's metrics
             val = row.metrics.get("val")
             if row.history["step"] and val:

@@ -7,6 +7,7 @@ quantity is computed row-wise from that head's parameters.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Any
 
@@ -81,14 +82,17 @@ def kept_bounds(fs: FeatureSet, tr: Split, theta: torch.Tensor, steps: list[int]
 
 def head_rows(fs: FeatureSet, method: str, configs: list[dict[str, Any]], fixed: dict[str, Any],
               splits: dict[str, Split], theta: torch.Tensor, fates: list[dict[str, Any]],
-              features: dict[str, torch.Tensor] | None = None) -> list[Result]:
+              features: dict[str, torch.Tensor] | None = None, heads: list[int] | None = None) -> list[Result]:
     """The result rows of a chunk's kept heads ``theta`` (G, C, D), scored on every split by
     the one metrics path; ``fixed`` joins each configuration's hyperparameters, ``fates[g]``
-    holds head g's status, steps_run, best_step and history. ``features`` (optional) are
+    holds configuration g's status, steps_run, best_step and history. ``features`` (optional) are
     splits' preprocessed rows already at hand, so they are not preprocessed again.
+    ``heads[g]``: the head of ``theta`` configuration g has (default: head g), for
+    configurations that share a head (each head is scored once).
     A head that finished but collapsed on validation (``probe.metrics.collapsed_heads``)
     gets status "collapsed"."""
     features = features or {}
+    heads = list(range(len(configs))) if heads is None else heads
     preds = {name: sp.predict(theta, features.get(name)) for name, sp in splits.items() if name != "val"}
     va = splits["val"]
     preds["val"], confidence = va.predict_with_confidence(theta, features.get("val"))
@@ -96,12 +100,12 @@ def head_rows(fs: FeatureSet, method: str, configs: list[dict[str, Any]], fixed:
     metrics = metrics_by_head(fs, {name: preds[name] for name in splits})
     pre_state = {k: v.detach().cpu() for k, v in splits["train"].pre.state.items()}
     rows = []
-    for g, cfg in enumerate(configs):
+    for g, (cfg, h) in enumerate(zip(configs, heads, strict=True)):
         fate = dict(fates[g])
-        if fate["status"] in SELECTABLE and bool(collapsed[g]):
+        if fate["status"] in SELECTABLE and bool(collapsed[h]):
             fate["status"] = "collapsed"
-        rows.append(Result(method=method, hparams={**cfg, **fixed}, metrics=metrics[g],
-                           theta=theta[g].detach().cpu(), pre=pre_state, **fate))
+        rows.append(Result(method=method, hparams={**cfg, **fixed}, metrics=copy.deepcopy(metrics[h]),
+                           theta=theta[h].detach().cpu(), pre=pre_state, **fate))
     return rows
 
 
