@@ -12,7 +12,7 @@ derivative.
   of per-row cumulant features (``M`` of them), so a block pair costs one matmul
   ``gⁿ @ [b × G·K'·M]`` for the whole grid: ``O(N² (d̃ + G K' M))``; beyond, the
   polynomial kernels per head, ``O(N² G C)`` with a few passes over each ``b × b``
-  block. Memory ``O(block_rows² + G N (C + M))``.
+  block. Memory ``O(block_rows² + G N C)``, and ``O(G N K' M)`` for the features.
 
 Values only (no autograd graph). For figures meant to be read, pass a float64 head:
 the distances are differences of large Gram entries, so every kernel, power and sum
@@ -39,8 +39,8 @@ torch = lazy_import("torch")
 BLOCK_ROWS = 256
 BLOCK_ROWS_CUDA = 2048
 #: the cumulant features of every head (weighted per domain, with their running sums) are
-#: kept only while they take at most twice this, and
-#: on a GPU the (b × b) kernel blocks are built for at most this many bytes of heads at a time
+#: kept only while they take at most twice this, and on a GPU the (b × b) kernel blocks
+#: are built for at most this many bytes of heads at a time
 KERNEL_CHUNK_BYTES = 256 * 1024**2
 #: the same budget on a CPU: one head per chunk at the default block (heads side by side
 #: would leave the cache)
