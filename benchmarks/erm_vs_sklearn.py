@@ -2,8 +2,8 @@
 
     python -m benchmarks.erm_vs_sklearn            # all four cases (about 10-20 minutes on 2 cores)
     python -m benchmarks.erm_vs_sklearn --quick    # 1/10 of the rows, a smoke test; writes nothing
-    python -m benchmarks.erm_vs_sklearn --cases "waterbirds-size, 2" --runs 3 --name erm_vs_sklearn_wb2
-                                                   # one case, three times over: how much of a margin is the load?
+    python -m benchmarks.erm_vs_sklearn --cases "waterbirds-size, 2" --runs 5 --name erm_vs_sklearn_wb2
+                                                   # one case, five times over: how much of a margin is the load?
 
 Cases: 4,795 training rows × 512 (Waterbirds' size) and 162,770 × 768 (CelebA's), two
 classes and ten, on synthetic embeddings (:func:`embeddings`), plus the demo features
