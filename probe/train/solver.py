@@ -247,8 +247,9 @@ class _Heads:
         keep = ok.unsqueeze(-1)
         s, yv, hy = torch.where(keep, s, 0.0), torch.where(keep, yv, 0.0), torch.where(keep, hy, 0.0)
         if self.pairs == MEMORY:  # the oldest pair leaves: every position moves one down
-            self.S, self.Y, self.HY = (t.roll(-1, 1) for t in (self.S, self.Y, self.HY))
-            self.SY, self.YHY = (t.roll((-1, -1), (1, 2)) for t in (self.SY, self.YHY))
+            for name in ("S", "Y", "HY"):  # one at a time: a single transient copy
+                setattr(self, name, getattr(self, name).roll(-1, 1))
+            self.SY, self.YHY = self.SY.roll((-1, -1), (1, 2)), self.YHY.roll((-1, -1), (1, 2))
         else:
             self.pairs += 1
         j = self.pairs - 1
