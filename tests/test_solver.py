@@ -224,20 +224,22 @@ def test_the_preconditioners_second_moment_is_the_weighted_design_moment(blocks:
     assert torch.equal(scratch, Xt) != owned  # a caller's rows are kept unless they are scratch
 
 
-def _two_loop(h: solver._Heads, g: torch.Tensor) -> torch.Tensor:
-    """The textbook two-loop recursion (Nocedal & Wright, Alg. 7.4) over the stored pairs, newest
-    first; a skipped pair (stored as zeros) has ρ = 0."""
+def _two_loop(h: solver._Heads, pairs: list[tuple[torch.Tensor, torch.Tensor]], g: torch.Tensor) -> torch.Tensor:
+    """The textbook two-loop recursion (Nocedal & Wright, Alg. 7.4) over ``pairs`` (s, y), oldest
+    first, with the heads' H₀ = γ·h0; a skipped pair (zeros) has ρ = 0."""
     q = -g.flatten(1)
-    order = list(reversed(range(h.pairs)))
-    sy = (h.S * h.Y).sum(-1)
-    rho = torch.where(sy != 0, 1 / torch.where(sy != 0, sy, 1.0), 0.0)
+    rho = []
+    for s, yv in pairs:
+        sy = (s * yv).sum(-1)
+        rho.append(torch.where(sy != 0, 1 / torch.where(sy != 0, sy, 1.0), 0.0))
     alpha = {}
-    for i in order:
-        alpha[i] = rho[:, i] * (h.S[:, i] * q).sum(-1)
-        q = q - alpha[i].unsqueeze(-1) * h.Y[:, i]
+    for i in reversed(range(len(pairs))):
+        s, yv = pairs[i]
+        alpha[i] = rho[i] * (s * q).sum(-1)
+        q = q - alpha[i].unsqueeze(-1) * yv
     r = h.gamma.unsqueeze(-1) * h.h0(q)
-    for i in reversed(order):
-        r = r + (alpha[i] - rho[:, i] * (h.Y[:, i] * r).sum(-1)).unsqueeze(-1) * h.S[:, i]
+    for i, (s, yv) in enumerate(pairs):
+        r = r + (alpha[i] - rho[i] * (yv * r).sum(-1)).unsqueeze(-1) * s
     return r.view_as(g)
 
 
@@ -247,13 +249,20 @@ def test_the_compact_direction_is_the_two_loop_recursions(C: int, pairs: int) ->
     pb = Problem(torch.as_tensor(X), torch.as_tensor(y), torch.as_tensor(sw / sw.sum()), C)
     h = solver._Heads(pb, torch.tensor([1e-3, 1e-1], dtype=torch.float64), precondition=True)
     gen = torch.Generator().manual_seed(C + pairs)
+    kept: list[tuple[torch.Tensor, torch.Tensor]] = []  # the memory as documented, oldest first
     for k in range(pairs):  # pairs with positive curvature, one with none (skipped), the memory overflowing
-        s = torch.randn(h.g.shape, generator=gen, dtype=torch.float64)
-        yv = s + 0.3 * torch.randn(h.g.shape, generator=gen, dtype=torch.float64)
-        h.remember(s, -yv if k == 1 else yv)
+        s = torch.randn(h.g.shape, generator=gen, dtype=torch.float64).flatten(1)
+        yv = s + 0.3 * torch.randn(s.shape, generator=gen, dtype=torch.float64)
+        yv = -yv if k == 1 else yv
+        curved = (s * yv).sum(-1) > 0
+        assert bool(curved.all()) if k != 1 else not bool(curved.any())  # every head's pair kept, or none
+        h.remember(s.view_as(h.g), yv.view_as(h.g))
+        kept = (kept + [(s, yv) if k != 1 else (torch.zeros_like(s), torch.zeros_like(yv))])[-solver.MEMORY:]
         if k == pairs // 2:  # a head restarted (as the solver does when a direction points uphill)
             h.forget(torch.tensor([False, True]))
-    assert h.pairs == min(pairs, solver.MEMORY)
+            head1 = torch.tensor([1])
+            kept = [(s_.index_fill(0, head1, 0.0), y_.index_fill(0, head1, 0.0)) for s_, y_ in kept]
+    assert h.pairs == len(kept) == min(pairs, solver.MEMORY)
     assert bool((h.SY.diagonal(dim1=1, dim2=2)[:, :h.pairs] == 0).any())  # a skipped pair is in the memory
     h.g = torch.randn(h.g.shape, generator=gen, dtype=torch.float64)
-    torch.testing.assert_close(h.direction(), _two_loop(h, h.g), rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(h.direction(), _two_loop(h, kept, h.g), rtol=1e-9, atol=1e-12)

@@ -106,11 +106,11 @@ def problem_key(config: dict[str, Any]) -> tuple:
 def solver_memory_estimate(C: int, d: int, n_train: int, itemsize: int) -> tuple[int, int]:
     """(bytes shared by the chunk, bytes per distinct head) of the full-batch solver: the
     preprocessed training rows and the preconditioner's rows; per head, a few (N, C)
-    logits-sized buffers in the data's dtype and its float64 state (the L-BFGS pairs s, y
-    and H₀y, one of them again while the memory shifts, the preconditioner's inverse)."""
+    logits-sized buffers in the data's dtype and its float64 state (the L-BFGS pairs s and
+    H₀y, one of them again while the memory shifts, the preconditioner's inverse)."""
     D = d + 1
     shared = (n_train * d + PRECONDITIONER_ROWS_PER_COLUMN * D * D) * itemsize
-    per = 10 * n_train * C * itemsize + (4 * MEMORY + 8) * C * D * 8 + D * D * 8
+    per = 10 * n_train * C * itemsize + (3 * MEMORY + 8) * C * D * 8 + D * D * 8
     return shared, per
 
 

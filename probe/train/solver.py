@@ -168,13 +168,13 @@ class _Heads:
         self.lam = lam.to(**f64)
         self.theta = torch.zeros(G, C, d + 1, **f64)
         self.z = torch.zeros(N, G, C, dtype=pb.X.dtype, device=pb.X.device)  # logits at θ
-        self.terms = row_terms(pb, self.z)
+        self.terms = row_terms(self.z)
         # the stored pairs, oldest first (the first ``pairs`` positions); a skipped pair is
-        # stored as zeros, so it contributes nothing, as in the two-loop recursion
+        # stored as zeros, so it contributes nothing, as in the two-loop recursion. The
+        # compact form reads y only through H₀y and these products, so y itself is not kept
         self.S = torch.zeros(G, MEMORY, C * (d + 1), **f64)
-        self.Y = torch.zeros_like(self.S)
         self.HY = torch.zeros_like(self.S)  # H₀ without γ applied to each y
-        self.SY = torch.zeros(G, MEMORY, MEMORY, **f64)  # s_i·y_j
+        self.SY = torch.zeros(G, MEMORY, MEMORY, **f64)  # s_i·y_j for i ≤ j (R and D read no more)
         self.YHY = torch.zeros_like(self.SY)  # y_i·H₀y_j, without γ
         self.gamma = torch.ones(G, **f64)  # the scale of H₀: sᵀy / yᵀH₀y of the newest pair
         self.pairs = 0  # pairs stored (every head the same count, skipped ones included)
@@ -193,7 +193,7 @@ class _Heads:
             return
         self.ids = [g for g, m in zip(self.ids, mask, strict=True) if m]
         index = torch.tensor([k for k, m in enumerate(mask) if m], dtype=torch.long, device=self.g.device)
-        for name in ("lam", "theta", "S", "Y", "HY", "SY", "YHY", "gamma", "g", "ce", "Minv"):
+        for name in ("lam", "theta", "S", "HY", "SY", "YHY", "gamma", "g", "ce", "Minv"):
             value = getattr(self, name)
             setattr(self, name, value.index_select(0, index) if value is not None else None)
         self.z, self.terms = self.z.index_select(1, index), self.terms.index_select(1, index)
@@ -207,7 +207,7 @@ class _Heads:
 
     def forget(self, heads: torch.Tensor) -> None:
         """Restart the heads of the mask ``heads`` from steepest descent: no pairs, γ = 1."""
-        for t in (self.S, self.Y, self.HY, self.SY, self.YHY):
+        for t in (self.S, self.HY, self.SY, self.YHY):
             t[heads] = 0.0
         self.gamma[heads] = 1.0
 
@@ -247,15 +247,14 @@ class _Heads:
         keep = ok.unsqueeze(-1)
         s, yv, hy = torch.where(keep, s, 0.0), torch.where(keep, yv, 0.0), torch.where(keep, hy, 0.0)
         if self.pairs == MEMORY:  # the oldest pair leaves: every position moves one down
-            for name in ("S", "Y", "HY"):  # one at a time: a single transient copy
+            for name in ("S", "HY"):  # one at a time: a single transient copy
                 setattr(self, name, getattr(self, name).roll(-1, 1))
             self.SY, self.YHY = self.SY.roll((-1, -1), (1, 2)), self.YHY.roll((-1, -1), (1, 2))
         else:
             self.pairs += 1
         j = self.pairs - 1
-        self.S[:, j], self.Y[:, j], self.HY[:, j] = s, yv, hy
-        self.SY[:, j, :] = torch.bmm(self.Y, s.unsqueeze(-1)).squeeze(-1)  # s_j·y_k
-        self.SY[:, :, j] = torch.bmm(self.S, yv.unsqueeze(-1)).squeeze(-1)  # s_k·y_j
+        self.S[:, j], self.HY[:, j] = s, hy
+        self.SY[:, :, j] = torch.bmm(self.S, yv.unsqueeze(-1)).squeeze(-1)  # s_k·y_j: the newest column
         self.YHY[:, j, :] = self.YHY[:, :, j] = torch.bmm(self.HY, yv.unsqueeze(-1)).squeeze(-1)
         self.gamma = torch.where(ok, sy / torch.where(ok, yhy, 1.0), self.gamma)
 
@@ -270,7 +269,7 @@ def logits(X: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     return (X @ W.T).view(-1, A, C).add_(b.view(A, C))
 
 
-def row_terms(pb: Problem, z: torch.Tensor) -> torch.Tensor:
+def row_terms(z: torch.Tensor) -> torch.Tensor:
     """What the gradient and the loss need of every row at logits ``z`` (N, A, C): the
     log-probabilities, or, for one logit, the logit itself (its sigmoid is the probability)."""
     return z if z.shape[-1] == 1 else log_softmax(z)
