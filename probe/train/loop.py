@@ -99,12 +99,15 @@ def head_rows(fs: FeatureSet, method: str, configs: list[dict[str, Any]], fixed:
     collapsed = collapsed_heads(preds["val"], confidence, va.y)
     metrics = metrics_by_head(fs, {name: preds[name] for name in splits})
     pre_state = {k: v.detach().cpu() for k, v in splits["train"].pre.state.items()}
-    rows = []
+    rows, scored = [], set()
     for g, (cfg, h) in enumerate(zip(configs, heads, strict=True)):
         fate = dict(fates[g])
         if fate["status"] in SELECTABLE and bool(collapsed[h]):
             fate["status"] = "collapsed"
-        rows.append(Result(method=method, hparams={**cfg, **fixed}, metrics=copy.deepcopy(metrics[h]),
+        # a head's later configurations get copies: every row owns its figures
+        figures = copy.deepcopy(metrics[h]) if h in scored else metrics[h]
+        scored.add(h)
+        rows.append(Result(method=method, hparams={**cfg, **fixed}, metrics=figures,
                            theta=theta[h].detach().cpu(), pre=pre_state, **fate))
     return rows
 
