@@ -2,7 +2,7 @@
 
     python -m benchmarks.bounds_sample          # about two minutes on 2 cores
 
-A head's bound terms (``probe.bounds``: the largest pairwise distance across training
+A head's bound terms (``probe.diagnostics.bounds``: the largest pairwise distance across training
 domains of the per-domain gradient, Hessian and third derivative) cost ``O(m² d)`` on m
 rows, so ``--bounds-rows`` caps m with a stratified sample. For an ERM optimum on each
 task this measures the three maxima on every training row (exact) and on samples of
@@ -26,8 +26,8 @@ from benchmarks._common import write_results
 from benchmarks.erm_vs_sklearn import WATERBIRDS, embeddings
 from features.store import SPLITS, FeatureSet
 from probe.api import fit_grid
-from probe.bounds import TERMS, measure, sample_rows
-from probe.preprocess import Preprocessor
+from probe.diagnostics.bounds import TERMS, measure, sample_rows
+from probe.preprocessing import Preprocessor
 
 CAPS = (1024, 2048, 4096, 8192)
 SAMPLE_SEEDS = range(5)

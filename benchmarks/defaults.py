@@ -45,16 +45,17 @@ def features(task: str, quick: bool) -> Path:
 
 
 def summarize(run: dict[str, Any], method: str) -> dict[str, Any]:
-    entry = run["summary"]["methods"][method]
+    entry = run["summary"].methods[method]
     rows = run["rows"][method]
-    metrics = entry["metrics"] or {}
+    metrics = entry.metrics or {}
+    chosen = entry.selected
     return {
         "val_wga": (metrics.get("val") or {}).get("wga"), "test_wga": (metrics.get("test") or {}).get("wga"),
         "test_acc": (metrics.get("test") or {}).get("acc"),
-        "selected": (entry["selected"] or {}).get("hparams"),
-        "selected_status": sorted({r.status for r in rows if r.run_id in (entry["selected"] or {}).get("run_ids", [])}),
-        "configs": entry["n_configs"], "collapsed": entry["n_collapsed"],
-        "choice": " ".join(f"{k}={v:g}" for k, v in ((entry["selected"] or {}).get("hparams") or {}).items()
+        "selected": chosen.hparams if chosen else None,
+        "selected_status": sorted({r.status for r in rows if chosen and r.run_id in chosen.run_ids}),
+        "configs": entry.count("n_configs"), "collapsed": entry.count("n_collapsed"),
+        "choice": " ".join(f"{k}={v:g}" for k, v in (chosen.hparams if chosen else {}).items()
                            if k in ("alpha", "beta", "anneal")),
     }
 

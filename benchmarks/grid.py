@@ -25,7 +25,7 @@ import torch
 
 from benchmarks._common import RESULTS_DIR, PeakRSS, write_results
 from features.store import FeatureSet
-from probe.fitting import fit_method
+from probe.fitting.dispatch import fit_method
 from probe.train.settings import Settings
 
 WATERBIRDS = {0: [3498, 184, 56, 1057], 1: [467, 466, 133, 133], 2: [2255, 2255, 642, 642]}

@@ -133,7 +133,7 @@ def bounds_cost(quick: bool) -> dict[str, Any]:
     8,192 rows (the default until issue 16 lowered it to 2,048), float32 features, float64
     head; at each evaluation, the default --bounds-curve-rows sample (1,024 rows, Gram
     matrix computed once)."""
-    from probe.bounds import Curve, measure, sample_rows
+    from probe.diagnostics.bounds import Curve, measure, sample_rows
 
     d, G, n_train = (96, 4, 20_000) if quick else (768, 16, 162_770)
     gen = torch.Generator().manual_seed(0)
@@ -193,13 +193,13 @@ def study_grid(quick: bool, seed: int) -> list[dict[str, Any]]:
 
 
 def _selected(rows: list, gamma_allowed: bool) -> list:
-    from probe.runs import select
+    from probe.runs.selection import select
 
     return select([r for r in rows if gamma_allowed or r.hparams["gamma"] == 0], "val_wga") or []
 
 
 def study_rows(quick: bool, device: torch.device, seeds: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    from probe.fitting import fit_method
+    from probe.fitting.dispatch import fit_method
     from probe.train.settings import Settings
 
     st = Settings(steps=200 if quick else 600, batch_size=512, eval_every=50, normalize="unit", device=device,

@@ -37,7 +37,7 @@ from torch.func import grad
 from benchmarks._common import write_results
 from features.store import FeatureSet
 from probe.api import fit_grid
-from probe.protocols import resolve
+from probe.methods.protocols import resolve
 
 #: train / val / test rows and train group sizes (landbird-land, landbird-water, waterbird-land, waterbird-water)
 SCALES = {"waterbirds": ((4795, 1199, 5794), (3498, 184, 56, 1057)),
@@ -173,12 +173,12 @@ def run_scale(scale: str, fraction: float, their_steps: int) -> list[dict[str, A
             "fixed_s": fixed, "full_s": ours_full, "extrapolated": 2 * short < n_full}]
     print(rows[0], flush=True)
     # Their loop on the same features after the same preprocessing (PCA 100 + ISR-Mean).
-    from probe.preprocess import Preprocessor
+    from probe.preprocessing import Preprocessor
 
     tr = torch.as_tensor(np.flatnonzero(fs.split == 0))
     X = torch.as_tensor(fs.features)[tr]
     y, a = torch.as_tensor(fs.y)[tr], torch.as_tensor(fs.a)[tr]
-    Z = Preprocessor("pca+isr-mean", 100, isr_class=0, isr_dims=1).fit(X, y, a).transform(X)
+    Z = Preprocessor("pca+isr-mean", pca_dim=100, isr_class=0, isr_dims=1).fit(X, y, a).transform(X)
     total = 0.0
     for method, grid in full.grids.items():
         configs = math.prod(len(v) for k, v in grid.items())

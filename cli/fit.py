@@ -19,9 +19,9 @@ import typer
 from cli.app import app
 from cli.options import OptionSpec, with_options
 from cli.signals import Terminated, exit_code, sigterm_as_interrupt
-from probe.grid import RANGE_HELP, format_values
-from probe.methods import COMMON, all_params, get_method, method_names
-from probe.protocols import PROTOCOLS, protocol_names
+from probe.methods import COMMON, all_options, all_params, fill_help, get_method, method_names
+from probe.methods.protocols import PROTOCOLS, protocol_names
+from probe.records.grid import RANGE_HELP, format_values
 from probe.train.settings import DTYPES, user_settings
 
 
@@ -54,12 +54,17 @@ def grid_options() -> list[OptionSpec]:
 
 
 def setting_options() -> list[OptionSpec]:
+    """The settings' flags (help lists filled from the registries), then the options that
+    methods and preprocessing kinds own."""
     out = []
     kinds = {"int": int, "int | None": int, "float": float, "bool": bool}
     for f in user_settings():
         kind = kinds.get(str(f.type), str)
         default = "" if f.default in (None, MISSING) else f" Default {f.default}."
-        out.append(OptionSpec(f.name, f"{f.metadata['help']}{default}", kind=kind))
+        out.append(OptionSpec(f.name, f"{fill_help(f.metadata['help'])}{default}", kind=kind))
+    for name, (_, p) in all_options().items():
+        default = "" if p.default is None else f" Default {p.default}."
+        out.append(OptionSpec(name, f"{p.help}{default}", kind=p.kind))
     return out
 
 
@@ -119,7 +124,7 @@ def fit(
     as it was), and the command exits with code 130 (SIGINT) or 143 (SIGTERM).
     """
     from base.errors import UserError
-    from probe.api import fit_grid
+    from probe.pipeline import fit_grid
 
     params = all_params()
     grid = {name: params[name][0][1].parse(text) for name, text in grid_text.items()}

@@ -17,7 +17,8 @@ from cli.app import app
 @app.command("hull")
 def hull(
     file: Path = typer.Argument(..., metavar="FILE.h5", help="A feature file written by `probe extract`."),
-    domain: str = typer.Option("group", help="Column defining the training domains: group, a or y."),
+    domain: str = typer.Option("group", help="Where the training domains come from (the sources that read the "
+                                             "file's columns): group, a or y."),
     splits: str = typer.Option("val,test", help="Comma list of evaluation splits to check."),
     threshold: float = typer.Option(0.2, help="Relative residual at or below which a set counts as near the "
                                               "hull (it also does when its residual is within twice its "
@@ -31,15 +32,12 @@ def hull(
     residual (residual / distance from the pooled training rows) and the verdict.
     """
     from features.store import read_features
-    from probe.hull import hull_check
-    from probe.train.settings import DOMAIN_COLUMNS
+    from probe.diagnostics.hull import hull_check
+    from probe.domains import get_source, resolve
 
-    if domain not in DOMAIN_COLUMNS:
-        from base.errors import UserError
-
-        raise UserError(f"`domain` {domain!r}: choose one of {', '.join(DOMAIN_COLUMNS)}")
-    fs = read_features(file, allow_incomplete)
-    fits = hull_check(fs, domain, tuple(s.strip() for s in splits.split(",") if s.strip()), threshold)
+    get_source(domain)  # an unknown source is refused before the file is read
+    fs = resolve(read_features(file, allow_incomplete), domain)
+    fits = hull_check(fs, tuple(s.strip() for s in splits.split(",") if s.strip()), threshold)
     if as_json:
         typer.echo(json.dumps({"file": str(file), "domain": domain, "threshold": threshold,
                                "sets": [f.to_json() for f in fits]}, indent=2))

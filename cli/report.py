@@ -54,7 +54,7 @@ def report(
         "--plots",
         metavar="DIR",
         help="Also write PNG figures into DIR (created if missing): validation and test WGA "
-        "heatmaps over alpha × beta for methods with both, per-group test accuracy bars, "
+        "heatmaps over the pair of hyperparameters each method declares (α × β for CMA), per-group test accuracy bars, "
         "loss/penalty/accuracy curves of each selected configuration, and the bound terms (the "
         "training domains' largest gradient, Hessian and third-derivative distances) along training.",
         show_default=False,
@@ -69,10 +69,11 @@ def report(
     from cli.console import as_text, show
     from probe.reports import build_report, render
     from probe.reports.runfolder import check_output_file
+    from probe.study.jobs import expand_studies
 
     if out is not None:
         check_output_file(out, run_dirs)
-    built = build_report(run_dirs)
+    built = build_report(expand_studies(run_dirs))
     rendered = render(built, fmt.value, layout.value)
     written: list[Path] = []
     if out is not None:

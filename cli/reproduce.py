@@ -39,7 +39,7 @@ def reproduce_cmd(
     import sys
 
     from cli.progress import StepsBar, rows_bar, stderr_console
-    from probe.reproduce import Source, reproduce
+    from probe.study.reproduce import Source, reproduce
 
     console = stderr_console(soft_wrap=True)
     sources = [Source(name, root, encoder, weights) for name, root in

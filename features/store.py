@@ -9,7 +9,6 @@ import contextlib
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ import numpy as np
 
 from base.errors import UserError
 from base.outputs import DiskFull, SpaceReserve, disk_full, looks_like_hdf5, no_space_message
+from features.featureset import FeatureSet
 from features.schema import (
     IDENTITY_ATTRS,
     LABEL_DATASETS,
@@ -27,45 +27,6 @@ from features.schema import (
     SPLIT_NAMES,
     SPLITS,
 )
-
-
-@dataclass
-class FeatureSet:
-    """Everything stage 2 needs from a feature file, in memory."""
-
-    features: np.ndarray  # (N, D) float32
-    y: np.ndarray  # (N,) int64
-    a: np.ndarray  # (N,) int64
-    group: np.ndarray  # (N,) int64
-    split: np.ndarray  # (N,) int8
-    ids: np.ndarray  # (N,) object (str)
-    class_names: list[str]
-    group_names: list[str]
-    attrs: dict[str, Any] = field(default_factory=dict)
-    path: str = ""
-    # (C, D) unit rows of the zero-shot classifier, when extracted with prompts (features.prompts)
-    prompt_embeddings: np.ndarray | None = None
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    @property
-    def num_groups(self) -> int:
-        return len(self.group_names)
-
-    def split_mask(self, name: str) -> np.ndarray:
-        return self.split == SPLITS[name]
-
-    def provenance(self) -> dict[str, Any]:
-        """What produced these features, for every result that uses them."""
-        keys = ("schema", "dataset", "encoder", "weights", "preprocess", "created", "probe_version", "git_commit",
-                "source", PROMPT_ATTR)
-        prov = {k: self.attrs[k] for k in keys if k in self.attrs}
-        prov["path"] = self.path
-        prov["rows"] = int(len(self.y))
-        prov["dim"] = int(self.features.shape[1])
-        return prov
 
 
 def _decode(value: Any) -> Any:

@@ -18,7 +18,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from probe.metrics import mean_metrics, mean_std, metrics_from_counts
+from probe.records.metrics import metrics_from_counts
+from probe.records.summary import SplitSeeds, mean_metrics
 
 GROUPS = ["landbird/land", "landbird/water", "waterbird/land", "waterbird/water"]
 TRAIN_N = [3498, 184, 56, 1057]
@@ -124,7 +125,7 @@ def write_run_folder(
         summary_methods[method] = {
             "selected": {"hparams": sel_hp, "run_ids": [r["run_id"] for r in sel]},
             "metrics": {s: mean_metrics([r["metrics"][s] for r in sel]) for s in ("val", "test")},
-            "seeds": {s: mean_std([r["metrics"][s] for r in sel]) for s in ("val", "test")},
+            "seeds": {s: SplitSeeds.of([r["metrics"][s] for r in sel]).to_json() for s in ("val", "test")},
             "head": f"heads/{method}.safetensors",
             "n_configs": len(configs) + len((diverged or {}).get(method, [])),
             "n_diverged": len((diverged or {}).get(method, [])) * len(seeds),

@@ -2,10 +2,15 @@
 
 * Imports run one way: ``cli`` → ``probe`` → ``features`` → ``base``. A module
   may import its own layer or a lower one, never a higher one.
+* Inside ``probe`` the folders are layers too (``PROBE_LAYERS``, lowest first): the
+  closed-form math, the records, the diagnostics, preprocessing, the trainer's
+  machinery, domain sources, methods, fitting, run folders, the pipeline, the
+  estimator, the API, reports, studies. A module imports its own folder or a lower one.
 * No import cycle between our modules, direct or through others. An import of
-  ``a.b.c`` is an edge to the module ``a.b.c`` (not to the packages above it),
-  and imports inside functions count like module-level ones; imports under
-  ``if TYPE_CHECKING:`` do not (they never run: annotations only).
+  ``a.b.c`` is an edge to the module ``a.b.c`` (not to the packages above it).
+  Every import counts: at module level, inside functions, and under
+  ``if TYPE_CHECKING:`` (an annotation-only import is still a dependency, and one
+  that runs the day someone needs the name at run time).
 * Only ``cli`` prints: library code reports through callbacks and return values.
 * Modules stay at most 600 lines, function bodies at most 80.
 """
@@ -20,6 +25,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 LAYERS = ("base", "features", "probe", "cli")  # lowest first
+#: the folders (and top-level modules) of probe, lowest first
+PROBE_LAYERS = ("moments", "records", "diagnostics", "preprocessing", "train", "domains", "methods", "fitting",
+                "runs", "pipeline", "estimator", "api", "reports", "study")
 MAX_MODULE_LINES = 600
 MAX_BODY_LINES = 80
 
@@ -48,22 +56,11 @@ def _resolve(module: str, node: ast.ImportFrom) -> str:
     return ".".join(base + ([node.module] if node.module else []))
 
 
-def _type_checking_only(tree: ast.AST) -> set[int]:
-    """ids of the import nodes under ``if TYPE_CHECKING:``."""
-    out = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            out |= {id(n) for stmt in node.body for n in ast.walk(stmt)}
-    return out
-
-
 def imports_of(module: str) -> Iterator[tuple[str, int]]:
-    """(imported module of ours, line) for every import statement in ``module``."""
+    """(imported module of ours, line) for every import statement in ``module``, those
+    under ``if TYPE_CHECKING:`` included."""
     tree = ast.parse(MODULES[module].read_text(encoding="utf-8"))
-    skip = _type_checking_only(tree)
     for node in ast.walk(tree):
-        if id(node) in skip:
-            continue
         if isinstance(node, ast.Import):
             for alias in node.names:
                 if alias.name in MODULES:
@@ -86,12 +83,44 @@ def layer(module: str) -> int:
     return LAYERS.index(module.split(".")[0])
 
 
+def probe_layer(module: str) -> int | None:
+    """The position of a probe module's folder in PROBE_LAYERS (None: probe itself)."""
+    parts = module.split(".")
+    return PROBE_LAYERS.index(parts[1]) if parts[0] == "probe" and len(parts) > 1 else None
+
+
 def test_the_walker_sees_every_layer_and_real_imports() -> None:
     # Guards the rules below against passing vacuously.
     assert {m.split(".")[0] for m in MODULES} == set(LAYERS)
+    assert {m.split(".")[1] for m in MODULES if m.startswith("probe.")} == set(PROBE_LAYERS)
     edges = graph()
     assert "base.errors" in edges["features.store"]
     assert "cli.app" in edges["cli.fit"]
+    assert "probe.train.data" in edges["probe.methods.base"]  # an import under TYPE_CHECKING counts
+
+
+def test_probe_folders_import_downwards() -> None:
+    bad = [f"{MODULES[m].relative_to(REPO)}:{line} imports {t}"
+           for m in MODULES if probe_layer(m) is not None
+           for t, line in imports_of(m) if probe_layer(t) is not None and probe_layer(t) > probe_layer(m)]
+    assert not bad, ("probe imports against its folder order " + " < ".join(PROBE_LAYERS) + ":\n"
+                     + "\n".join(bad))
+
+
+def test_settings_import_alone_when_a_method_imports_the_trainer_data(tmp_path: Path) -> None:
+    # The cycle this guards against: a method module importing probe.train.data at run time
+    # made `import probe.train.settings` fail when settings imported the methods' registry.
+    import subprocess
+    import sys
+
+    plugin = tmp_path / "plugin_method.py"
+    plugin.write_text("from probe.train.data import Batch\nfrom probe.methods.base import GradientMethod\n")
+    code = "import plugin_method, probe.train.settings; import probe.train.settings as s; print(s.Settings().steps)"
+    for first in ("import probe.train.settings", "import plugin_method"):
+        proc = subprocess.run([sys.executable, "-c", f"{first}; {code}"], capture_output=True, text=True,
+                              cwd=tmp_path, env={"PYTHONPATH": f"{REPO}:{tmp_path}", "PATH": "/usr/bin:/bin"},
+                              timeout=120)
+        assert proc.returncode == 0 and proc.stdout.strip() == "1000", proc.stderr[-2000:]
 
 
 def test_imports_run_one_way() -> None:

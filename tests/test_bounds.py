@@ -15,9 +15,9 @@ from torch.func import grad, hessian, jacfwd
 from features.store import SPLITS, read_features
 from probe import moments
 from probe.api import fit_grid
-from probe.bounds import TERMS, sample_rows
-from probe.preprocess import Preprocessor
-from probe.results import Result
+from probe.diagnostics.bounds import TERMS, sample_rows
+from probe.preprocessing import Preprocessor
+from probe.records.results import Result
 from tests.h5craft import toy_arrays, write_feature_file
 
 

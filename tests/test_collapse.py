@@ -10,7 +10,7 @@ import torch
 
 from features.store import FeatureSet
 from probe.api import fit_grid
-from probe.metrics import collapsed_heads
+from probe.records.metrics import collapsed_heads
 from probe.reports import build_report
 from probe.reports.tables import COLLAPSE_HINT, selection_table
 from tests.test_trainer import waterbirds_like
@@ -43,8 +43,8 @@ def test_a_dominant_hessian_penalty_collapses_and_is_not_selected(tmp_path: Path
     healthy, dominated = res["rows"]["cma"]
     assert healthy.status == "ok" and dominated.status == "collapsed"
     assert dominated.metrics["val"]["wga"] == 0.0  # every row one class
-    summary = res["summary"]["methods"]["cma"]
-    assert summary["selected"]["hparams"]["beta"] == 0.0 and summary["n_collapsed"] == 1
+    summary = res["summary"].methods["cma"]
+    assert summary.selected.hparams["beta"] == 0.0 and summary.count("n_collapsed") == 1
     rows = [json.loads(line) for line in (tmp_path / "run" / "results.jsonl").read_text().splitlines()]
     assert [r["status"] for r in rows] == ["ok", "collapsed"]
     table = selection_table(build_report([tmp_path / "run"]))
@@ -56,6 +56,6 @@ def test_collapsed_configurations_are_selected_only_when_nothing_else_is_left(tm
                                                     "preprocess": ["none"]},
                    None, steps=60, batch_size=128, eval_every=20, normalize="none", device="cpu")
     assert {r.status for r in res["rows"]["cma"]} == {"collapsed"}
-    from probe.runs import select
+    from probe.runs.selection import select
 
     assert select(res["rows"]["cma"]) is not None

@@ -49,6 +49,6 @@ def test_tuning_picks_the_best_held_out_wga_first_on_ties(tmp_path: Path) -> Non
 def test_dfr_seeds_form_one_configuration_in_the_run(tmp_path: Path) -> None:
     fs = read_features(write_feature_file(tmp_path / "t.h5", toy_arrays(20, 6)))
     res = fit_grid(fs, ["dfr"], {"seed": [0, 1, 2]}, tmp_path / "run")
-    sel = res["summary"]["methods"]["dfr"]["selected"]
-    assert sel["run_ids"] == ["dfr-0000", "dfr-0001", "dfr-0002"]
-    assert res["summary"]["methods"]["dfr"]["seeds"]["test"]["n_seeds"] == 3
+    sel = res["summary"].methods["dfr"].selected
+    assert sel.run_ids == ["dfr-0000", "dfr-0001", "dfr-0002"]
+    assert res["summary"].methods["dfr"].seeds["test"].n_seeds == 3

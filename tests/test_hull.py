@@ -1,4 +1,4 @@
-"""probe.hull: the mixture of training domains nearest each evaluation group, on cases whose
+"""probe.diagnostics.hull: the mixture of training domains nearest each evaluation group, on cases whose
 answer is known (a mixture of the training domains, and a group shifted outside them)."""
 
 from __future__ import annotations
@@ -8,7 +8,8 @@ import pytest
 
 from base.errors import UserError
 from features.store import SPLITS, FeatureSet
-from probe.hull import hull_check, project_simplex, simplex_least_squares
+from probe.diagnostics.hull import hull_check, project_simplex, simplex_least_squares
+from probe.domains import resolve
 
 D = 5
 
@@ -42,7 +43,7 @@ def feature_set() -> FeatureSet:
 
 def test_mixture_is_recovered_and_a_shifted_group_is_outside() -> None:
     assert SPLITS["test"] == 2
-    fits = {(f.split, f.group): f for f in hull_check(feature_set(), splits=("test",))}
+    fits = {(f.split, f.group): f for f in hull_check(resolve(feature_set(), "group"), splits=("test",))}
     exact, fresh, shifted = fits[("test", "g0")], fits[("test", "g1")], fits[("test", "g2")]
     # the rows of domains 0 and 2 (3000 and 1000): the weights exactly, no residual
     assert list(exact.weights.values()) == pytest.approx([0.75, 0.0, 0.25], abs=1e-8)
@@ -58,7 +59,7 @@ def test_mixture_is_recovered_and_a_shifted_group_is_outside() -> None:
 
 
 def test_validation_groups_and_bad_arguments() -> None:
-    fs = feature_set()
+    fs = resolve(feature_set(), "group")
     fits = hull_check(fs, splits=("val",))
     assert [(f.split, f.group) for f in fits] == [("val", None), ("val", "g0")]
     assert fits[1].weights["g1"] == pytest.approx(1.0, abs=0.05) and fits[1].near
@@ -98,4 +99,4 @@ def test_probe_hull_command(tmp_path) -> None:
 
 def test_attribute_domains_need_the_attribute() -> None:
     with pytest.raises(UserError, match="`domain` a"):
-        hull_check(feature_set(), domain="a")  # the test set has no attribute
+        resolve(feature_set(), "a")  # the test set has no attribute

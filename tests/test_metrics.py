@@ -1,4 +1,4 @@
-"""probe.metrics against hand-computed values on small fixtures."""
+"""probe.records.metrics against hand-computed values on small fixtures."""
 
 from __future__ import annotations
 
@@ -10,17 +10,15 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from probe.metrics import (
+from probe.records.metrics import (
     METRIC_KEYS,
     correct_by_group,
     group_sizes,
-    mean_metrics,
-    mean_std,
     metrics_from_counts,
-    per_group_mean_std,
     split_metrics,
     worst_group_accuracy,
 )
+from probe.records.summary import SplitSeeds, Stat, mean_metrics, per_group_stats, seed_stats
 
 WB_GROUPS = ["landbird/land", "landbird/water", "waterbird/land", "waterbird/water"]
 WB_TRAIN = [3498, 184, 56, 1057]
@@ -135,29 +133,33 @@ def test_split_metrics_from_predictions() -> None:
     assert mt == m
 
 
-def test_mean_std_uses_sample_std_and_skips_missing() -> None:
+def test_seed_stats_use_sample_std_and_skip_missing() -> None:
     runs = [{"acc": 0.8, "acc_train_weighted": 0.9, "acc_group_mean": 0.7, "wga": 0.6},
             {"acc": 0.9, "acc_train_weighted": 0.9, "acc_group_mean": 0.7, "wga": None},
             {"acc": 0.7, "acc_train_weighted": 0.9, "acc_group_mean": 0.7, "wga": 0.4}]
-    ms = mean_std(runs)
-    assert ms["n_seeds"] == 3
-    assert ms["acc"]["mean"] == pytest.approx(0.8)
-    assert ms["acc"]["std"] == pytest.approx(0.1)  # sqrt(((0)^2 + 0.1^2 + 0.1^2) / 2)
-    assert ms["acc_train_weighted"] == {"mean": pytest.approx(0.9), "std": pytest.approx(0.0)}
-    assert ms["wga"]["mean"] == pytest.approx(0.5)  # the None seed is left out
-    assert ms["wga"]["std"] == pytest.approx(math.sqrt(0.02))
-    one = mean_std(runs[:1])
-    assert one["acc"] == {"mean": 0.8, "std": 0.0}
-    none = mean_std([None, None])  # a split with no rows in every seed
-    assert none["acc"] == {"mean": None, "std": None} and none["n_seeds"] == 2
+    seeds = SplitSeeds.of(runs)
+    assert seeds.n_seeds == 3
+    assert seeds.get("acc").mean == pytest.approx(0.8)
+    assert seeds.get("acc").std == pytest.approx(0.1)  # sqrt(((0)^2 + 0.1^2 + 0.1^2) / 2)
+    assert seeds.get("acc").sem == pytest.approx(0.1 / math.sqrt(3))
+    assert seeds.to_json()["acc_train_weighted"] == {"mean": pytest.approx(0.9), "std": pytest.approx(0.0)}
+    assert seeds.get("wga").mean == pytest.approx(0.5) and seeds.get("wga").n == 2  # the None seed is left out
+    assert seeds.get("wga").std == pytest.approx(math.sqrt(0.02))
+    # the one rule for a single seed: no spread, so std and SEM are None (null), not 0
+    one = seed_stats(runs[:1])
+    assert one["acc"] == Stat(0.8, None, 1) and one["acc"].sem is None
+    assert SplitSeeds.of(runs[:1]).to_json()["acc"] == {"mean": 0.8, "std": None}
+    none = SplitSeeds.of([None, None])  # a split with no rows in every seed
+    assert none.to_json()["acc"] == {"mean": None, "std": None} and none.n_seeds == 2
+    assert SplitSeeds.from_json(seeds.to_json()).get("wga").std == pytest.approx(math.sqrt(0.02))
 
 
-def test_per_group_mean_std_and_mean_metrics() -> None:
+def test_per_group_stats_and_mean_metrics() -> None:
     a = metrics_from_counts([3, 1], [4, 2], [10, 5], ["A", "B"])  # 0.75, 0.5
     b = metrics_from_counts([4, 2], [4, 2], [10, 5], ["A", "B"])  # 1.0, 1.0
-    pg = per_group_mean_std([a, b])
-    assert pg["A"]["mean"] == pytest.approx(0.875)
-    assert pg["A"]["std"] == pytest.approx(math.sqrt(2 * 0.125**2))
+    pg = per_group_stats([a, b])
+    assert pg["A"]["stat"].mean == pytest.approx(0.875)
+    assert pg["A"]["stat"].std == pytest.approx(math.sqrt(2 * 0.125**2))
     assert pg["B"]["n"] == 2
     mm = mean_metrics([a, None, b])
     assert mm is not None

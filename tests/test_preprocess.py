@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from base.errors import UserError
-from probe.preprocess import Preprocessor, default_pca_dim, principal_directions
+from probe.preprocessing import Preprocessor
+from probe.preprocessing.pca import default_pca_dim, principal_directions
+from probe.preprocessing.standardize import Standardize
 from tests.test_trainer import waterbirds_like
 
 F64 = torch.float64
@@ -68,7 +70,7 @@ def test_a_chain_applies_its_steps_in_order_and_names_their_state() -> None:
     pca = Preprocessor("pca", pca_dim=4).fit(X, y, a)
     isr = Preprocessor("isr-mean", isr_class=0).fit(pca.transform(X), y, a)
     torch.testing.assert_close(chain.transform(X), isr.transform(pca.transform(X)))
-    again = Preprocessor("pca+isr-mean", 4, dict(chain.state), 0)  # rebuilt from a head's state
+    again = Preprocessor("pca+isr-mean", dict(chain.state), pca_dim=4, isr_class=0)  # rebuilt from a head's state
     torch.testing.assert_close(again.transform(X[:5]), chain.transform(X[:5]))
 
 
@@ -94,6 +96,8 @@ def test_standardize_fitted_in_chunks_equals_the_whole_split() -> None:
     rows = torch.arange(0, X.shape[0], 2)
     whole = Preprocessor("standardize").fit(X[rows], y[rows], a[rows])
     for chunk in (1, 7, 10_000):
-        chunked = Preprocessor("standardize").fit_rows(X, rows, y, a, F64, chunk=chunk)
+        chunked = Standardize.fit_rows(X, rows, F64, {}, chunk=chunk)
         for name in ("mean", "scale"):
-            torch.testing.assert_close(chunked.state[name], whole.state[name], rtol=1e-12, atol=1e-12)
+            torch.testing.assert_close(chunked[name], whole.state[name], rtol=1e-12, atol=1e-12)
+    via_chain = Preprocessor("standardize").fit_rows(X, rows, y, a, F64)  # the chain uses the streaming fit
+    torch.testing.assert_close(via_chain.state["mean"], whole.state["mean"], rtol=1e-12, atol=1e-12)

@@ -9,7 +9,7 @@ import pytest
 
 from base.errors import UserError
 from probe.api import fit_grid
-from probe.protocols import resolve
+from probe.methods.protocols import resolve
 from tests.conftest import assert_user_error, run_cli
 from tests.h5craft import toy_arrays, write_feature_file
 

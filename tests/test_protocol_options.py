@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch.func import grad, hessian
 
-from probe.fitting import fit_method
-from probe.results import Result
-from probe.runs import select
+from probe.fitting.dispatch import fit_method
+from probe.records.results import Result
+from probe.runs.selection import select
 from probe.train.data import ShuffledSampler
 from probe.train.settings import Settings
 from tests.method_helpers import F64, masks, problem, run

@@ -78,7 +78,7 @@ def test_grid_slices_vary_one_hyperparameter_at_a_time(runs: dict[str, Any]) -> 
 
 
 def test_integer_and_float_values_are_one_configuration(tmp_path: Path) -> None:
-    """1000 and 1000.0 are the same hyperparameter value, as in selection (probe.results.config_key)."""
+    """1000 and 1000.0 are the same hyperparameter value, as in selection (probe.records.results.config_key)."""
     run = tmp_path / "run"
     write_run_folder(run, {"cma": {"alpha": [1000.0], "beta": [1.0, 10.0], "anneal": [0]}})
     lines = (run / "results.jsonl").read_text().splitlines()

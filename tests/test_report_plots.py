@@ -11,7 +11,7 @@ from PIL import Image
 
 from base.errors import UserError
 from probe.reports import build_report
-from probe.reports.plots import alpha_beta_grid, slug, write_plots
+from probe.reports.plots import heatmap_grid, slug, write_plots
 from tests.runfolders import CMA_GRID, expected, two_runs
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -24,7 +24,7 @@ def runs(tmp_path: Path) -> dict[str, Any]:
 
 def test_heatmap_cells_take_the_best_validation_config(runs: dict[str, Any]) -> None:
     (m,) = build_report([runs["a"]]).methods
-    grid = alpha_beta_grid(m)
+    grid = heatmap_grid(m)
     assert grid is not None
     alphas, betas, cells = grid
     assert alphas == [10.0, 100.0, 1000.0, 1e4] and betas == [1.0, 10.0]

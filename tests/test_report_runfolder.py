@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from base.errors import UserError
+from probe.records.results import Result
 from probe.reports import build_report, load_run
-from probe.results import Result
 from tests.runfolders import broken, two_runs
 
 

@@ -14,8 +14,8 @@ from sklearn.linear_model import LogisticRegression
 from base.errors import UserError
 from features.store import FeatureSet
 from probe.api import fit_grid
-from probe.fitting import fit_method, plan_method
-from probe.results import Result
+from probe.fitting.dispatch import fit_method, plan_method
+from probe.records.results import Result
 from probe.train import solver
 from probe.train.settings import Settings, user_settings
 from probe.train.solver import Problem, lbfgs
@@ -184,8 +184,8 @@ def test_run_folder_reports_not_converged_and_still_selects(tmp_path: Path) -> N
     assert {"step", "loss", "ce", "val_wga", "val_acc", "objective", "grad_max"} <= set(erm[0]["history"])
     cma = [r for r in rows if r["method"] == "cma"]
     assert cma[0]["hparams"]["optimizer"] == "adam" and "solver" not in cma[0]["hparams"]
-    summary = res["summary"]["methods"]["erm"]
-    assert summary["n_not_converged"] == 2 and summary["selected"] is not None
+    summary = res["summary"].methods["erm"]
+    assert summary.count("n_not_converged") == 2 and summary.selected is not None
     again = Result.from_json(erm[0])
     assert again.status == "not_converged" and Result.from_json({"method": "erm", "hparams": {}}).status == "ok"
 

@@ -100,7 +100,7 @@ def test_zero_shot_head_predicts_the_cosine_argmax_and_is_reported(tmp_path: Pat
     head = load_file(run / "heads" / "zeroshot.safetensors")
     logits = (x / x.norm(dim=1, keepdim=True)) @ head["theta"][:, :-1].T + head["theta"][:, -1]
     torch.testing.assert_close(logits, scale * cosine, rtol=1e-5, atol=1e-5)
-    assert res["summary"]["methods"]["zeroshot"]["selected"]["run_ids"] == ["zeroshot-0000"]
+    assert res["summary"].methods["zeroshot"].selected.run_ids == ["zeroshot-0000"]
 
     with pytest.raises(SystemExit) as info:
         main(["report", str(run), "--format", "csv"])

@@ -4,32 +4,88 @@ A new method is one module here (a class with ``@register``) and its test: this
 package imports each of its modules, so the registry, `probe fit`'s flags and
 help, the default grids, ``LinearHead``'s parameters and the report labels all
 pick it up without another edit.
+
+Also here, because they read this registry beside the others (preprocessing kinds,
+domain sources): every fit-wide option a method or a preprocessing kind owns
+(:func:`all_options`), and the help texts whose lists those registries own
+(:func:`fill_help`).
 """
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
+import re
+from typing import Any
 
+from base.errors import UserError
+from base.packages import import_modules
 from probe.methods.base import (
     COMMON,
     REGISTRY,
     GradientMethod,
     Method,
     all_params,
+    convex_methods,
     get_method,
     method_names,
     register,
 )
+from probe.records.grid import Param
 
-for _module in pkgutil.iter_modules(__path__):
-    if _module.name != "base":
-        importlib.import_module(f"{__name__}.{_module.name}")
+import_modules(__name__, __path__, skip=("base", "protocols"))
 
-__all__ = ["COMMON", "REGISTRY", "GradientMethod", "Method", "all_params", "get_method", "method_names", "register"]
+__all__ = ["COMMON", "REGISTRY", "GradientMethod", "Method", "all_options", "all_params", "check_options",
+           "convex_methods", "display_name", "fill_help", "get_method", "method_names", "register"]
 
 
 def display_name(method: str) -> str:
     """A method's name in papers and report tables (its own name when unknown)."""
     cls = REGISTRY.get(method)
     return cls.display if cls is not None else method
+
+
+def all_options() -> dict[str, tuple[str, Param]]:
+    """Option name -> (its owner, its declaration): every method's ``options`` and every
+    preprocessing kind's knobs, the fit-wide settings that are not Settings fields."""
+    from probe.preprocessing import all_knobs
+
+    out = {name: (kind.name, p) for name, (kind, p) in all_knobs().items()}
+    for m in method_names():
+        for p in REGISTRY[m].options:
+            out.setdefault(p.name, (m, p))
+    return out
+
+
+def check_options(options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` with every value checked by its declaration (None: the owner's default,
+    dropped); an unknown name is a UserError listing the known ones."""
+    known = all_options()
+    out = {}
+    for name, value in options.items():
+        if name not in known:
+            raise UserError(f"unknown setting {name!r}; choose from the settings of probe.train.settings.Settings "
+                            f"or the options {', '.join(sorted(known))}")
+        if value is not None:
+            out[name] = known[name][1].check(value)
+    return out
+
+
+def _registry_lists() -> dict[str, str]:
+    from probe.domains import sources_help
+
+    gradient = [REGISTRY[n] for n in method_names() if issubclass(REGISTRY[n], GradientMethod)]
+    return {
+        "convex_methods": convex_methods(),
+        "domain_sources": sources_help(),
+        "ce_pooled": ", ".join(m.name for m in gradient if m.ce_default == "pooled"),
+        "ce_domain": ", ".join(m.name for m in gradient if m.ce_default == "domain"),
+        "ce_own": ", ".join(m.display for m in gradient if m.ce_default is None) or "No method",
+    }
+
+
+def fill_help(text: str) -> str:
+    """A declared help text with the lists that registries own filled in (``{convex_methods}``,
+    ``{domain_sources}``, ``{ce_pooled}``, ``{ce_domain}``, ``{ce_own}``); other text is kept."""
+    if "{" not in text:
+        return text
+    lists = _registry_lists()
+    return re.sub(r"\{(\w+)\}", lambda m: lists.get(m.group(1), m.group(0)), text)

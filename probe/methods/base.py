@@ -29,18 +29,19 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from base.errors import UserError
-from probe.grid import OfSteps, Param, expand, resolve
-from probe.preprocess import KINDS as PREPROCESS_KINDS
+from probe.preprocessing import kind_names, preprocess_help
+from probe.records.grid import OfSteps, Param, expand, resolve
+from probe.train.settings import CE_WEIGHTINGS, user_settings
 
 if TYPE_CHECKING:
     import torch
 
     from features.store import FeatureSet
-    from probe.results import Result
+    from probe.records.results import Result
     from probe.train.data import Batch, Forward
     from probe.train.settings import Settings
 
-CE_WEIGHTINGS = ("pooled", "domain")
+__all__ = ["CE_WEIGHTINGS"]
 
 
 @dataclass(frozen=True)
@@ -86,11 +87,7 @@ COMMON: dict[str, Param] = {p.name: p for p in (
           "seeds.", kind=int, default=0),
     # pca by evidence (issue 12, benchmarks/results/defaults.md): over three offline tasks it
     # had the best mean test WGA for ERM and CMA alike, and it is cheaper than the full width.
-    Param("preprocess", "Feature preprocessing, fitted on train: pca (the default: the top principal "
-          "directions, pca_dim of them or min(100, train rows/10, d)), none, standardize (z-score), l2 "
-          "(unit rows), isr-mean (project out the class-conditional spurious-attribute mean "
-          "directions, ISR-Mean of Wang et al. 2022), or a chain of them joined by + (pca+isr-mean).",
-          kind=str, default="pca", choices=PREPROCESS_KINDS, chain=True),
+    Param("preprocess", preprocess_help(), kind=str, default="pca", choices_from=kind_names, chain=True),
 )}
 
 
@@ -103,6 +100,12 @@ class Method:
     params: ClassVar[tuple[Param, ...]] = ()  # its own hyperparameters
     common: ClassVar[tuple[str, ...]] = ("seed",)  # the shared ones (COMMON) it takes
     trained_by: ClassVar[str] = "closed form"
+    #: settings this method owns: one value per fit (not a grid dimension), given through
+    #: ``Settings.options`` and read with ``Param.option`` (None: the declared default)
+    options: ClassVar[tuple[Param, ...]] = ()
+    #: report hint: the two hyperparameters whose grid `probe report --plots` draws as a
+    #: validation heatmap (rows, columns); None: no heatmap
+    heatmap: ClassVar[tuple[str, str] | None] = None
 
     @classmethod
     def hyperparameters(cls) -> dict[str, Param]:
@@ -119,9 +122,15 @@ class Method:
         return expand(values)
 
     @classmethod
-    def check_features(cls, fs: FeatureSet) -> None:
-        """Refuse, with a UserError, a feature file this method cannot fit (before any method
-        of the run is fitted); by default every file will do."""
+    def check_features(cls, fs: FeatureSet, settings: Settings) -> None:
+        """Refuse, with a UserError, a feature file (or settings, such as an option that
+        cannot apply to it) this method cannot fit, before any method of the run is
+        fitted; by default every file will do."""
+
+    @classmethod
+    def option(cls, settings: Settings, name: str) -> Any:
+        """The value of one of this method's ``options`` in ``settings`` (checked), or its default."""
+        return next(p for p in cls.options if p.name == name).option(settings.options)
 
     @classmethod
     def fit(cls, fs: FeatureSet, configs: list[dict[str, Any]], settings: Settings,
@@ -224,6 +233,11 @@ def register(cls: type[Method]) -> type[Method]:
     if cls.name in REGISTRY:
         raise ValueError(f"method {cls.name!r} is registered twice")
     own = {p.name for p in cls.params}
+    clash = {p.name for p in cls.options} & (own | set(COMMON) | {f.name for f in user_settings()})
+    if clash:
+        raise ValueError(f"{cls.name}: options {sorted(clash)} are also hyperparameters or settings")
+    if cls.heatmap is not None and not set(cls.heatmap) <= own | set(COMMON):
+        raise ValueError(f"{cls.name}: heatmap {cls.heatmap} names hyperparameters it does not take")
     if own & set(COMMON):
         raise ValueError(f"{cls.name}: {sorted(own & set(COMMON))} are shared hyperparameters; list them in common")
     if issubclass(cls, GradientMethod):
@@ -236,7 +250,7 @@ def register(cls: type[Method]) -> type[Method]:
     for other in REGISTRY.values():  # a name shared by methods must mean one kind of value
         for p in cls.params:
             q = other.hyperparameters().get(p.name)
-            if q is not None and (q.kind, q.minimum, q.choices) != (p.kind, p.minimum, p.choices):
+            if q is not None and (q.kind, q.minimum, q.allowed) != (p.kind, p.minimum, p.allowed):
                 raise ValueError(f"{cls.name}.{p.name} disagrees with {other.name}.{p.name} on its type or range")
     REGISTRY[cls.name] = cls
     return cls
@@ -245,6 +259,11 @@ def register(cls: type[Method]) -> type[Method]:
 def method_names() -> list[str]:
     """Gradient methods by name, then the others (the order of help and messages)."""
     return sorted(REGISTRY, key=lambda n: (REGISTRY[n].trained_by != "gradient", n))
+
+
+def convex_methods() -> str:
+    """The methods the full-batch solver fits (those declaring ``convex``), as a comma list."""
+    return ", ".join(n for n in method_names() if getattr(REGISTRY[n], "convex", False))
 
 
 def get_method(name: str) -> type[Method]:

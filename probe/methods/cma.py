@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-from probe.grid import Param
+from base.errors import UserError
 from probe.methods.base import GradientMethod, Penalty, register
+from probe.records.grid import Param
+
+#: the exact forms of the Hessian variance (probe.moments.hessian.METHODS), declared here
+#: without importing torch, so that `--help` stays quick; a test checks they agree
+HESSIAN_METHODS = ("auto", "kernel", "binary", "direct")
 
 
 @register
@@ -29,11 +34,22 @@ class CMA(GradientMethod):
     penalties = {"grad": Penalty("alpha", order=1, dC=2), "hess": Penalty("beta", order=2, dC=2),
                  "third": Penalty("gamma", order=3, dC=2)}
     uses_gram = True
+    options = (Param("hessian_method", "cma: the Hessian-variance form, auto, kernel, binary (two classes) or "
+                                       "direct; all exact, they differ only in cost.", kind=str, default="auto",
+                     choices=HESSIAN_METHODS),)
+    heatmap = ("alpha", "beta")
 
     def __init__(self, hp, settings, scale=None):
         super().__init__(hp, settings, scale)
         # Decided once per chunk (one device read): R₃ costs about as much as R_H.
         self.third = bool((hp["gamma"] != 0).any())
+        self.hessian_method = self.option(settings, "hessian_method")
+
+    @classmethod
+    def check_features(cls, fs, settings):
+        if cls.option(settings, "hessian_method") == "binary" and fs.num_classes != 2:
+            raise UserError(f"`hessian_method` binary needs two classes, {fs.path} has {fs.num_classes}; "
+                            "use auto or kernel")
 
     @classmethod
     def memory_per_head(cls, B, C, D, K):
@@ -46,7 +62,7 @@ class CMA(GradientMethod):
         if self.third and gram is None:  # one X̃X̃ᵀ for the three terms
             gram = moments.feature_gram(batch.X, batch.bias)
         grad, hess = moments.variances_from_logits(
-            fwd.z, batch.X, batch.y, batch.domains, batch.W, method=self.settings.hessian_method, gram=gram,
+            fwd.z, batch.X, batch.y, batch.domains, batch.W, method=self.hessian_method, gram=gram,
             bias=batch.bias)
         terms = {"grad": grad, "hess": hess}
         if self.third:

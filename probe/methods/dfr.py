@@ -20,7 +20,7 @@ liblinear did by itself in the scikit-learn the authors used (1.9's does not).
 DFR trains on validation data, so its validation metrics are in-sample; only
 its test numbers compare with the other methods. It is scikit-learn based, not
 gradient based: a registered method with its own ``fit``, whose rows are the
-same :class:`probe.results.Result` records, scored by the same code.
+same :class:`probe.records.results.Result` records, scored by the same code.
 """
 
 from __future__ import annotations
@@ -31,11 +31,12 @@ import numpy as np
 
 from features.schema import SPLITS
 from probe.methods.base import Method, register
-from probe.metrics import metrics_by_head
-from probe.results import Result, run_id
+from probe.records.metrics import metrics_by_head
+from probe.records.results import Result, run_id
 
 if TYPE_CHECKING:
     from features.store import FeatureSet
+    from probe.records.fitset import FitSet
 
 C_OPTIONS = (1.0, 0.7, 0.3, 0.1, 0.07, 0.03, 0.01)
 N_RETRAINS = 20
@@ -133,21 +134,22 @@ def fit_dfr(fs: FeatureSet, seed: int = 0, n_retrains: int = N_RETRAINS,
     )
 
 
-def dfr_bounds(fs: FeatureSet, row: Result, domain: str, rows: int) -> dict[str, Any]:
-    """The bound terms of a DFR head on the training rows (probe.bounds), in the standardized
-    space its head reads; ``step`` 0: it is fitted in closed form, no curve."""
+def dfr_bounds(fs: FitSet, row: Result, rows: int) -> dict[str, Any]:
+    """The bound terms of a DFR head on the training rows (probe.diagnostics.bounds), in the
+    standardized space its head reads, over the fit's domains; ``step`` 0: it is fitted in
+    closed form, no curve."""
     import torch
 
-    from probe.bounds import domain_names, measure, record, sample_rows, train_domains
+    from probe.diagnostics.bounds import measure, record, sample_rows
 
-    dom = train_domains(fs, domain)
+    dom = fs.train_domains()
     idx = sample_rows(dom, rows)
     train = np.flatnonzero(fs.split == SPLITS["train"])[idx]
     mean, scale = (row.pre[k].to(torch.float64).numpy() for k in ("mean", "scale"))
     X = torch.as_tensor((fs.features[train].astype(np.float64) - mean) / scale)
     fig = measure(row.theta.unsqueeze(0), X, torch.as_tensor(fs.y[train]), torch.as_tensor(dom[idx]),
-                  domain_names(fs, domain))[0]
-    return record(fig, domain=domain, rows=len(idx), train_rows=len(dom), step=0)
+                  fs.domain_names)[0]
+    return record(fig, domain=fs.domain_source, rows=len(idx), train_rows=len(dom), step=0)
 
 
 @register
@@ -162,5 +164,5 @@ class DFR(Method):
         for i, cfg in enumerate(configs):
             row = fit_dfr(fs, seed=int(cfg["seed"]))
             row.run_id = run_id(cls.name, i)
-            row.bounds = dfr_bounds(fs, row, settings.domain, settings.bounds_rows)
+            row.bounds = dfr_bounds(fs, row, settings.bounds_rows)
             results.append(row)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from probe.grid import Param
 from probe.methods.base import GradientMethod, Penalty, register
+from probe.records.grid import Param
 
 
 @register
@@ -25,6 +25,7 @@ class Fishr(GradientMethod):
     params = (Param("lam", "Fishr penalty weight λ.", default=1e2, grid=(1e1, 1e2, 1e3), symbol="λ"),
               Param("ema", "Fishr moving-average factor of the per-domain gradient variances (0: none).",
                     default=0.95, maximum=0.999))
+    heatmap = ("lam", "ema")
     penalties = {"fishr": Penalty("lam", order=2)}  # variances of (p−y)x̃: x̃², squared
 
     @classmethod

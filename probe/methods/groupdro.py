@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from probe.grid import Param
 from probe.methods.base import GradientMethod, register
+from probe.records.grid import Param
 
 
 @register

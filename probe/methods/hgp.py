@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from probe.grid import Param
 from probe.methods.base import GradientMethod, Penalty, register
+from probe.records.grid import Param
 
 
 @register
@@ -23,6 +23,7 @@ class HGP(GradientMethod):
         Param("beta", "HGP weight β of the variance of H_e G_e.", default=1e1, grid=(1e0, 1e1, 1e2), symbol="β"),
     )
     # G_e is of degree 1 in x̃ and H_e G_e of degree 3: their variances of degree 2 and 6.
+    heatmap = ("alpha", "beta")
     penalties = {"grad": Penalty("alpha", order=1, dC=2), "hgp": Penalty("beta", order=3, dC=4)}
 
     @classmethod

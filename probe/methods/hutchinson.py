@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from probe.grid import Param
 from probe.methods.base import GradientMethod, Penalty, register
+from probe.records.grid import Param
 
 
 @register
@@ -23,6 +23,9 @@ class Hutchinson(GradientMethod):
         Param("beta", "Hutchinson weight β of the variance of the Hessian diagonals.", default=1e1,
               grid=(1e0, 1e1, 1e2), symbol="β"),
     )
+    options = (Param("probes", "hutchinson: Rademacher probes per step for each domain's Hessian-diagonal "
+                               "estimate.", kind=int, default=100, minimum=1),)
+    heatmap = ("alpha", "beta")
     penalties = {"grad": Penalty("alpha", order=1, dC=2), "hdiag": Penalty("beta", order=2, dC=2)}
 
     @classmethod
@@ -35,6 +38,6 @@ class Hutchinson(GradientMethod):
         Xt = batch.design
         G = fwd.domain_gradients(batch)
         # The probes depend on (seed, step) only: the same for every head and chunk.
-        Z = rademacher((self.settings.probes, fwd.p.shape[-1], Xt.shape[1]), batch.seed * 1_000_003 + batch.step,
+        Z = rademacher((self.option(self.settings, "probes"), fwd.p.shape[-1], Xt.shape[1]), batch.seed * 1_000_003 + batch.step,
                        Xt.dtype, Xt.device)
         return {"grad": domain_variance(G), "hdiag": domain_variance(hutchinson_diagonals(fwd.p, Xt, batch.W, Z))}

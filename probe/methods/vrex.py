@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from probe.grid import Param
 from probe.methods.base import GradientMethod, Penalty, register
+from probe.records.grid import Param
 
 
 @register

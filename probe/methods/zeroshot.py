@@ -5,7 +5,7 @@ in the feature file (``prompt_embeddings``, :mod:`features.prompts`). The logits
 x are ``s · cos(x, t_c)`` for each class embedding t_c (unit rows), with s the encoder's
 learnt logit scale exp(τ), as CLIP's zero-shot evaluation computes them. As a head file
 that is preprocessing ``l2`` and θ = [s·T, 0]: the same linear form as every other
-method's head, scored by the same code (``probe.metrics.metrics_by_head``), selected and
+method's head, scored by the same code (``probe.records.metrics.metrics_by_head``), selected and
 reported beside them. With nothing to tune, it has one configuration.
 """
 
@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING
 from base.errors import UserError
 from features.schema import PROMPT_ATTR, PROMPT_DATASET, SPLITS
 from probe.methods.base import Method, register
-from probe.metrics import metrics_by_head
-from probe.preprocess import Preprocessor
-from probe.results import Result, run_id
+from probe.preprocessing import Preprocessor
+from probe.records.metrics import metrics_by_head
+from probe.records.results import Result, run_id
 
 if TYPE_CHECKING:
     from features.store import FeatureSet
@@ -52,7 +52,7 @@ class ZeroShot(Method):
     common = ()
 
     @classmethod
-    def check_features(cls, fs):
+    def check_features(cls, fs, settings=None):
         if fs.prompt_embeddings is None:
             # Literally --prompts: it is `probe extract`'s flag, and only the running command's are translated.
             raise UserError(f"{fs.path}: has no class prompt embeddings ({PROMPT_DATASET}) for `method` zeroshot; "

@@ -13,7 +13,7 @@ several seeds.
 
 Layout, each module depending only on those above it:
 
-* ``runfolder``: reads and checks run folders (results.jsonl through probe.results)
+* ``runfolder``: reads and checks run folders (results.jsonl through probe.records.results)
 * ``model``: the report model (Report, MethodResult, Config, Stat) and build_report
 * ``tables``: format-independent tables (Table, Pct) and their shared text
 * ``registry``: the format registry (register_format)

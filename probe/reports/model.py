@@ -3,12 +3,11 @@
 :func:`build_report` turns run folders into a :class:`Report`: per method the
 configuration selected in summary.json (its statistics over seeds, per-group
 test accuracies) and every configuration of its grid, grouped by
-:func:`probe.results.config_key` (hyperparameters without the seed), the same
+:func:`probe.records.results.config_key` (hyperparameters without the seed), the same
 key selection uses. Tables, formats and plots read this model and nothing else.
 
-probe.metrics is imported inside the functions that aggregate: it imports
-torch (seconds), and the CLI imports the formats, hence this module, at start
-to list them.
+summary.json arrives typed (:class:`probe.records.summary.Summary`); over seeds every
+figure is a :class:`probe.records.summary.Stat`, the one rule for mean, std and SEM.
 """
 
 from __future__ import annotations
@@ -19,8 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from base.errors import UserError
+from probe.records.metrics import METRIC_KEYS
+from probe.records.results import Result, canonical, config_key
+from probe.records.summary import MethodSummary, Stat, per_group_stats, seed_stats
 from probe.reports.runfolder import RunFolder, distinct_names, load_runs
-from probe.results import Result, canonical, config_key
 
 SELECTION_NAMES = {"val_wga": ("validation WGA", "validation worst-group accuracy"),
                    "val_acc": ("validation accuracy", "validation accuracy")}
@@ -53,27 +54,6 @@ def value_order(value: Any) -> tuple[int, float, str]:
 
 
 @dataclass
-class Stat:
-    """Mean and standard deviation over seeds of one fraction (None when unavailable)."""
-
-    mean: float | None
-    std: float | None = None
-
-    def to_json(self) -> dict[str, float | None]:
-        return {"mean": self.mean, "std": self.std}
-
-
-def _stat(values: Sequence[Any]) -> Stat:
-    """Mean and sample std of the numbers among ``values`` (std None for fewer than two)."""
-    nums = [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
-    if not nums:
-        return Stat(None)
-    mean = sum(nums) / len(nums)
-    std = (sum((v - mean) ** 2 for v in nums) / (len(nums) - 1)) ** 0.5 if len(nums) > 1 else None
-    return Stat(mean, std)
-
-
-@dataclass
 class BoundStats:
     """A selection's bound terms over its seeds (results.jsonl ``bounds``)."""
 
@@ -81,7 +61,7 @@ class BoundStats:
     n: int  # seeds with figures
     rows: list[int]  # training rows measured (one value unless seeds differ)
     train_rows: int
-    terms: dict[str, Stat]  # probe.bounds.TERMS (grad, hess, third) -> max pairwise distance
+    terms: dict[str, Stat]  # probe.diagnostics.bounds.TERMS (grad, hess, third) -> max pairwise distance
     losses: dict[str, Stat]  # domain name -> mean cross-entropy
 
 
@@ -147,7 +127,7 @@ class MethodResult:
 
     def bound_stats(self) -> BoundStats | None:
         """The bound terms of the selected configuration over its seeds (None: none recorded)."""
-        from probe.bounds import TERMS
+        from probe.diagnostics.bounds import TERMS
 
         found = [r.bounds for r in self.selected_rows if r.bounds]
         if not found:
@@ -157,8 +137,8 @@ class MethodResult:
             domain=str(found[0].get("domain", "")), n=len(found),
             rows=sorted({int(b.get("rows") or 0) for b in found}),
             train_rows=max(int(b.get("train_rows") or 0) for b in found),
-            terms={t: _stat([b.get(t) for b in found]) for t in TERMS},
-            losses={n: _stat([(b.get("losses") or {}).get(n) for b in found]) for n in names},
+            terms={t: Stat.of(b.get(t) for b in found) for t in TERMS},
+            losses={n: Stat.of((b.get("losses") or {}).get(n) for b in found) for n in names},
         )
 
     def grid_slices(self) -> list[tuple[str, dict[str, Any], list[Config]]]:
@@ -202,7 +182,7 @@ class Report:
 # --------------------------------------------------------------------------- building
 
 
-def build_report(run_dirs: Sequence[str | Path] | Sequence[RunFolder]) -> Report:
+def build_report(run_dirs: Sequence[str | Path | tuple[str | Path, str] | RunFolder]) -> Report:
     """Load the run folders and assemble one comparison over all their methods."""
     if not run_dirs:
         raise UserError("no run folder given; pass one or more folders written by `probe fit --out`")
@@ -212,12 +192,12 @@ def build_report(run_dirs: Sequence[str | Path] | Sequence[RunFolder]) -> Report
             run.name = name
     count: dict[str, int] = {}
     for run in runs:
-        for m in run.summary["methods"]:
+        for m in run.summary.methods:
             count[m] = count.get(m, 0) + 1
     methods = [
         _method_result(run, m, m if count[m] == 1 else f"{m} ({run.name})")
         for run in runs
-        for m in run.summary["methods"]
+        for m in run.summary.methods
     ]
     return Report(runs=runs, methods=methods)
 
@@ -232,24 +212,8 @@ def build_configs(rows: Iterable[Result]) -> list[Config]:
         by_key[row.config_key].rows.append(row)
     for c in by_key.values():
         ok = [r for r in c.rows if r.status == "ok"] or c.rows
-        c.stats = {s: _seed_stats(ok, s) for s in SPLITS}
+        c.stats = {s: seed_stats([r.split(s) for r in ok]) for s in SPLITS}
     return list(by_key.values())
-
-
-def _stats_from(ms: dict[str, Any] | None) -> dict[str, Stat]:
-    from probe.metrics import METRIC_KEYS
-
-    ms = ms or {}
-    return {
-        k: Stat(ms[k].get("mean"), ms[k].get("std")) if isinstance(ms.get(k), dict) else Stat(None)
-        for k in METRIC_KEYS
-    }
-
-
-def _seed_stats(rows: Sequence[Result], split: str) -> dict[str, Stat]:
-    from probe.metrics import mean_std
-
-    return _stats_from(mean_std([r.split(split) for r in rows]))
 
 
 def _varied(configs: Sequence[Config]) -> list[str]:
@@ -289,10 +253,10 @@ def _selected_config(configs: list[Config], run_ids: list[str], selected: dict[s
 
 
 def _method_result(run: RunFolder, method: str, label: str) -> MethodResult:
-    entry = run.summary["methods"][method]
-    chosen = entry.get("selected") or {}
-    selected = {k: v for k, v in (chosen.get("hparams") or {}).items() if k != "seed"}
-    run_ids = [str(r) for r in chosen.get("run_ids") or []]
+    entry: MethodSummary = run.summary.methods[method]
+    chosen = entry.selected
+    selected = dict(chosen.hparams) if chosen else {}
+    run_ids = list(chosen.run_ids) if chosen else []
     rows = [r for r in run.results if r.method == method]
     configs = build_configs(rows)
     sel_config = _selected_config(configs, run_ids, selected if chosen else None)
@@ -300,40 +264,37 @@ def _method_result(run: RunFolder, method: str, label: str) -> MethodResult:
     sel_rows = [by_id[i] for i in run_ids if i in by_id] or (sel_config.rows if sel_config else [])
 
     # summary.json is the contract; results.jsonl fills in what it lacks.
-    seeds = entry.get("seeds") or {}
-    summary_metrics = entry.get("metrics") or {}
     stats: dict[str, dict[str, Stat]] = {}
     for split in SPLITS:
-        if isinstance(seeds.get(split), dict):
-            stats[split] = _stats_from(seeds[split])
+        if split in entry.seeds:
+            stats[split] = entry.seeds[split].stats
         elif sel_rows:
-            stats[split] = _seed_stats(sel_rows, split)
+            stats[split] = seed_stats([r.split(split) for r in sel_rows])
         else:
-            stats[split] = _stats_from(
-                {k: {"mean": v} for k, v in (summary_metrics.get(split) or {}).items()})
-    n_seeds = len(run_ids) or len(sel_rows) or int((seeds.get("test") or {}).get("n_seeds") or 0)
+            means = entry.metrics.get(split) or {}
+            stats[split] = {k: Stat(means[k] if isinstance(means.get(k), (int, float)) else None)
+                            for k in METRIC_KEYS}
+    n_seeds = len(run_ids) or len(sel_rows) or (entry.seeds["test"].n_seeds if "test" in entry.seeds else 0)
 
-    n_div = entry.get("n_diverged")
-    if n_div is None:
-        n_div = sum(1 for r in rows if r.status == "diverged")
-    n_col = entry.get("n_collapsed")
-    if n_col is None:  # written before collapse was detected
-        n_col = sum(1 for r in rows if r.status == "collapsed")
+    def counted(name: str, status: str) -> int:  # written before the count existed: from the rows
+        n = entry.count(name)
+        return n if n is not None else sum(1 for r in rows if r.status == status)
+
     varied = _varied(configs)
     return MethodResult(
         run=run, method=method, label=label, selected=selected, run_ids=run_ids,
-        n_seeds=n_seeds, stats=stats, per_group=_per_group(sel_rows, summary_metrics),
+        n_seeds=n_seeds, stats=stats, per_group=_per_group(sel_rows, entry),
         configs=configs, selected_config=sel_config, varied=varied,
-        n_configs=int(entry.get("n_configs") or len(configs)), n_diverged=int(n_div), n_collapsed=int(n_col),
-        labelled=_labelled(method, varied, selected),
+        n_configs=entry.count("n_configs") or len(configs), n_diverged=counted("n_diverged", "diverged"),
+        n_collapsed=counted("n_collapsed", "collapsed"), labelled=_labelled(method, varied, selected),
     )
 
 
-def _per_group(sel_rows: Sequence[Result], summary_metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Test accuracy per group over the selected seeds; else summary.json's means, no std."""
-    from probe.metrics import per_group_mean_std
-
+def _per_group(sel_rows: Sequence[Result], entry: MethodSummary) -> dict[str, dict[str, Any]]:
+    """Test accuracy per group over the selected seeds ({"mean", "std", "n"}); else
+    summary.json's means, no std."""
     if sel_rows:
-        return per_group_mean_std([r.split("test") for r in sel_rows])
-    pg = (summary_metrics.get("test") or {}).get("per_group") or {}
+        return {g: {"mean": d["stat"].mean, "std": d["stat"].std, "n": d["n"]}
+                for g, d in per_group_stats([r.split("test") for r in sel_rows]).items()}
+    pg = (entry.metrics.get("test") or {}).get("per_group") or {}
     return {g: {"mean": d.get("acc"), "std": None, "n": d.get("n")} for g, d in pg.items()}

@@ -8,7 +8,7 @@ best of each column bold, as the paper reports them.
 
 from __future__ import annotations
 
-import math
+from dataclasses import replace
 
 from probe.reports.model import MethodResult, Report, Stat, display_name
 from probe.reports.tables import Cell, Pct, Table, best_cells
@@ -20,7 +20,8 @@ COLUMNS = (("acc", "Average"), ("wga", "Worst-Group"))
 
 
 def _sem(stat: Stat, n: int) -> Stat:
-    return Stat(stat.mean, stat.std / math.sqrt(n) if stat.std is not None and n > 1 else None)
+    """The mean with its standard error in the place of the spread (over the ``n`` seeds)."""
+    return Stat(stat.mean, replace(stat, n=n).sem, n)
 
 
 def dataset_labels(report: Report) -> list[str]:

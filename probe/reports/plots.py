@@ -1,4 +1,4 @@
-"""Figures for run folders: α × β worst-group heatmaps, per-group bars, training curves,
+"""probe.reports.plots: heatmaps over each method's declared pair of hyperparameters, per-group bars, curves
 and the transfer bound's terms along training.
 
 matplotlib's object API with the Agg canvas (no pyplot global state, no display
@@ -20,6 +20,7 @@ from matplotlib.patches import Rectangle
 
 from base.errors import UserError
 from base.io import atomic_path
+from probe.records.grid import Param
 from probe.reports.model import (
     Config,
     MethodResult,
@@ -36,7 +37,8 @@ def write_plots(run_dirs: Sequence[str | Path] | Report, plots: str | Path) -> l
     """Write every figure for ``run_dirs`` (or an already built Report) into the folder ``plots``.
 
     ``plots`` is created if missing. Returns the PNG paths written:
-    ``wga_heatmap_<method>.png`` for methods with an alpha × beta grid,
+    ``wga_heatmap_<method>.png`` for methods whose grid covers their declared heatmap
+    (``Method.heatmap``: α × β for CMA, λ × EMA for Fishr, ...),
     ``per_group_test_acc.png``, ``curves_<method>.png`` for selections with a history,
     and ``bound_terms.png`` when the results record the bound terms.
     """
@@ -82,26 +84,47 @@ def _save(fig: Figure, path: Path) -> Path:
 # --------------------------------------------------------------------------- heatmaps
 
 
-def alpha_beta_grid(m: MethodResult) -> tuple[list[Any], list[Any], list[list[Config | None]]] | None:
-    """alphas, betas and, per (alpha, beta) cell, the config with the best mean val WGA.
+def heatmap_axes(m: MethodResult) -> tuple[Param, Param] | None:
+    """The two hyperparameters the method declares for its heatmap (rows, columns), or None."""
+    from probe.methods import REGISTRY
+
+    cls = REGISTRY.get(m.method)
+    if cls is None or cls.heatmap is None:
+        return None
+    params = cls.hyperparameters()
+    return params[cls.heatmap[0]], params[cls.heatmap[1]]
+
+
+def heatmap_grid(m: MethodResult) -> tuple[list[Any], list[Any], list[list[Config | None]]] | None:
+    """The row and column values of the method's heatmap and, per cell, the config with the
+    best mean val WGA.
 
     Other hyperparameters (anneal, lr, ...) are aggregated by that choice; ties go
-    to the earlier run. None when the method has no alpha and beta or neither varies.
+    to the earlier run. None when the method declares no heatmap or its grid has one cell.
     """
-    configs = [c for c in m.configs if "alpha" in c.hparams and "beta" in c.hparams]
+    axes = heatmap_axes(m)
+    if axes is None:
+        return None
+    r, c_ = (p.name for p in axes)
+    configs = [c for c in m.configs if r in c.hparams and c_ in c.hparams]
     if not configs:
         return None
-    alphas = sorted({c.hparams["alpha"] for c in configs}, key=value_order)
-    betas = sorted({c.hparams["beta"] for c in configs}, key=value_order)
-    if len(alphas) * len(betas) < 2:
+    rows = sorted({c.hparams[r] for c in configs}, key=value_order)
+    cols = sorted({c.hparams[c_] for c in configs}, key=value_order)
+    if len(rows) * len(cols) < 2:
         return None
-    cells: list[list[Config | None]] = [[None] * len(betas) for _ in alphas]
+    cells: list[list[Config | None]] = [[None] * len(cols) for _ in rows]
     for c in sorted(configs, key=lambda c: c.index):
-        i, j = alphas.index(c.hparams["alpha"]), betas.index(c.hparams["beta"])
+        i, j = rows.index(c.hparams[r]), cols.index(c.hparams[c_])
         best = cells[i][j]
         if best is None or _val_wga(c) > _val_wga(best):
             cells[i][j] = c
-    return alphas, betas, cells
+    return rows, cols, cells
+
+
+def _axis_label(p: Param) -> str:
+    """An axis title from a declaration: its symbol and its help's first clause."""
+    return f"{p.symbol or p.name}: {p.help.split('(')[0].rstrip(' .')}"
 
 
 def _val_wga(c: Config) -> float:
@@ -111,11 +134,13 @@ def _val_wga(c: Config) -> float:
 
 
 def heatmap_figure(m: MethodResult, selection: str = "validation WGA") -> Figure | None:
-    grid = alpha_beta_grid(m)
-    if grid is None:
+    grid = heatmap_grid(m)
+    axes = heatmap_axes(m)
+    if grid is None or axes is None:
         return None
     alphas, betas, cells = grid
-    others = [k for k in m.varied if k not in ("alpha", "beta")]
+    row_p, col_p = axes
+    others = [k for k in m.varied if k not in (row_p.name, col_p.name)]
     sel = m.selected_config
     vals = {
         split: np.array([[np.nan if c is None or c.get(split, "wga").mean is None
@@ -152,14 +177,15 @@ def heatmap_figure(m: MethodResult, selection: str = "validation WGA") -> Figure
                                            edgecolor="red", linewidth=2.5))
         ax.set_xticks(range(len(betas)), [format_value(b) for b in betas])
         ax.set_yticks(range(len(alphas)), [format_value(a) for a in alphas])
-        ax.set_xlabel("β (Hessian-variance penalty weight)")
-        ax.set_ylabel("α (gradient-variance penalty weight)")
+        ax.set_xlabel(_axis_label(col_p))
+        ax.set_ylabel(_axis_label(row_p))
         ax.set_title(f"{name} worst-group accuracy (%)")
         fig.colorbar(im, ax=ax, label=f"{name.lower()} WGA (%)")
     agg = (f"each cell: best validation config over {', '.join(others)}" if others
            else "one configuration per cell")
     seeds = f"mean over {m.n_seeds} seeds" if m.n_seeds > 1 else "one seed"
-    fig.suptitle(f"{m.label}: worst-group accuracy over α × β ({seeds}; {agg}; "
+    fig.suptitle(f"{m.label}: worst-group accuracy over {row_p.symbol or row_p.name} × "
+                 f"{col_p.symbol or col_p.name} ({seeds}; {agg}; "
                  f"red box = selected on {selection})", fontsize=10)
     return fig
 

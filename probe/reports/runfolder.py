@@ -1,6 +1,6 @@
 """Reading `probe fit --out` run folders (docs/results-format.md) for reports.
 
-results.jsonl goes through :func:`probe.results.parse_results`, the one reader
+results.jsonl goes through :func:`probe.records.results.parse_results`, the one reader
 of result rows; summary.json is read and checked here. Every problem is a
 one-line UserError naming the file (and the line) and saying what to do.
 """
@@ -15,7 +15,8 @@ from typing import Any
 
 from base.errors import UserError
 from base.outputs import looks_like_hdf5, same_file
-from probe.results import Result, parse_results
+from probe.records.results import Result, parse_results
+from probe.records.summary import Summary
 
 # What a run folder holds (docs/results-format.md): what a report reads, and must never write over.
 SUMMARY, RESULTS, HEADS = "summary.json", "results.jsonl", "heads"
@@ -26,36 +27,28 @@ class RunFolder:
     """One `probe fit --out` folder: summary.json and results.jsonl, parsed."""
 
     path: Path
-    summary: dict[str, Any]
+    summary: Summary
     results: list[Result]
     name: str = ""  # what the report calls it: the path parts that tell it from the others
     labelled: bool = False  # named by its study, not by its path
 
     @property
     def group_names(self) -> list[str]:
-        return [str(g) for g in self.summary.get("group_names") or []]
+        return self.summary.group_names
 
     @property
     def selection(self) -> str:
-        return str((self.summary.get("provenance") or {}).get("selection") or "val_wga")
+        return self.summary.selection
 
     @property
     def features(self) -> dict[str, Any]:
-        return (self.summary.get("provenance") or {}).get("features") or {}
+        return self.summary.features
 
 
-def load_runs(paths: Sequence[str | Path]) -> list[RunFolder]:
-    """Run folders, and study folders (``probe study``) as their fit jobs' run folders,
-    each named by its study labels (feature file · method group)."""
-    runs = []
-    for path in paths:
-        if (Path(path) / "study.json").is_file():
-            from probe.study.jobs import study_runs  # only when a study is reported
-
-            runs += [load_run(run, name) for run, name in study_runs(Path(path))]
-        else:
-            runs.append(load_run(path))
-    return runs
+def load_runs(paths: Sequence[str | Path | tuple[str | Path, str]]) -> list[RunFolder]:
+    """Run folders, each a path or a (path, name) pair (a study names its runs by their
+    labels: ``probe.study.jobs.expand_studies`` turns a study folder into such pairs)."""
+    return [load_run(*p) if isinstance(p, tuple) else load_run(p) for p in paths]
 
 
 def load_run(path: str | Path, name: str = "") -> RunFolder:
@@ -66,7 +59,9 @@ def load_run(path: str | Path, name: str = "") -> RunFolder:
         raise UserError(f"run folder {p} does not exist; pass a folder written by `probe fit --out`")
     if not p.is_dir():
         raise UserError(f"{p} is not a folder; pass a run folder written by `probe fit --out`")
-    from probe.resume import swapping  # imports torch (through probe.runs): not when the CLI starts
+    from probe.runs.resume import (
+        swapping,  # imports torch (through probe.runs.folder): not when the CLI starts
+    )
 
     if swapping(p):
         raise UserError(f"{p} is being replaced by `probe fit` (or one stopped while moving its new run in); "
@@ -75,7 +70,7 @@ def load_run(path: str | Path, name: str = "") -> RunFolder:
     results_file = p / RESULTS
     results = parse_results(_read_text(results_file), where=results_file)
     _check_summary(p / SUMMARY, summary)
-    return RunFolder(path=p, summary=summary, results=results, name=name or p.name, labelled=bool(name))
+    return RunFolder(path=p, summary=Summary.from_json(summary), results=results, name=name or p.name, labelled=bool(name))
 
 
 def run_folder_of(path: Path) -> Path | None:

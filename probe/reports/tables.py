@@ -217,7 +217,7 @@ def per_group_table(
     )
 
 
-#: the bound terms (probe.bounds.TERMS) as the table heads them
+#: the bound terms (probe.diagnostics.bounds.TERMS) as the table heads them
 BOUND_HEADERS = {"grad": "Δ∇L", "hess": "Δ∇²L", "third": "Δ∇³L"}
 #: more training domains than this: the loss columns become min and max
 MAX_LOSS_COLUMNS = 8

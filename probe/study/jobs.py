@@ -160,6 +160,15 @@ def _execute(root: Path, job: Job, folder: Path, env: dict[str, str] | None) -> 
     return state
 
 
+def expand_studies(paths: list[Path]) -> list[Path | tuple[Path, str]]:
+    """``paths`` with every study folder replaced by its fit jobs' run folders, each as
+    (folder, label) (``study_runs``), for one report."""
+    out: list[Path | tuple[Path, str]] = []
+    for path in paths:
+        out += study_runs(Path(path)) if (Path(path) / "study.json").is_file() else [path]
+    return out
+
+
 def study_runs(study_dir: Path) -> list[tuple[Path, str]]:
     """The run folders of a study's fit jobs, each with its label (dataset · encoder ·
     methods), for one report; a UserError naming the jobs that are not done."""

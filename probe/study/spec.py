@@ -19,8 +19,8 @@ from typing import Any
 
 from base.errors import UserError
 from features.extract import shard_output_path
-from probe.methods import all_params, get_method
-from probe.protocols import protocol_names
+from probe.methods import all_options, all_params, get_method
+from probe.methods.protocols import protocol_names
 from probe.train.settings import user_settings
 
 if sys.version_info >= (3, 11):
@@ -210,7 +210,7 @@ def _groups(e: dict[str, Any], i: int, shared: dict[str, Any], where: str) -> li
 
 
 def _fit_keys() -> list[str]:
-    return [*all_params(), *(f.name for f in user_settings()), *FIT_EXTRAS, "seeds"]
+    return [*all_params(), *(f.name for f in user_settings()), *all_options(), *FIT_EXTRAS, "seeds"]
 
 
 def _check_fit(table: dict[str, Any], where: str) -> None:

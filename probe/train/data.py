@@ -15,8 +15,9 @@ import torch
 from base.errors import UserError
 from features.store import SPLITS, FeatureSet
 from probe import moments
-from probe.preprocess import Preprocessor
-from probe.train.settings import DOMAIN_COLUMNS, Settings
+from probe.preprocessing import Preprocessor
+from probe.records.fitset import FitSet
+from probe.train.settings import Settings
 
 #: the preprocessed training rows, and their Gram matrix (for CMA), are computed once
 #: per cohort and batches gathered from them when each is at most this large: a
@@ -81,14 +82,8 @@ class Split:
         return self._mean_sq
 
 
-def domain_column(fs: FeatureSet, domain: str) -> np.ndarray:
-    return {"group": fs.group, "a": fs.a, "y": fs.y}[domain]
-
-
-def validate_for_fit(fs: FeatureSet, domain: str) -> None:
+def validate_for_fit(fs: FeatureSet) -> None:
     """The checks a fit needs beyond a readable file; each a one-line UserError."""
-    if domain not in DOMAIN_COLUMNS:
-        raise UserError(f"`domain` {domain!r}: choose one of {', '.join(DOMAIN_COLUMNS)}")
     if fs.num_classes < 2:
         # Every head would score 100% on every group: a number that means nothing.
         raise UserError(f"{fs.path}: has a single class ({fs.class_names[0]!r}); a classifier needs two or more")
@@ -102,18 +97,15 @@ def validate_for_fit(fs: FeatureSet, domain: str) -> None:
     for g, gname in enumerate(fs.group_names):
         if not (train & (fs.group == g)).any():
             raise UserError(f"{fs.path}: group {gname!r} has no training rows; group metrics and penalties need it")
-    if domain == "a" and (fs.a[train] < 0).any():
-        raise UserError(f"{fs.path}: `domain` a needs the spurious attribute on every training row (found -1)")
 
 
-def prepare(fs: FeatureSet, preprocess: str, settings: Settings) -> dict[str, Split]:
+def prepare(fs: FitSet, pre: Preprocessor, settings: Settings) -> dict[str, Split]:
     """Fit the cohort's preprocessing on train; index every split into the shared matrix."""
     dev, dt = settings.device, settings.dtype
     source = torch.as_tensor(fs.features, device=dev)  # no copy on the CPU
     train_rows = torch.as_tensor(np.flatnonzero(fs.split == SPLITS["train"]), device=dev)
-    pre = Preprocessor(preprocess, settings.pca_dim, isr_class=settings.isr_class, isr_dims=settings.isr_dims).fit_rows(
-        source, train_rows, torch.as_tensor(fs.y, device=dev), torch.as_tensor(fs.a, device=dev), dt)
-    dom_col = domain_column(fs, settings.domain)
+    pre.fit_rows(source, train_rows, torch.as_tensor(fs.y, device=dev), torch.as_tensor(fs.a, device=dev), dt)
+    dom_col = fs.domain
     splits = {}
     for name, code in SPLITS.items():
         rows = np.flatnonzero(fs.split == code)
@@ -131,11 +123,13 @@ class SplitCache:
     def __init__(self) -> None:
         self._store: dict[tuple, dict[str, Split]] = {}
 
-    def get(self, fs: FeatureSet, preprocess: str, settings: Settings) -> dict[str, Split]:
-        key = (preprocess, settings.pca_dim, settings.isr_class, settings.isr_dims, str(settings.dtype),
-               str(settings.device), settings.domain, settings.bias)
+    def get(self, fs: FitSet, preprocess: str, settings: Settings) -> dict[str, Split]:
+        pre = Preprocessor(preprocess, **settings.options)
+        # the preprocessing's own key (its chain and every knob its kinds declare) and what
+        # else shapes a split: dtype, device, domains and the bias column
+        key = (pre.key(), str(settings.dtype), str(settings.device), fs.domain_source, settings.bias)
         if key not in self._store:
-            self._store[key] = prepare(fs, preprocess, settings)
+            self._store[key] = prepare(fs, pre, settings)
         return self._store[key]
 
 

@@ -13,13 +13,9 @@ from typing import Any
 
 from base.errors import UserError
 from base.lazy import lazy_import
-from probe import moments
-from probe.methods.base import CE_WEIGHTINGS, REGISTRY, GradientMethod
 
 torch = lazy_import("torch")
 
-#: columns that can define the penalties' domains (and the balanced batches)
-DOMAIN_COLUMNS = ("group", "a", "y")
 OPTIMIZERS = ("adam", "sgd")
 #: the head's starting point: zeros, or drawn as torch.nn.Linear draws it (from the seed)
 INITS = ("zeros", "torch-linear")
@@ -38,11 +34,9 @@ SELECT_SCORES = ("val_wga", "val_acc")
 #: linear-probing division by d·C, or features of unit mean squared norm
 NORMALIZATIONS = ("none", "dC", "unit")
 DTYPES = ("float32", "float64")
-
-
-def convex_methods() -> str:
-    """The methods the full-batch solver fits (those declaring ``convex``), as a comma list."""
-    return ", ".join(n for n, cls in sorted(REGISTRY.items()) if getattr(cls, "convex", False))
+#: cross-entropy weightings (probe.methods.base): the natural-distribution mean, or the
+#: mean of per-domain means
+CE_WEIGHTINGS = ("pooled", "domain")
 
 
 def setting(default: Any, help: str, *, choices: tuple[Any, ...] = (), minimum: int | None = None,
@@ -56,10 +50,17 @@ def setting(default: Any, help: str, *, choices: tuple[Any, ...] = (), minimum: 
 
 @dataclass
 class Settings:
-    """The fit's settings (fields with help are user-facing; the rest are internal)."""
+    """The fit's settings (fields with help are user-facing; the rest are internal).
+
+    Help texts may name lists that registries own, as ``{convex_methods}``; whoever shows
+    them fills those in (``probe.methods.fill_help``), so this module reads no registry.
+    Settings that belong to one method or one preprocessing kind (``hessian_method``,
+    ``probes``, ``pca_dim``, ...) are declared by their owner and given in ``options``;
+    the owner reads and checks them (``Param.option``).
+    """
 
     solver: str = setting("auto", "How heads are fitted: lbfgs (full-batch L-BFGS to the optimum, for the convex "
-                                  f"penalty-free methods {convex_methods()}; ignores steps, batch_size, optimizer, lr, "
+                                  "penalty-free methods ({convex_methods}); ignores steps, batch_size, optimizer, lr, "
                                   "eval_every, patience and, since the optimum is unique, seed), adam (the "
                                   "stochastic trainer below, every gradient method) or auto (lbfgs where it "
                                   "applies, and for heads with a bias; adam otherwise).", choices=SOLVERS)
@@ -83,8 +84,8 @@ class Settings:
     eval_every: int = setting(50, "Evaluate on validation every N steps; each head keeps its best checkpoint "
                                   "by the select score.", minimum=1)
     patience: int = setting(0, "Stop a head after N evaluations without improvement (0: never).", minimum=0)
-    domain: str = setting("group", "Column defining the domains of the balanced batches and the penalties: "
-                                   "group, a (spurious attribute) or y.", choices=DOMAIN_COLUMNS)
+    domain: str = setting("group", "Where the domains of the balanced batches and the penalties come from: "
+                                   "{domain_sources}.")
     select: str = setting("val_wga", "Checkpoint and model selection: val_wga (validation worst-group accuracy, "
                                      "mean over seeds) or val_acc.", choices=SELECT_SCORES)
     select_checkpoint: str = setting("best", "The head each configuration keeps: best (its best validation "
@@ -99,17 +100,6 @@ class Settings:
                                      "features of unit mean squared norm, so its weight means the same for any "
                                      "encoder) or dC (the CMA authors' linear-probing division by d·C).",
                              choices=NORMALIZATIONS)
-    hessian_method: str = setting("auto", "CMA Hessian-variance form: auto, kernel, binary, direct (all exact).",
-                                  choices=moments.METHODS)
-    pca_dim: int | None = setting(None, "Components kept by the pca preprocessing. Default: min(100, train rows "
-                                        "/ 10, feature width).", minimum=1)
-    isr_class: int | None = setting(None, "isr-mean preprocessing: the class whose attribute means give the "
-                                          "spurious directions (the CMA authors': 0 Waterbirds and CelebA, 2 "
-                                          "MultiNLI). Default: every class.", minimum=0)
-    isr_dims: int | None = setting(None, "isr-mean preprocessing: spurious directions removed. Default: all the "
-                                         "means span.", minimum=1)
-    probes: int = setting(100, "hutchinson: Rademacher probes per step for each domain's Hessian-diagonal "
-                               "estimate.", minimum=1)
     # 2048: on Waterbirds-size features a stratified sample of 2,048 rows is within 1-3% of
     # every row's figures at a quarter of the cost (benchmarks/results/bounds_sample.md), and
     # at O(rows² d) a larger cap cost more than the ERM solver itself (issue 16)
@@ -123,8 +113,11 @@ class Settings:
                                            "`probe report --plots`; 0: no curve.", minimum=0)
     ce_weighting: str | None = setting(
         None, "Cross-entropy weighting over the balanced batches: pooled (natural-distribution mean via importance "
-              "weights; default of erm, cma, irm, vrex, fishr) or domain (mean of per-domain means; default of "
-              "reweight). GroupDRO always uses its own weights. Default: each method's.", choices=CE_WEIGHTINGS)
+              "weights; default of {ce_pooled}) or domain (mean of per-domain means; default of {ce_domain}). "
+              "{ce_own} always use their own weights. Default: each method's.", choices=CE_WEIGHTINGS)
+    #: settings owned by a method or a preprocessing kind (their declarations say what each
+    #: means and allows); a name not given takes its owner's default
+    options: dict[str, Any] = field(default_factory=dict)
     device: Any = field(default_factory=lambda: torch.device("cpu"))  # a torch.device
     dtype: Any = field(default_factory=lambda: torch.float32)  # a torch.dtype
     max_heads: int | None = None  # cap on heads per chunk (None: from the memory estimate)
@@ -145,9 +138,10 @@ class Settings:
         return None if self.normalize == "none" else self.normalize
 
     def public(self) -> dict[str, Any]:
-        """The settings as plain JSON values (for provenance)."""
-        return {k: (str(v).replace("torch.", "") if isinstance(v, (torch.device, torch.dtype)) else v)
-                for k, v in self.__dict__.items()}
+        """The settings as plain JSON values (for provenance), the options given among them."""
+        out = {k: (str(v).replace("torch.", "") if isinstance(v, (torch.device, torch.dtype)) else v)
+               for k, v in self.__dict__.items() if k != "options"}
+        return {**out, **self.options}
 
 
 def check_setting(name: str, value: Any, meta: Any) -> None:
@@ -170,18 +164,6 @@ def check_setting(name: str, value: Any, meta: Any) -> None:
     if not isinstance(value, (int, float)) or (whole and not isinstance(value, int)) or value < minimum:
         raise UserError(f"`{name}`: {value!r} is not allowed; give a {'whole ' if whole else ''}number >= {minimum}")
 
-
-def uses_solver(method: type[GradientMethod], settings: Settings) -> bool:
-    """Whether ``method``'s heads are fitted by the full-batch solver (``probe.train.solver``)
-    rather than the stochastic trainer: the ``solver`` setting and the method's ``convex``
-    declaration decide. The solver fits heads with a bias column; heads without one
-    (``bias`` false, the CMA authors' protocol) are trained by the stochastic trainer."""
-    if settings.solver == "lbfgs" and not method.convex:
-        raise UserError(f"`solver` lbfgs fits the convex penalty-free methods ({convex_methods()}); {method.name} is "
-                        "trained by the stochastic trainer: use auto or adam")
-    if settings.solver == "lbfgs" and not settings.bias:
-        raise UserError("`solver` lbfgs fits heads with a bias column; with `bias` off use auto or adam")
-    return settings.solver != "adam" and method.convex and settings.bias
 
 
 def user_settings() -> list[Any]:

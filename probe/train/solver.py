@@ -70,7 +70,7 @@ PRECONDITIONER_SHRINK = 0.05
 #: iterations between exact recomputations of the logits, which are otherwise updated
 #: (z += t·X̃p) and so collect rounding errors: a float32 concern over long runs
 REFRESH_EVERY = 50
-#: statuses of a head (probe.results.STATUSES spells them the same)
+#: statuses of a head (probe.records.results.STATUSES spells them the same)
 CONVERGED, NOT_CONVERGED, DIVERGED = "ok", "not_converged", "diverged"
 
 

@@ -17,8 +17,8 @@ from probe.reports.registry import register_format
     "mean and std in separate columns",
 )
 def render_csv(report: Report) -> str:
-    # Not at module level: probe.metrics imports torch, and the CLI imports this module at start.
-    from probe.metrics import METRIC_KEYS
+    # Not at module level: probe.records.metrics imports torch, and the CLI imports this module at start.
+    from probe.records.metrics import METRIC_KEYS
 
     groups = report.group_names
     header = ["label", "method", "run_dir", "n_seeds", "selected_hparams"]

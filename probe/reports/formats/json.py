@@ -29,7 +29,7 @@ def report_dict(report: Report) -> dict[str, Any]:
         "legend": LEGEND,
         "runs": [
             {"name": r.name, "path": str(r.path), "selection": r.selection,
-             "group_names": r.group_names, "provenance": r.summary.get("provenance")}
+             "group_names": r.group_names, "provenance": r.summary.provenance}
             for r in report.runs
         ],
         "comparison": [

@@ -74,7 +74,7 @@ def fit_summary(run_dir: str | Path) -> list[RichTable | Text]:
     files.add_row("results", f"{run.path / 'results.jsonl'} ({len(run.results)} configurations)")
     files.add_row("summary", str(run.path / "summary.json"))
     for m in report.methods:
-        head = run.summary["methods"][m.method].get("head")
+        head = run.summary.methods[m.method].head
         if head:
             files.add_row(f"head {m.method}", str(run.path / head))
     hint = (f"Per-group and grid tables: probe report {run.path}; figures: "

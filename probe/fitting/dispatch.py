@@ -8,25 +8,34 @@ from collections.abc import Callable
 from typing import Any
 
 from features.store import FeatureSet
+from probe.domains import resolve
+from probe.fitting.fullbatch import SolverFit
+from probe.fitting.loop import ChunkFit, fit_chunks
+from probe.fitting.plan import Chunk, plan, uses_solver
 from probe.methods import get_method
 from probe.methods.base import GradientMethod, Method
-from probe.results import Result
+from probe.records.fitset import FitSet
+from probe.records.results import Result
 from probe.train.data import SplitCache
-from probe.train.fullbatch import SolverFit
-from probe.train.loop import ChunkFit, fit_chunks
-from probe.train.plan import Chunk, plan
-from probe.train.settings import Settings, uses_solver
+from probe.train.settings import Settings
 
 
 def method_class(method: str | type[Method]) -> type[Method]:
     return get_method(method) if isinstance(method, str) else method
 
 
+def fit_set(fs: FeatureSet, settings: Settings) -> FitSet:
+    """``fs`` with the domains of ``settings.domain`` (as it is, when they are resolved already)."""
+    if isinstance(fs, FitSet) and fs.domain_source == settings.domain:
+        return fs
+    return resolve(fs, settings.domain, settings)
+
+
 def plan_method(fs: FeatureSet, method: str | type[Method], configs: list[dict[str, Any]],
                 settings: Settings) -> list[Chunk] | None:
     """The trainer's chunks for a gradient method; None for a closed-form one."""
     cls = method_class(method)
-    return plan(fs, cls, configs, settings) if issubclass(cls, GradientMethod) else None
+    return plan(fit_set(fs, settings), cls, configs, settings) if issubclass(cls, GradientMethod) else None
 
 
 def remaining(chunks: list[Chunk], done: set[int]) -> list[Chunk]:
@@ -62,6 +71,7 @@ def fit_method(fs: FeatureSet, method: str | type[Method], configs: list[dict[st
     ``on_chunk`` receives each chunk's rows once they are (to keep them durably).
     """
     cls = method_class(method)
+    fs = fit_set(fs, settings)
     out = results if results is not None else []
     start = len(out)
     if issubclass(cls, GradientMethod):

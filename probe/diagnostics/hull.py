@@ -36,7 +36,7 @@ import numpy as np
 
 from base.errors import UserError
 from features.store import SPLITS, FeatureSet
-from probe.bounds import domain_names, train_domains
+from probe.records.fitset import FitSet
 
 #: the default relative-residual threshold of the verdict
 THRESHOLD = 0.2
@@ -161,23 +161,21 @@ def _fit(target: _Moments, domains: list[_Moments], pooled: np.ndarray) -> tuple
     return w, residual, float(np.linalg.norm(v)), math.sqrt(noise2)
 
 
-def hull_check(fs: FeatureSet, domain: str = "group", splits: tuple[str, ...] = ("val", "test"),
+def hull_check(fs: FitSet, splits: tuple[str, ...] = ("val", "test"),
                threshold: float = THRESHOLD, chunk: int = CHUNK_ROWS) -> list[HullFit]:
     """For each split in ``splits`` (the whole split, then each of its groups with rows), the
-    mixture of the training domains (column ``domain``) nearest its mean and second moment,
+    mixture of the training domains (the FitSet's) nearest its mean and second moment,
     and the verdict (module docstring)."""
     for name in splits:
         if name not in SPLITS or name == "train":
             raise UserError(f"`splits`: {name!r} is not an evaluation split; choose from val, test")
     if not (isinstance(threshold, (int, float)) and 0 <= threshold <= 1):
         raise UserError(f"`threshold` {threshold!r} must be a number in [0, 1]")
-    if domain == "a" and (fs.a[fs.split == SPLITS["train"]] < 0).any():
-        raise UserError(f"{fs.path}: `domain` a needs the spurious attribute on every training row (found -1)")
-    train_dom = train_domains(fs, domain)
+    train_dom = fs.train_domains()
     if len(train_dom) == 0:
         raise UserError(f"{fs.path}: the train split has no rows; the hull of the training domains is empty")
     dom_sets, grp_sets = _accumulate(fs, train_dom, splits, chunk)
-    names = domain_names(fs, domain)
+    names = fs.domain_names
     ids = sorted(dom_sets)
     domains = [dom_sets[k] for k in ids]
     pooled = _Moments.total(domains).phi()

@@ -16,12 +16,12 @@ from typing import Any
 
 import torch
 
-from features.store import FeatureSet
+from probe.fitting.loop import head_rows, kept_bounds
+from probe.fitting.plan import Chunk, problem_key
 from probe.methods.base import GradientMethod
-from probe.results import Result
+from probe.records.fitset import FitSet
+from probe.records.results import Result
 from probe.train.data import Batch, Split
-from probe.train.loop import head_rows, kept_bounds
-from probe.train.plan import Chunk, problem_key
 from probe.train.settings import Settings
 from probe.train.solver import Problem, Solution, lbfgs
 
@@ -43,9 +43,9 @@ def row_weights(objective: GradientMethod, tr: Split, X: torch.Tensor) -> torch.
 
 
 class SolverFit:
-    """The heads of one chunk, solved together (``probe.train.loop.fit_chunks`` runs it)."""
+    """The heads of one chunk, solved together (``probe.fitting.loop.fit_chunks`` runs it)."""
 
-    def __init__(self, fs: FeatureSet, method: type[GradientMethod], configs: list[dict[str, Any]], chunk: Chunk,
+    def __init__(self, fs: FitSet, method: type[GradientMethod], configs: list[dict[str, Any]], chunk: Chunk,
                  settings: Settings, splits: dict[str, Split]) -> None:
         self.fs, self.method, self.configs, self.settings, self.splits = fs, method, configs, settings, splits
         self.objective = method({}, settings)

@@ -15,7 +15,6 @@ whole split as null); a group with no rows in a split has ``"acc": None``.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -170,54 +169,3 @@ def collapsed_heads(pred: torch.Tensor, confidence: torch.Tensor, y: torch.Tenso
     acc = (pred == y).to(torch.float64).mean(dim=1)
     saturated = (confidence.to(torch.float64).mean(dim=1) >= SATURATED_CONFIDENCE) & (acc <= chance + CHANCE_MARGIN)
     return one_class | saturated
-
-
-def _stats(values: Sequence[float]) -> dict[str, float | None]:
-    if not values:
-        return {"mean": None, "std": None}
-    arr = np.asarray(values, dtype=np.float64)
-    std = float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
-    return {"mean": float(arr.mean()), "std": std if math.isfinite(std) else None}
-
-
-def mean_std(runs: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
-    """Mean and standard deviation of each metric over seeds.
-
-    ``runs`` are one split's metric dictionaries, one per seed (``None`` for a
-    split with no rows is skipped). Uses the sample standard deviation (ddof=1)
-    when there are two or more values, as papers report; 0.0 for a single one.
-    Returns ``{"n_seeds": len(runs), key: {"mean", "std"} for key in METRIC_KEYS}``.
-    """
-    out: dict[str, Any] = {"n_seeds": len(runs)}
-    for key in METRIC_KEYS:
-        out[key] = _stats([r[key] for r in runs if r is not None and r.get(key) is not None])
-    return out
-
-
-def per_group_mean_std(runs: Sequence[dict[str, Any] | None]) -> dict[str, dict[str, Any]]:
-    """Per group, the mean and std over seeds of its accuracy, and its row count n.
-
-    Returns ``{group: {"mean", "std", "n"}}`` in the first run's group order.
-    """
-    out: dict[str, dict[str, Any]] = {}
-    for r in runs:
-        for name, g in ((r or {}).get("per_group") or {}).items():
-            out.setdefault(name, {"vals": [], "n": g.get("n")})
-            if g.get("acc") is not None:
-                out[name]["vals"].append(g["acc"])
-    return {name: {**_stats(d["vals"]), "n": d["n"]} for name, d in out.items()}
-
-
-def mean_metrics(runs: Sequence[dict[str, Any] | None]) -> dict[str, Any] | None:
-    """One split's metric dictionary averaged over seeds (same keys as one run).
-
-    ``None`` when every run's split is ``None`` (a split with no rows).
-    """
-    present = [r for r in runs if r is not None]
-    if not present:
-        return None
-    ms = mean_std(present)
-    pg = per_group_mean_std(present)
-    out: dict[str, Any] = {key: ms[key]["mean"] for key in METRIC_KEYS}
-    out["per_group"] = {name: {"acc": d["mean"], "n": d["n"]} for name, d in pg.items()}
-    return out

@@ -20,11 +20,12 @@ from typing import Any
 import torch
 
 from base.errors import UserError
-from features.store import SPLITS, FeatureSet
-from probe.methods.base import GradientMethod
-from probe.preprocess import default_pca_dim, steps_of
-from probe.train.data import CACHE_BYTES, domain_column
-from probe.train.settings import Settings, uses_solver
+from features.store import SPLITS
+from probe.methods.base import GradientMethod, convex_methods
+from probe.preprocessing import Preprocessor
+from probe.records.fitset import FitSet
+from probe.train.data import CACHE_BYTES
+from probe.train.settings import Settings
 from probe.train.solver import MEMORY, PRECONDITIONER_ROWS_PER_COLUMN
 
 #: settings shared by every head of a cohort (the rest vary per head)
@@ -65,20 +66,26 @@ def available_memory(device: torch.device) -> int:
         return 4 * 1024**3
 
 
-def check_pca_dim(fs: FeatureSet, preprocess: str, n_train: int, pca_dim: int | None) -> None:
-    """Refuse a `pca_dim` that pca could not keep (more than the training rows or the
-    feature columns) rather than keep fewer while the run records the number asked for."""
-    limit = min(n_train, fs.features.shape[1])
-    if "pca" in steps_of(preprocess) and pca_dim is not None and pca_dim > limit:
-        raise UserError(f"`pca_dim` {pca_dim}: {fs.path} has {n_train} training rows and {fs.features.shape[1]} "
-                        f"feature columns, so pca keeps at most {limit} components; give at most {limit}")
+def uses_solver(method: type[GradientMethod], settings: Settings) -> bool:
+    """Whether ``method``'s heads are fitted by the full-batch solver (``probe.train.solver``)
+    rather than the stochastic trainer: the ``solver`` setting and the method's ``convex``
+    declaration decide. The solver fits heads with a bias column; heads without one
+    (``bias`` false, the CMA authors' protocol) are trained by the stochastic trainer."""
+    if settings.solver == "lbfgs" and not method.convex:
+        raise UserError(f"`solver` lbfgs fits the convex penalty-free methods ({convex_methods()}); {method.name} is "
+                        "trained by the stochastic trainer: use auto or adam")
+    if settings.solver == "lbfgs" and not settings.bias:
+        raise UserError("`solver` lbfgs fits heads with a bias column; with `bias` off use auto or adam")
+    return settings.solver != "adam" and method.convex and settings.bias
 
 
-def out_width(preprocess: str, d: int, n_train: int, pca_dim: int | None) -> int:
-    """Feature columns after ``preprocess`` (pca keeps pca_dim, or the default rule's, components)."""
-    if "pca" in steps_of(preprocess):
-        return min(pca_dim if pca_dim is not None else default_pca_dim(n_train, d), d, n_train)
-    return d
+def out_width(fs: FitSet, preprocess: str, n_train: int, settings: Settings) -> int:
+    """Feature columns after ``preprocess`` with the fit's knobs, refusing knobs it could not
+    honour (a `pca_dim` beyond the rows or columns) rather than recording one number and
+    using another."""
+    pre = Preprocessor(preprocess, **settings.options)
+    pre.check(fs.features.shape[1], n_train, fs.path)
+    return pre.out_dim(fs.features.shape[1], n_train)
 
 
 def memory_estimate(method: type[GradientMethod], B: int, C: int, d: int, K: int, n_train: int, n_eval: int,
@@ -122,7 +129,7 @@ def _chunked(groups: list[list[int]], size: int) -> list[list[int]]:
     return [[i for g in groups[s: s + step] for i in g] for s in range(0, len(groups), step)]
 
 
-def plan(fs: FeatureSet, method: type[GradientMethod], configs: list[dict[str, Any]],
+def plan(fs: FitSet, method: type[GradientMethod], configs: list[dict[str, Any]],
          settings: Settings) -> list[Chunk]:
     """The chunks in the order they are fitted: one per cohort, or several when a
     cohort's heads do not fit in memory at once."""
@@ -134,7 +141,7 @@ def plan(fs: FeatureSet, method: type[GradientMethod], configs: list[dict[str, A
     n_train = int((fs.split == SPLITS["train"]).sum())
     B = n_train if settings.batch_size <= 0 else min(settings.batch_size, n_train)
     n_eval = int((fs.split == SPLITS["val"]).sum())
-    K = int(domain_column(fs, settings.domain).max()) + 1
+    K = fs.num_domains
     item = torch.empty((), dtype=settings.dtype).element_size()
     budget = settings.memory_bytes
     if budget is None:
@@ -142,8 +149,7 @@ def plan(fs: FeatureSet, method: type[GradientMethod], configs: list[dict[str, A
     out = []
     for idx in cohorts.values():
         preprocess = configs[idx[0]]["preprocess"]
-        check_pca_dim(fs, str(preprocess), n_train, settings.pca_dim)
-        d = out_width(preprocess, fs.features.shape[1], n_train, settings.pca_dim)
+        d = out_width(fs, str(preprocess), n_train, settings)
         if solver:
             shared, per = solver_memory_estimate(fs.num_classes, d, n_train, item)
             same: dict[tuple, list[int]] = {}

@@ -20,7 +20,7 @@ from base.errors import UserError
 from base.io import json_default, write_text_atomic
 
 #: a configuration's fate: finished (for the full-batch solver: converged); finished but its
-#: head collapsed (one class predicted, or saturated at chance: probe.metrics.collapsed_heads);
+#: head collapsed (one class predicted, or saturated at chance: probe.records.metrics.collapsed_heads);
 #: finished at a point that did not meet the solver's tolerance; its loss stopped being
 #: finite; stopped by Ctrl-C
 STATUSES = ("ok", "collapsed", "not_converged", "diverged", "interrupted")
@@ -63,14 +63,14 @@ class Result:
 
     method: str
     hparams: dict[str, Any]
-    metrics: dict[str, dict[str, Any] | None] = field(default_factory=dict)  # split -> probe.metrics dict
+    metrics: dict[str, dict[str, Any] | None] = field(default_factory=dict)  # split -> probe.records.metrics dict
     status: str = "ok"
     run_id: str = ""
     steps_run: int = 0
     best_step: int = 0  # step whose head is kept (0: no step, e.g. closed form)
     history: dict[str, Any] = field(default_factory=empty_history)
     tuned: dict[str, Any] | None = None  # what the method chose inside the fit (DFR's C)
-    bounds: dict[str, Any] | None = None  # the transfer bound's terms on the kept head (probe.bounds)
+    bounds: dict[str, Any] | None = None  # the transfer bound's terms on the kept head (probe.diagnostics.bounds)
     # The head and its preprocessing, kept in memory for the run folder's heads/; not JSON.
     theta: Any = field(default=None, repr=False, compare=False)
     pre: dict[str, Any] | None = field(default=None, repr=False, compare=False)

@@ -13,18 +13,18 @@ from typing import Any
 
 import torch
 
-from features.store import FeatureSet
-from probe.bounds import Curve, domain_names, measure, record, sample_rows
+from probe.diagnostics.bounds import Curve, measure, record, sample_rows
+from probe.fitting.plan import Chunk
 from probe.methods.base import FeatureScale, GradientMethod
-from probe.metrics import collapsed_heads, correct_by_group, group_sizes, metrics_by_head
-from probe.results import HISTORY_KEYS, SELECTABLE, Result, run_id
+from probe.records.fitset import FitSet
+from probe.records.metrics import collapsed_heads, correct_by_group, group_sizes, metrics_by_head
+from probe.records.results import HISTORY_KEYS, SELECTABLE, Result, run_id
 from probe.train.data import Split, SplitCache, Stream, forward
 from probe.train.optim import BatchedOptimizer
-from probe.train.plan import Chunk
 from probe.train.settings import Settings
 
 
-def fit_chunks(fs: FeatureSet, method: type[GradientMethod], configs: list[dict[str, Any]], settings: Settings,
+def fit_chunks(fs: FitSet, method: type[GradientMethod], configs: list[dict[str, Any]], settings: Settings,
                chunks: list[Chunk], on_step: Callable[[int], None] | None, results: list[Result],
                splits: SplitCache | None = None, fitter: type | None = None,
                on_chunk: Callable[[list[Result]], None] | None = None) -> None:
@@ -62,25 +62,25 @@ def initial_heads(G: int, C: int, D: int, seed: int, settings: Settings) -> torc
 
 
 def bound_rows(tr: Split, cap: int, X: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(X, y, domains) of the fixed sample of at most ``cap`` training rows (probe.bounds),
+    """(X, y, domains) of the fixed sample of at most ``cap`` training rows (probe.diagnostics.bounds),
     taken from ``X``, the split's preprocessed rows, when they are at hand."""
     idx = torch.as_tensor(sample_rows(tr.domain.cpu().numpy(), cap), device=tr.rows.device)
     return (tr.X(idx) if X is None else X.index_select(0, idx)), tr.y[idx], tr.domain[idx]
 
 
-def kept_bounds(fs: FeatureSet, tr: Split, theta: torch.Tensor, steps: list[int], settings: Settings,
+def kept_bounds(fs: FitSet, tr: Split, theta: torch.Tensor, steps: list[int], settings: Settings,
                 curve: Curve | None = None, X: torch.Tensor | None = None) -> list[dict[str, Any]]:
     """Each kept head's bound terms (``steps[g]``: its checkpoint), with its curve of the
-    three distances when one was recorded along training (probe.bounds); ``X``: the
+    three distances when one was recorded along training (probe.diagnostics.bounds); ``X``: the
     training rows preprocessed, when they are at hand."""
     X, y, dom = bound_rows(tr, settings.bounds_rows, X)
-    figures = measure(theta, X, y, dom, domain_names(fs, settings.domain), settings.bias)
-    return [record(fig, domain=settings.domain, rows=X.shape[0], train_rows=len(tr.rows), step=int(steps[g]),
+    figures = measure(theta, X, y, dom, fs.domain_names, settings.bias)
+    return [record(fig, domain=fs.domain_source, rows=X.shape[0], train_rows=len(tr.rows), step=int(steps[g]),
                    curve=curve.of_head(g) if curve else None)
             for g, fig in enumerate(figures)]
 
 
-def head_rows(fs: FeatureSet, method: str, configs: list[dict[str, Any]], fixed: dict[str, Any],
+def head_rows(fs: FitSet, method: str, configs: list[dict[str, Any]], fixed: dict[str, Any],
               splits: dict[str, Split], theta: torch.Tensor, fates: list[dict[str, Any]],
               features: dict[str, torch.Tensor] | None = None, heads: list[int] | None = None) -> list[Result]:
     """The result rows of a chunk's kept heads ``theta`` (G, C, D), scored on every split by
@@ -89,7 +89,7 @@ def head_rows(fs: FeatureSet, method: str, configs: list[dict[str, Any]], fixed:
     splits' preprocessed rows already at hand, so they are not preprocessed again.
     ``heads[g]``: the head of ``theta`` configuration g has (default: head g), for
     configurations that share a head (each head is scored once).
-    A head that finished but collapsed on validation (``probe.metrics.collapsed_heads``)
+    A head that finished but collapsed on validation (``probe.records.metrics.collapsed_heads``)
     gets status "collapsed"."""
     features = features or {}
     heads = list(range(len(configs))) if heads is None else heads
@@ -115,13 +115,13 @@ def head_rows(fs: FeatureSet, method: str, configs: list[dict[str, Any]], fixed:
 class ChunkFit:
     """The state of one chunk's heads while they train (all tensors have a leading G)."""
 
-    def __init__(self, fs: FeatureSet, method: type[GradientMethod], configs: list[dict[str, Any]], chunk: Chunk,
+    def __init__(self, fs: FitSet, method: type[GradientMethod], configs: list[dict[str, Any]], chunk: Chunk,
                  settings: Settings, splits: dict[str, Split]) -> None:
         dev, dt = settings.device, settings.dtype
         self.fs, self.method, self.configs, self.settings, self.splits = fs, method, configs, settings, splits
         tr, va = splits["train"], splits["val"]
         G, C, D = len(configs), fs.num_classes, tr.pre.out_dim(fs.features.shape[1]) + int(settings.bias)
-        K = int(tr.domain.max().item()) + 1
+        K = fs.num_domains
         share = torch.bincount(tr.domain, minlength=K).to(dt) / len(tr.domain)
         params = method.hyperparameters()
 

@@ -29,9 +29,7 @@ from typing import Any
 import numpy as np
 
 from base.lazy import lazy_import
-from features.store import SPLITS, FeatureSet
 from probe import moments
-from probe.train.data import domain_column
 
 torch = lazy_import("torch")
 
@@ -55,20 +53,6 @@ def sample_rows(domains: np.ndarray, cap: int, seed: int = SAMPLE_SEED) -> np.nd
         keep[k] = min(len(pools[k]), left // (len(pools) - i))
         left -= keep[k]
     return np.sort(np.concatenate([rng.choice(p, m, replace=False) for p, m in zip(pools, keep, strict=True)]))
-
-
-def domain_names(fs: FeatureSet, domain: str) -> list[str]:
-    """Names of the domain ids of the column ``domain`` (group, a or y)."""
-    if domain == "group":
-        return list(fs.group_names)
-    if domain == "y":
-        return list(fs.class_names)
-    return [f"a={v}" for v in range(int(max(0, fs.a.max())) + 1)]
-
-
-def train_domains(fs: FeatureSet, domain: str) -> np.ndarray:
-    """The domain id of every training row, in file order (as the trainer numbers them)."""
-    return np.maximum(domain_column(fs, domain)[fs.split == SPLITS["train"]], 0)
 
 
 def _finite(v: float) -> float | None:

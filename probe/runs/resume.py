@@ -8,7 +8,7 @@
   (``rows.jsonl``) and heads with preprocessing (``tensors.safetensors``), flushed
   to the disk and renamed into place, so a chunk is in the journal whole or not at all;
 * ``staging/``: the new run, written in full beside the previous one before
-  :func:`probe.runs.publish` moves it in (``READY`` marks it complete).
+  :func:`probe.runs.folder.publish` moves it in (``READY`` marks it complete).
 
 A rerun with the same fingerprint fits only the configurations no chunk holds and
 ends with the same rows and heads as an uninterrupted fit (results do not depend on
@@ -32,8 +32,8 @@ from base.io import NoSpace, fsync_path, no_space_names, write_json_atomic
 from base.locks import exclusive
 from base.outputs import no_space_message
 from base.version import code_version
-from probe.results import Result, parse_results, to_jsonl
-from probe.runs import RunState, check_run_dir, publish, run_state, write_run
+from probe.records.results import Result, parse_results, to_jsonl
+from probe.runs.folder import RunState, check_run_dir, publish, run_state, write_run
 
 JOURNAL = ".partial"
 LOCK = ".lock"

@@ -1,4 +1,4 @@
-"""Model selection and the run folder (docs/results-format.md)."""
+"""The run folder (docs/results-format.md): its state, its summary, its writing and its swap."""
 
 from __future__ import annotations
 
@@ -18,10 +18,17 @@ from safetensors.torch import save
 from base.errors import UserError
 from base.io import check_writable_dir, fsync_path, write_bytes_atomic, write_json_atomic
 from base.version import code_version
-from probe.metrics import mean_metrics, mean_std
-from probe.results import SELECTABLE, Result, sort_results, write_results
+from probe.records.results import Result, sort_results, write_results
+from probe.records.summary import (
+    EVAL_SPLITS,
+    MethodSummary,
+    Selected,
+    SplitSeeds,
+    Summary,
+    mean_metrics,
+)
+from probe.runs.selection import select
 
-SELECT_KEYS = {"val_wga": "wga", "val_acc": "acc"}
 #: the files of a run besides its heads (heads/<method>.safetensors)
 RUN_FILES = ("results.jsonl", "summary.json")
 
@@ -74,62 +81,21 @@ def check_run_dir(out: Path) -> None:
                         "not write them; move them away or choose another folder")
 
 
-def select(rows: list[Result], select_by: str = "val_wga", ties: str = "acc") -> list[Result] | None:
-    """Group configurations by hyperparameters without the seed (``Result.config_key``);
-    pick the group with the best mean validation score (``ties``: "acc", the higher mean
-    validation accuracy, then the earlier configuration; "first", the earlier one; "sem",
-    the smaller standard error of the mean over seeds, ddof 1).
-    Only rows whose status is in ``SELECTABLE`` take part ("ok", "not_converged"), or,
-    when there are none, the collapsed ones (a collapsed head is never chosen over one
-    that is not). Returns the chosen rows, or None."""
-    metric = SELECT_KEYS[select_by]
-    usable = [r for r in rows if r.status in SELECTABLE and r.split("val")]
-    if not usable:
-        usable = [r for r in rows if r.status == "collapsed" and r.split("val")]
-    groups: dict[str, list[Result]] = {}
-    for r in usable:
-        groups.setdefault(r.config_key, []).append(r)
-    best, best_key = None, None
-    for members in groups.values():
-        vals = [m.split("val")[metric] for m in members if m.split("val")[metric] is not None]
-        if not vals:  # nothing to select it by
-            continue
-        score = round(sum(vals) / len(vals), 12)  # equal means that differ by rounding are ties
-        key = (score, -_sem(vals) if ties == "sem" else _mean_val_acc(members) if ties == "acc" else 0.0)
-        if best_key is None or key > best_key:
-            best, best_key = members, key
-    return best
-
-
-def _mean_val_acc(members: list[Result]) -> float:
-    accs = [m.split("val").get("acc") for m in members]
-    accs = [a for a in accs if a is not None]
-    return sum(accs) / len(accs) if accs else -1.0
-
-
-def _sem(values: list[float]) -> float:
-    if len(values) < 2:
-        return 0.0
-    mean = sum(values) / len(values)
-    return (sum((v - mean) ** 2 for v in values) / (len(values) - 1) / len(values)) ** 0.5
-
-
-def summarize_method(rows: list[Result], select_by: str, ties: str = "acc") -> dict[str, Any]:
+def summarize_method(rows: list[Result], select_by: str, ties: str = "acc") -> MethodSummary:
+    """One method's entry of summary.json: the configuration selection chooses, its
+    metrics averaged over its seeds and their spread, and the counts of every status."""
     members = select(rows, select_by, ties)
     counts = {"n_configs": len(rows), "n_diverged": sum(r.status == "diverged" for r in rows),
               "n_collapsed": sum(r.status == "collapsed" for r in rows),
               "n_not_converged": sum(r.status == "not_converged" for r in rows)}
     if members is None:
-        return {"selected": None, "metrics": None, "seeds": None, "head": None, **counts}
+        return MethodSummary(None, counts=counts)
     hp = {k: v for k, v in members[0].hparams.items() if k != "seed"}
-    splits = ("train", "val", "test")
-    return {
-        "selected": {"hparams": hp, "run_ids": [m.run_id for m in members]},
-        "metrics": {s: mean_metrics([m.split(s) for m in members]) for s in splits},
-        "seeds": {s: mean_std([m.split(s) for m in members if m.split(s)]) for s in splits},
-        "head": None,
-        **counts,
-    }
+    return MethodSummary(
+        Selected(hp, [m.run_id for m in members]),
+        metrics={s: mean_metrics([m.split(s) for m in members]) for s in EVAL_SPLITS},
+        seeds={s: SplitSeeds.of([m.split(s) for m in members if m.split(s)]) for s in EVAL_SPLITS},
+        counts=counts)
 
 
 def provenance(fs_prov: dict[str, Any], device: str, select_by: str, *, command: str | None = None,
@@ -144,7 +110,7 @@ def provenance(fs_prov: dict[str, Any], device: str, select_by: str, *, command:
 
 
 def write_run(out: Path, rows_by_method: dict[str, list[Result]], fs: Any, prov: dict[str, Any],
-              select_by: str, ties: str = "acc", complete: bool = True) -> dict[str, Any]:
+              select_by: str, ties: str = "acc", complete: bool = True) -> Summary:
     """Write heads, results.jsonl and summary.json into the folder ``out`` (each
     atomically; rows in the one order of ``sort_results``). ``complete`` False marks
     the finished configurations of an interrupted fit."""
@@ -153,15 +119,14 @@ def write_run(out: Path, rows_by_method: dict[str, list[Result]], fs: Any, prov:
     rows_by_method = {m: sort_results(rows) for m, rows in rows_by_method.items()}
     for method, rows in rows_by_method.items():
         summ = summarize_method(rows, select_by, ties)
-        if summ["selected"] is not None:
-            first = next(r for r in rows if r.run_id == summ["selected"]["run_ids"][0])
+        if summ.selected is not None:
+            first = next(r for r in rows if r.run_id == summ.selected.run_ids[0])
             _write_head(out / "heads" / f"{method}.safetensors", first, prov)
-            summ["head"] = f"heads/{method}.safetensors"
+            summ.head = f"heads/{method}.safetensors"
         methods[method] = summ
     write_results(out / "results.jsonl", [r for rows in rows_by_method.values() for r in rows])
-    summary = {"provenance": prov, "complete": complete, "group_names": fs.group_names,
-               "class_names": fs.class_names, "methods": methods}
-    write_json_atomic(out / "summary.json", summary)
+    summary = Summary(prov, complete, list(fs.group_names), list(fs.class_names), methods)
+    write_json_atomic(out / "summary.json", summary.to_json())
     return summary
 
 
@@ -181,8 +146,6 @@ def publish(staging: Path, out: Path, stale: Sequence[str]) -> None:
     for name in stale:
         (out / name).unlink(missing_ok=True)
     fsync_path(out)
-
-
 
 
 def _write_head(path: Path, row: Result, prov: dict[str, Any]) -> None:

@@ -26,7 +26,7 @@ from features.datasets import load_dataset
 from features.encoders import load_encoder
 from features.extract import check_output, choose_encoder, extract
 from features.store import read_features
-from probe.api import fit_grid
+from probe.pipeline import fit_grid
 from probe.reports import build_report
 from probe.reports.formats import render
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,6 +63,8 @@ class Param:
     minimum: float = 0.0
     maximum: float | None = None
     choices: tuple[str, ...] = ()
+    #: the choices read from a registry each time (a kind registered later is allowed too)
+    choices_from: Callable[[], tuple[str, ...]] | None = None
     chain: bool = False  # a text value may join several choices with + (a preprocessing chain)
     symbol: str = ""  # how papers write it (α), for labels
     #: reports show its value whenever it is non-zero, searched or not (a term off by default)
@@ -79,6 +81,11 @@ class Param:
                 self.check(v)
 
     @property
+    def allowed(self) -> tuple[str, ...]:
+        """The text values allowed (empty: any)."""
+        return self.choices_from() if self.choices_from is not None else self.choices
+
+    @property
     def default_grid(self) -> list[Any]:
         return list(self.grid) if self.grid else [self.default]
 
@@ -86,9 +93,10 @@ class Param:
         """One value, validated and converted to ``kind``."""
         if self.kind is str:
             parts = value.split("+") if isinstance(value, str) and self.chain else [value]
-            if not isinstance(value, str) or (self.choices and any(p not in self.choices for p in parts)):
+            allowed = self.allowed
+            if not isinstance(value, str) or (allowed and any(p not in allowed for p in parts)):
                 joined = " (or a chain joined by +)" if self.chain else ""
-                raise UserError(f"`{self.name}` {value!r} is not one of: {', '.join(self.choices)}{joined}")
+                raise UserError(f"`{self.name}` {value!r} is not one of: {', '.join(allowed)}{joined}")
             return value
         if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
             raise UserError(f"`{self.name}`: {value!r} is not a number")
@@ -101,6 +109,12 @@ class Param:
                 raise UserError(f"`{self.name}`: {v:g} is not a whole number")
             return int(round(v))
         return v
+
+    def option(self, options: dict[str, Any]) -> Any:
+        """This declaration's value among a fit's ``options`` (checked), or its default when
+        not given (a fit-wide option: one value, not a grid)."""
+        value = options.get(self.name)
+        return self.default if value is None else self.check(value)
 
     def values(self, given: Any) -> list[Any]:
         """Values from text (``"1e2,1e3"``, a range) or from a value or a sequence of values."""
@@ -130,7 +144,7 @@ class Param:
 
     @property
     def _syntax(self) -> str:
-        return f"a comma list of {', '.join(self.choices)}" if self.kind is str else RANGE_HELP
+        return f"a comma list of {', '.join(self.allowed)}" if self.kind is str else RANGE_HELP
 
     def _number(self, text: str) -> float:
         try:

@@ -1,0 +1,84 @@
+"""Where a fit's domains come from: one registered class per source, declaring what labels
+it reads, resolved once into a :class:`probe.records.fitset.FitSet` before anything is fitted.
+
+A source reads some of the labels a feature file may hold besides the classes
+(``LABELS``); a run can then be told what it may read, and a source that needs more is
+refused before any work. Every list of sources (`--domain`'s choices and help, the
+study file's checks) is read from this registry.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from base.errors import UserError
+from probe.records.fitset import FitSet
+
+if TYPE_CHECKING:
+    from features.store import FeatureSet
+
+#: labels beyond the classes that a source (or a method, or a selection rule) may read
+LABELS = {
+    "train_groups": "the group and spurious-attribute labels of the training rows",
+    "val_groups": "the group and spurious-attribute labels of the validation rows",
+}
+
+
+class DomainSource:
+    """A source's declarations. Subclasses set the class attributes, implement
+    ``domains`` and register with :func:`register`."""
+
+    name: ClassVar[str]
+    help: ClassVar[str]  # one clause for `--domain`'s help
+    reads: ClassVar[frozenset[str]] = frozenset()  # keys of LABELS
+
+    @classmethod
+    def domains(cls, fs: FeatureSet, settings: Any) -> tuple[np.ndarray, list[str]]:
+        """Each training row's domain as ``(codes, names)``: codes over the training rows in
+        file order, any integers (they are renumbered densely), and a name per code value
+        as a dict or list indexed by the value."""
+        raise NotImplementedError
+
+
+REGISTRY: dict[str, type[DomainSource]] = {}
+
+
+def register(cls: type[DomainSource]) -> type[DomainSource]:
+    for attr in ("name", "help"):
+        if not isinstance(getattr(cls, attr, None), str):
+            raise TypeError(f"{cls.__name__} must declare {attr}")
+    if cls.name in REGISTRY:
+        raise ValueError(f"domain source {cls.name!r} is registered twice")
+    unknown = set(cls.reads) - set(LABELS)
+    if unknown:
+        raise ValueError(f"{cls.name}: reads unknown labels {sorted(unknown)}")
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def source_names() -> list[str]:
+    return list(REGISTRY)
+
+
+def get_source(name: str) -> type[DomainSource]:
+    if name not in REGISTRY:
+        raise UserError(f"`domain` {name!r} is not one of: {', '.join(source_names())}")
+    return REGISTRY[name]
+
+
+def resolve(fs: FeatureSet, name: str, settings: Any = None) -> FitSet:
+    """``fs`` with the domains of the source ``name`` (read with the fit's ``settings``),
+    numbered densely over the training rows in order of their codes (so a code of 10¹²
+    costs nothing), named by the source."""
+    source = get_source(name)
+    train = fs.split_mask("train")
+    codes, names = source.domains(fs, settings)
+    codes = np.asarray(codes, np.int64)
+    if codes.shape != (int(train.sum()),):
+        raise ValueError(f"domain source {source.name} gave {codes.shape} codes for {int(train.sum())} training rows")
+    values, dense = np.unique(codes, return_inverse=True)
+    domain = np.full(len(fs.y), -1, np.int64)
+    domain[train] = dense
+    return FitSet.of(fs, domain, [str(names[int(v)]) for v in values], source.name)
