@@ -48,7 +48,20 @@ def test_group_sizes_counts_empty_groups_and_rejects_out_of_range() -> None:
     with pytest.raises(ValueError, match="out of range"):
         group_sizes(np.array([0, 4]), 4)
     with pytest.raises(ValueError, match="out of range"):
-        group_sizes(np.array([-1, 0]), 4)
+        group_sizes(np.array([-2, 0]), 4)
+    # -1 is a group hidden from the fit (an information regime): it counts for no group
+    assert group_sizes(np.array([-1, 0, -1]), 2).tolist() == [1, 0]
+
+
+def test_hidden_groups_count_for_accuracy_and_classes_but_no_group() -> None:
+    pred = torch.tensor([[0, 1, 1, 0]])
+    y, group = torch.tensor([0, 1, 0, 0]), torch.tensor([-1, -1, 1, 0])
+    assert correct_by_group(pred, y, group, 2).tolist() == [[1.0, 0.0]]
+    m = split_metrics(pred[0], y, group, ["g0", "g1"], np.array([1, 1]), class_names=["c0", "c1"])
+    assert m["acc"] == 0.75 and m["wga"] == 0.0 and m["per_group"]["g0"] == {"acc": 1.0, "n": 1}
+    assert m["worst_class"] == pytest.approx(2 / 3) and m["per_class"]["c1"] == {"acc": 1.0, "n": 1}
+    hidden = split_metrics(pred[0], y, torch.full((4,), -1), ["g0", "g1"], np.array([1, 1]), class_names=["c0", "c1"])
+    assert hidden["wga"] is None and hidden["acc"] == 0.75
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -178,12 +191,14 @@ def test_metric_invariants(pairs: list[tuple[int, int]]) -> None:
     total = [n for n, _ in pairs]
     correct = [min(c, n) for n, c in pairs]
     names = [f"g{i}" for i in range(len(pairs))]
-    m = metrics_from_counts(correct, total, total, names)  # this split *is* the train split
+    # this split *is* the train split; one class per group here, so classes are the groups
+    m = metrics_from_counts(correct, total, total, names, (correct, total, names))
     if sum(total) == 0:
         assert all(m[k] is None for k in METRIC_KEYS)
         return
     for k in METRIC_KEYS:
-        assert 0.0 <= m[k] <= 1.0
+        assert m[k] is None if k == "ce" else 0.0 <= m[k] <= 1.0
+    assert m["worst_class"] == m["wga"]
     # Weighting by the split's own sizes gives back plain accuracy.
     assert m["acc_train_weighted"] == pytest.approx(m["acc"])
     assert m["wga"] <= m["acc_group_mean"] + 1e-12

@@ -111,7 +111,10 @@ def test_grid_equals_separate_runs(tmp_path: Path) -> None:
     for cfg, row in zip(configs, grid, strict=True):
         alone = fit_method(fs, "cma", [cfg], st)[0]
         torch.testing.assert_close(row.theta, alone.theta, rtol=1e-9, atol=1e-12)
+        # the same predictions, hence the same counts; the cross-entropy as close as the heads
+        ces = [{s: m.pop("ce") for s, m in r.metrics.items()} for r in (row, alone)]
         assert row.metrics == alone.metrics
+        assert ces[0] == pytest.approx(ces[1], rel=1e-9)
         assert row.best_step == alone.best_step
 
 

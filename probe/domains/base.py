@@ -15,16 +15,10 @@ import numpy as np
 
 from base.errors import UserError
 from probe.records.fitset import FitSet
+from probe.records.regimes import LABELS
 
 if TYPE_CHECKING:
     from features.store import FeatureSet
-
-#: labels beyond the classes that a source (or a method, or a selection rule) may read
-LABELS = {
-    "train_groups": "the group and spurious-attribute labels of the training rows",
-    "val_groups": "the group and spurious-attribute labels of the validation rows",
-}
-
 
 class DomainSource:
     """A source's declarations. Subclasses set the class attributes, implement

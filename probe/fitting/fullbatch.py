@@ -75,7 +75,8 @@ class SolverFit:
         for row in rows:  # validation is scored once, at the final point: the row's metrics
             val = row.metrics.get("val")
             if row.history["step"] and val:
-                row.history["val_wga"][-1], row.history["val_acc"][-1] = val["wga"], val["acc"]
+                for key in ("wga", "acc", "worst_class"):
+                    row.history[f"val_{key}"][-1] = val.get(key)
         return rows
 
 
@@ -85,6 +86,6 @@ def _fate(sol: Solution, u: int) -> dict[str, Any]:
     # "loss" is the method's loss as the trainer logs it (no weight decay: ERM's is its CE);
     # "objective" adds λ/2‖W‖², what the solver minimises
     history = {"step": list(range(1, n + 1)), "loss": list(sol.ce[u]), "ce": list(sol.ce[u]),
-               "val_wga": [None] * n, "val_acc": [None] * n, "penalty": {},
+               "val_wga": [None] * n, "val_acc": [None] * n, "val_worst_class": [None] * n, "penalty": {},
                "objective": list(sol.loss[u]), "grad_max": list(sol.grad_trace[u])}
     return {"status": sol.status[u], "steps_run": n, "best_step": n, "history": history}

@@ -19,6 +19,7 @@ from probe.methods.base import FeatureScale, GradientMethod
 from probe.records.fitset import FitSet
 from probe.records.metrics import collapsed_heads, correct_by_group, group_sizes, metrics_by_head
 from probe.records.results import HISTORY_KEYS, SELECTABLE, Result, run_id
+from probe.records.rules import RULES
 from probe.train.data import Split, SplitCache, Stream, forward
 from probe.train.optim import BatchedOptimizer
 from probe.train.settings import Settings
@@ -45,6 +46,19 @@ def fit_chunks(fs: FitSet, method: type[GradientMethod], configs: list[dict[str,
         results.extend(rows)
         if on_chunk is not None:
             on_chunk(rows)
+
+
+def checkpoint_scores(pred: torch.Tensor, va: Split, group_total: torch.Tensor, class_total: torch.Tensor,
+                      num_groups: int) -> dict[str, torch.Tensor]:
+    """(G,) validation metrics of predictions ``pred`` (G, n) that a selection rule may read:
+    wga (NaN when no row's group is known), acc and worst_class."""
+    correct = correct_by_group(pred, va.y, va.group, num_groups)
+    by_class = correct_by_group(pred, va.y, va.y, len(class_total))
+    present, has = group_total > 0, class_total > 0
+    nan = torch.full((pred.shape[0],), float("nan"), dtype=torch.float64, device=pred.device)
+    return {"wga": (correct[:, present] / group_total[present]).min(-1).values if bool(present.any()) else nan,
+            "acc": by_class.sum(-1) / class_total.sum(),
+            "worst_class": (by_class[:, has] / class_total[has]).min(-1).values}
 
 
 def initial_heads(G: int, C: int, D: int, seed: int, settings: Settings) -> torch.Tensor:
@@ -93,11 +107,11 @@ def head_rows(fs: FitSet, method: str, configs: list[dict[str, Any]], fixed: dic
     gets status "collapsed"."""
     features = features or {}
     heads = list(range(len(configs))) if heads is None else heads
-    preds = {name: sp.predict(theta, features.get(name)) for name, sp in splits.items() if name != "val"}
-    va = splits["val"]
-    preds["val"], confidence = va.predict_with_confidence(theta, features.get("val"))
-    collapsed = collapsed_heads(preds["val"], confidence, va.y)
-    metrics = metrics_by_head(fs, {name: preds[name] for name in splits})
+    preds, confidence, ce = {}, {}, {}
+    for name, sp in splits.items():
+        preds[name], confidence[name], ce[name] = sp.score(theta, features.get(name))
+    collapsed = collapsed_heads(preds["val"], confidence["val"], splits["val"].y)
+    metrics = metrics_by_head(fs, {name: preds[name] for name in splits}, ce)
     pre_state = {k: v.detach().cpu() for k, v in splits["train"].pre.state.items()}
     rows, scored = [], set()
     for g, (cfg, h) in enumerate(zip(configs, heads, strict=True)):
@@ -143,9 +157,10 @@ class ChunkFit:
         self.since_best = torch.zeros(G, dtype=torch.long, device=dev)
         self.steps_run = torch.zeros(G, dtype=torch.long, device=dev)
         self.val_total = torch.as_tensor(group_sizes(va.group, fs.num_groups), device=dev)
+        self.val_class_total = torch.as_tensor(group_sizes(va.y, C), device=dev)
         self.val_X = va.X()  # evaluated every eval_every steps: preprocess once
         self.stream = Stream(tr, K, share, settings, chunk.seed, method.uses_gram)
-        self.history: dict[str, list] = {k: [] for k in ("step", "loss", "val_wga", "val_acc")}
+        self.history: dict[str, list] = {k: [] for k in ("step", "loss", "val_wga", "val_acc", "val_worst_class")}
         cap = settings.bounds_curve_rows
         self.curve = Curve(*bound_rows(tr, cap), bias=settings.bias) if cap else None
 
@@ -194,12 +209,11 @@ class ChunkFit:
         bad = self.active & ~torch.isfinite(self.theta).flatten(1).all(1)
         self.diverged |= bad
         self.active &= ~bad
-        va, present = self.splits["val"], self.val_total > 0
+        va = self.splits["val"]
         pred = va.predict(torch.nan_to_num(self.theta), self.val_X)
-        correct = correct_by_group(pred, va.y, va.group, self.fs.num_groups)
-        wga = (correct[:, present] / self.val_total[present]).min(-1).values
-        acc = correct.sum(-1) / self.val_total.sum()
-        score = wga if self.settings.select == "val_wga" else acc
+        scores = checkpoint_scores(pred, va, self.val_total, self.val_class_total, self.fs.num_groups)
+        wga, acc = scores["wga"], scores["acc"]
+        score = scores[RULES[self.settings.select].metric]
         # Checkpoints taken before a head's penalty switches on are plain ERM.
         eligible = self.active & (step >= self.anneal)
         better = eligible & (score > self.best_score)
@@ -216,6 +230,7 @@ class ChunkFit:
             hist.setdefault(name, []).append(value.detach().cpu().tolist())
         hist["val_wga"].append(wga.cpu().tolist())
         hist["val_acc"].append(acc.cpu().tolist())
+        hist["val_worst_class"].append(scores["worst_class"].cpu().tolist())
         if self.curve is not None:
             self.curve.record(step + 1, self.theta)
 

@@ -7,14 +7,23 @@ All values are fractions in [0, 1]. Keys (see the README's metric table):
                         and the remaining train weights renormalised
     acc_group_mean      (1/G') sum_g acc_g over the G' groups that have samples
     wga                 min_g acc_g over groups that have samples
+    worst_class         min_c acc_c over classes that have samples (the worst per-class
+                        accuracy, recall: needs no group labels)
+    ce                  mean cross-entropy of the head on the split (when it was scored
+                        with its probabilities)
     per_group           group name -> {"acc": float | None, "n": int}
+    per_class           class name -> {"acc": float | None, "n": int}
 
 A split with no rows gives ``None`` for every metric (the run folder stores the
-whole split as null); a group with no rows in a split has ``"acc": None``.
+whole split as null); a group with no rows in a split has ``"acc": None``. Rows whose
+group is hidden from the fit (group -1, ``probe.domains``: the information regime)
+count for ``acc``, the classes and ``ce`` but for no group; when every row's group is
+hidden, the group metrics are None.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +37,7 @@ if TYPE_CHECKING:
 
 torch = lazy_import("torch")
 
-METRIC_KEYS = ("acc", "acc_train_weighted", "acc_group_mean", "wga")
+METRIC_KEYS = ("acc", "acc_train_weighted", "acc_group_mean", "wga", "worst_class", "ce")
 
 
 def correct_by_group(
@@ -37,27 +46,32 @@ def correct_by_group(
     """Count correct predictions per group for H heads at once.
 
     pred: (H, N) or (N,) class indices; y, group: (N,). Returns (H, num_groups)
-    (or (num_groups,)) float64 counts on pred's device.
+    (or (num_groups,)) float64 counts on pred's device. Rows of group -1 (hidden) count
+    for no group.
     """
     squeeze = pred.dim() == 1
     pred2 = pred.unsqueeze(0) if squeeze else pred
     y = y.to(pred2.device)
     group = group.to(device=pred2.device, dtype=torch.long)
     hit = (pred2 == y.unsqueeze(0)).to(torch.float64)
+    known = group >= 0
+    if not bool(known.all()):
+        hit, group = hit[:, known], group[known]
     out = torch.zeros(pred2.shape[0], num_groups, dtype=torch.float64, device=pred2.device)
     out.index_add_(1, group, hit)
     return out[0] if squeeze else out
 
 
 def group_sizes(group: torch.Tensor | np.ndarray, num_groups: int) -> np.ndarray:
-    """Rows per group, shape (num_groups,) int64; groups with no rows count 0."""
+    """Rows per group, shape (num_groups,) int64; groups with no rows count 0, and rows of
+    group -1 (hidden from the fit) count for none."""
     g = group.detach().cpu().numpy() if isinstance(group, torch.Tensor) else np.asarray(group)
     g = g.astype(np.int64).reshape(-1)
     # Out-of-range indices mean the group names and the group column disagree;
     # dropping them silently would skew every metric.
-    if g.size and (g.min() < 0 or g.max() >= num_groups):
+    if g.size and (g.min() < -1 or g.max() >= num_groups):
         raise ValueError(f"group index out of range [0, {num_groups}): {g.min()}..{g.max()}")
-    return np.bincount(g, minlength=num_groups).astype(np.int64)
+    return np.bincount(g[g >= 0], minlength=num_groups).astype(np.int64)
 
 
 def worst_group_accuracy(correct: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
@@ -79,8 +93,12 @@ def metrics_from_counts(
     total: Sequence[int] | np.ndarray,
     train_total: Sequence[int] | np.ndarray,
     group_names: Sequence[str],
+    classes: tuple[Any, Any, Sequence[str]] | None = None,
+    ce: float | None = None,
 ) -> dict[str, Any]:
-    """The metric dictionary for one head on one split, from per-group counts."""
+    """The metric dictionary for one head on one split, from per-group counts and, when
+    given, per-class counts ``(correct, total, class_names)`` (then ``acc`` counts every
+    row, hidden groups included) and the split's mean cross-entropy ``ce``."""
     correct = np.asarray(correct, dtype=np.float64).reshape(-1)
     total = np.asarray(total, dtype=np.int64).reshape(-1)
     train_total = np.asarray(train_total, dtype=np.int64).reshape(-1)
@@ -90,20 +108,39 @@ def metrics_from_counts(
             f"per-group lengths disagree: correct {len(correct)}, total {len(total)}, "
             f"train_total {len(train_total)}, group_names {len(group_names)}"
         )
-    present = total > 0
-    acc_g = np.full(len(total), np.nan)
-    acc_g[present] = correct[present] / total[present]
-    n = int(total.sum())
-    return {
-        "acc": float(correct.sum() / n) if n else None,
+    acc_g, present = _rates(correct, total)
+    out: dict[str, Any] = {
+        "acc": float(correct.sum() / total.sum()) if total.sum() else None,
         "acc_train_weighted": _train_weighted(acc_g, train_total),
         "acc_group_mean": float(acc_g[present].mean()) if present.any() else None,
         "wga": float(acc_g[present].min()) if present.any() else None,
-        "per_group": {
-            str(name): {"acc": (float(acc_g[i]) if present[i] else None), "n": int(total[i])}
-            for i, name in enumerate(group_names)
-        },
+        "worst_class": None,
+        "ce": ce,
+        "per_group": _per_name(acc_g, present, total, group_names),
     }
+    if classes is not None:
+        c_correct, c_total = (np.asarray(v, dtype=np.float64).reshape(-1) for v in classes[:2])
+        acc_c, has = _rates(c_correct, c_total)
+        out["acc"] = float(c_correct.sum() / c_total.sum()) if c_total.sum() else None
+        out["worst_class"] = float(acc_c[has].min()) if has.any() else None
+        out["per_class"] = _per_name(acc_c, has, c_total, classes[2])
+    return out
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def _rates(correct: np.ndarray, total: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    present = total > 0
+    rate = np.full(len(total), np.nan)
+    rate[present] = correct[present] / total[present]
+    return rate, present
+
+
+def _per_name(rate: np.ndarray, present: np.ndarray, total: np.ndarray, names: Sequence[str]) -> dict[str, Any]:
+    return {str(name): {"acc": (float(rate[i]) if present[i] else None), "n": int(total[i])}
+            for i, name in enumerate(names)}
 
 
 def _train_weighted(acc_g: np.ndarray, train_total: np.ndarray) -> float | None:
@@ -122,27 +159,40 @@ def split_metrics(
     group: np.ndarray | torch.Tensor,
     group_names: Sequence[str],
     train_total: Sequence[int] | np.ndarray,
+    class_names: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """Metrics for one head's predictions (N,) on one split."""
+    """Metrics for one head's predictions (N,) on one split (per class too, with ``class_names``)."""
     pred_t, y_t, g_t = (v if isinstance(v, torch.Tensor) else torch.as_tensor(np.asarray(v)) for v in (pred, y, group))
     num_groups = len(group_names)
     correct = correct_by_group(pred_t.long(), y_t.long(), g_t.long(), num_groups).cpu().numpy()
-    return metrics_from_counts(correct, group_sizes(g_t, num_groups), train_total, group_names)
+    classes = None
+    if class_names is not None:
+        c = len(class_names)
+        classes = (correct_by_group(pred_t.long(), y_t.long(), y_t.long(), c).cpu().numpy(),
+                   group_sizes(y_t, c), class_names)
+    return metrics_from_counts(correct, group_sizes(g_t, num_groups), train_total, group_names, classes)
 
 
-def metrics_by_head(fs: FeatureSet, predictions: dict[str, torch.Tensor]) -> list[dict[str, dict[str, Any]]]:
+def metrics_by_head(fs: FeatureSet, predictions: dict[str, torch.Tensor],
+                    ce: dict[str, torch.Tensor] | None = None) -> list[dict[str, dict[str, Any]]]:
     """Per head, every split's metric dictionary, from predicted classes ``(G, n_split)``
-    per split (rows in file order): the one scoring path of every method's results."""
+    per split (rows in file order) and, when given, each head's mean cross-entropy (G,)
+    per split: the one scoring path of every method's results."""
     train_total = group_sizes(fs.group[fs.split == SPLITS["train"]], fs.num_groups)
+    C = fs.num_classes
     per_split = {}
     for name, pred in predictions.items():
         mask = fs.split == SPLITS[name]
         y, g = torch.as_tensor(fs.y[mask]), torch.as_tensor(fs.group[mask])
         correct = correct_by_group(pred, y, g, fs.num_groups).cpu().numpy()
-        per_split[name] = (correct, group_sizes(g, fs.num_groups))
+        by_class = correct_by_group(pred, y, y, C).cpu().numpy()
+        per_split[name] = (correct, group_sizes(g, fs.num_groups), by_class, group_sizes(y, C))
     heads = next(iter(per_split.values()))[0].shape[0] if per_split else 0
-    return [{name: metrics_from_counts(correct[h], total, train_total, fs.group_names)
-             for name, (correct, total) in per_split.items()} for h in range(heads)]
+    ces = {name: v.detach().cpu().tolist() for name, v in (ce or {}).items()}
+    return [{name: metrics_from_counts(correct[h], total, train_total, fs.group_names,
+                                       (by_class[h], class_total, fs.class_names),
+                                       _finite(ces[name][h]) if name in ces else None)
+             for name, (correct, total, by_class, class_total) in per_split.items()} for h in range(heads)]
 
 
 #: a head is collapsed when it predicts one class for the whole validation split, or when

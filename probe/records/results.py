@@ -29,7 +29,7 @@ STATUSES = ("ok", "collapsed", "not_converged", "diverged", "interrupted")
 SELECTABLE = ("ok", "not_converged")
 SPLIT_NAMES = ("train", "val", "test")
 #: history series every gradient-trained row has (penalties go under "penalty")
-HISTORY_KEYS = ("step", "loss", "ce", "val_wga", "val_acc")
+HISTORY_KEYS = ("step", "loss", "ce", "val_wga", "val_acc", "val_worst_class")
 
 
 def empty_history() -> dict[str, Any]:

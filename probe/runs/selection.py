@@ -1,46 +1,75 @@
-"""Model selection: which configuration of a method a run reports.
+"""Model selection: which configuration of a method a run reports, under each rule.
 
 Configurations are grouped by their hyperparameters without the seed
-(``Result.config_key``); the group with the best mean validation score is selected.
+(``Result.config_key``); the group with the best mean score under a selection rule
+(``probe.records.rules``) is selected. The run reports the headline rule's choice and
+records what every other rule the regime allows would have chosen (``by_rule``).
 """
 
 from __future__ import annotations
 
-from probe.records.results import SELECTABLE, Result
-from probe.records.summary import Stat
+from typing import Any
 
-SELECT_KEYS = {"val_wga": "wga", "val_acc": "acc"}
+from probe.records.regimes import REGIMES
+from probe.records.results import SELECTABLE, Result
+from probe.records.rules import RULES, Rule, rule_score
+from probe.records.summary import Stat
 
 
 def select(rows: list[Result], select_by: str = "val_wga", ties: str = "acc") -> list[Result] | None:
     """Group configurations by hyperparameters without the seed (``Result.config_key``);
-    pick the group with the best mean validation score (``ties``: "acc", the higher mean
-    validation accuracy, then the earlier configuration; "first", the earlier one; "sem",
-    the smaller standard error of the mean over seeds, ddof 1).
+    pick the group with the best mean score under the rule ``select_by`` (``ties``: "acc",
+    the higher mean validation accuracy, then the earlier configuration; "first", the
+    earlier one; "sem", the smaller standard error of the mean over seeds, ddof 1).
     Only rows whose status is in ``SELECTABLE`` take part ("ok", "not_converged"), or,
     when there are none, the collapsed ones (a collapsed head is never chosen over one
     that is not). Returns the chosen rows, or None."""
-    metric = SELECT_KEYS[select_by]
-    usable = [r for r in rows if r.status in SELECTABLE and r.split("val")]
+    return ranked(rows, RULES[select_by], ties)[0]
+
+
+def ranked(rows: list[Result], rule: Rule, ties: str = "acc") -> tuple[list[Result] | None, int]:
+    """The selected configuration's rows under ``rule`` and how many configurations tie
+    with it on the score (1: it is alone at the top; 0: nothing selected)."""
+    usable = [r for r in rows if r.status in SELECTABLE and r.split(rule.split)]
     if not usable:
-        usable = [r for r in rows if r.status == "collapsed" and r.split("val")]
+        usable = [r for r in rows if r.status == "collapsed" and r.split(rule.split)]
     groups: dict[str, list[Result]] = {}
     for r in usable:
         groups.setdefault(r.config_key, []).append(r)
-    best, best_key = None, None
+    best, best_key, scores = None, None, []
     for members in groups.values():
-        vals = [m.split("val")[metric] for m in members if m.split("val")[metric] is not None]
+        vals = [v for m in members if (v := rule_score(rule, m.metrics)) is not None]
         if not vals:  # nothing to select it by
             continue
         score = round(sum(vals) / len(vals), 12)  # equal means that differ by rounding are ties
+        scores.append(score)
         sem = Stat.of(vals).sem or 0.0  # one seed: no spread, so no tie is broken by it
         key = (score, -sem if ties == "sem" else _mean_val_acc(members) if ties == "acc" else 0.0)
         if best_key is None or key > best_key:
             best, best_key = members, key
-    return best
+    return best, (scores.count(best_key[0]) if best_key is not None else 0)
 
 
 def _mean_val_acc(members: list[Result]) -> float:
-    accs = [m.split("val").get("acc") for m in members]
+    accs = [(m.split("val") or {}).get("acc") for m in members]
     accs = [a for a in accs if a is not None]
     return sum(accs) / len(accs) if accs else -1.0
+
+
+def by_rule(rows: list[Result], ties: str, regime: str) -> dict[str, Any]:
+    """For every rule the regime allows (the oracle always: it reads only test labels), the
+    configuration it selects and its test metrics (mean over seeds): ``{rule: {"hparams",
+    "test": {"wga", "acc"}, "ties"}}``; a rule that selects nothing maps to None."""
+    out: dict[str, Any] = {}
+    for name, rule in RULES.items():
+        if not rule.reads <= REGIMES[regime]:
+            continue
+        members, tied = ranked(rows, rule, ties)
+        if members is None:
+            out[name] = None
+            continue
+        tests = [m.split("test") or {} for m in members]
+        out[name] = {"hparams": {k: v for k, v in members[0].hparams.items() if k != "seed"},
+                     "test": {k: Stat.of(t.get(k) for t in tests).mean for k in ("wga", "acc")},
+                     "ties": tied}
+    return out

@@ -48,11 +48,12 @@ class Split:
 
     def predict(self, theta: torch.Tensor, X: torch.Tensor | None = None) -> torch.Tensor:
         """(G, n) predicted classes, in row chunks sized to the grid."""
-        return self.predict_with_confidence(theta, X)[0]
+        return self.score(theta, X)[0]
 
-    def predict_with_confidence(self, theta: torch.Tensor,
-                                X: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(G, n) predicted classes and (G, n) the probability each head gives its prediction."""
+    def score(self, theta: torch.Tensor, X: torch.Tensor | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(G, n) predicted classes, (G, n) the probability each head gives its prediction,
+        and (G,) each head's mean cross-entropy on the split's rows."""
         G, C, _ = theta.shape
         chunk = max(256, min(16384, (64 * 1024**2) // max(1, G * C * theta.element_size())))
         if X is None and not self.source.is_cuda:  # gathered blocks that stay cached (and unfaulted)
@@ -60,16 +61,20 @@ class Split:
             chunk = min(chunk, max(256, CPU_BLOCK_BYTES // row_bytes))
         n = len(self.rows)
         preds, confs = [], []
+        nll = torch.zeros(G, dtype=torch.float64, device=theta.device)
         for i in range(0, n, chunk):
             Xi = X[i: i + chunk] if X is not None else self.X(torch.arange(i, min(i + chunk, n),
                                                                            device=self.rows.device))
-            top, pred = moments.log_softmax(moments.logits(theta, Xi, self.bias)).max(-1)
+            logp = moments.log_softmax(moments.logits(theta, Xi, self.bias))
+            top, pred = logp.max(-1)
+            yi = self.y[i: i + chunk].view(1, -1, 1).expand(G, -1, 1)
+            nll -= logp.gather(-1, yi).sum((1, 2)).to(torch.float64)
             preds.append(pred)
             confs.append(top.exp_())
         if not preds:
             empty = torch.zeros(G, 0, device=theta.device)
-            return empty.long(), empty.to(theta.dtype)
-        return torch.cat(preds, dim=-1), torch.cat(confs, dim=-1)
+            return empty.long(), empty.to(theta.dtype), torch.full((G,), float("nan"), device=theta.device)
+        return torch.cat(preds, dim=-1), torch.cat(confs, dim=-1), nll / n
 
     def mean_sq_norm(self, chunk: int = 16384) -> float:
         """Mean ‖x̃‖² over the rows, preprocessed, the bias column (if any) included (computed once)."""

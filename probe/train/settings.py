@@ -13,6 +13,8 @@ from typing import Any
 
 from base.errors import UserError
 from base.lazy import lazy_import
+from probe.records.regimes import REGIMES
+from probe.records.rules import RULES, headline_rules
 
 torch = lazy_import("torch")
 
@@ -28,8 +30,6 @@ CHECKPOINTS = ("best", "last")
 TIES = ("acc", "first", "sem")
 #: how gradient methods are fitted: auto picks lbfgs for the convex ones, adam for the rest
 SOLVERS = ("auto", "lbfgs", "adam")
-#: the checkpoint and model-selection scores
-SELECT_SCORES = ("val_wga", "val_acc")
 #: penalty scalings (probe.methods.base.FeatureScale): the definitions, the CMA authors'
 #: linear-probing division by d·C, or features of unit mean squared norm
 NORMALIZATIONS = ("none", "dC", "unit")
@@ -86,8 +86,15 @@ class Settings:
     patience: int = setting(0, "Stop a head after N evaluations without improvement (0: never).", minimum=0)
     domain: str = setting("group", "Where the domains of the balanced batches and the penalties come from: "
                                    "{domain_sources}.")
-    select: str = setting("val_wga", "Checkpoint and model selection: val_wga (validation worst-group accuracy, "
-                                     "mean over seeds) or val_acc.", choices=SELECT_SCORES)
+    group_labels: str = setting("all", "Which group labels the fit may read: all, val (validation's only, DFR's "
+                                       "setting) or none (none but to report test metrics). Methods, domain "
+                                       "sources, preprocessings and selection rules that need more are refused.",
+                                choices=tuple(REGIMES))
+    select: str | None = setting(None, "The headline rule for checkpoints and model selection (mean over seeds): "
+                                       + "; ".join(f"{n} ({RULES[n].help})" for n in headline_rules())
+                                       + ". Default: val_wga, or val_worst_class when `group_labels` hides the "
+                                         "validation groups. Every rule's choice is recorded beside it.",
+                                 choices=headline_rules())
     select_checkpoint: str = setting("best", "The head each configuration keeps: best (its best validation "
                                              "checkpoint) or last (the final step's).", choices=CHECKPOINTS)
     # worst-group accuracy on a small validation group takes few values, so ties are common
@@ -126,6 +133,8 @@ class Settings:
     def __post_init__(self) -> None:
         if self.normalize is None:  # the Python spelling of "none"
             self.normalize = "none"
+        if self.select is None:  # the regime's default rule
+            self.select = "val_wga" if "val_groups" in REGIMES.get(self.group_labels, ()) else "val_worst_class"
         for f in fields(self):
             if "help" in f.metadata:
                 check_setting(f.name, getattr(self, f.name), f.metadata)
