@@ -20,13 +20,24 @@ from base.device import resolve_device
 from base.errors import UserError
 from base.io import NoSpace
 from features.store import FeatureSet, read_features
-from probe.domains import get_source, resolve
+from probe.domains import get_source, resolve, restrict
 from probe.fitting.dispatch import fit_method, plan_method, progress_units, remaining
 from probe.fitting.plan import uses_solver
-from probe.methods import GradientMethod, all_params, check_options, get_method, method_names
+from probe.methods import (
+    GradientMethod,
+    Method,
+    all_params,
+    check_options,
+    get_method,
+    method_names,
+)
 from probe.methods.protocols import Resolved, resolve_for
+from probe.preprocessing import REGISTRY as PREPROCESSINGS
+from probe.preprocessing import steps_of
 from probe.records.fitset import FitSet
+from probe.records.regimes import check_reads
 from probe.records.results import Result, parse_results, sort_results
+from probe.records.rules import RULES
 from probe.records.summary import Summary
 from probe.runs.folder import provenance
 from probe.runs.resume import RunSession, data_fingerprint, fit_fingerprint, fit_no_space_message
@@ -85,13 +96,14 @@ def plan_fit(fs: FeatureSet, names: list[str], grid: dict[str, list[Any]], setti
     protocol's, then the user's) and configurations (the protocol's grid, then the user's
     values, then the method's defaults), planned once so the progress total and the fit
     agree on the chunks."""
-    validate_for_fit(fs)
     plans = {}
     fit_set: FitSet | None = None
     for m in names:
         base = {**protocol.settings, **protocol.method_settings.get(m, {})} if protocol else {}
         st = make_settings(device, dtype, **{**base, **settings})
+        check_regime(get_method(m), st)
         if fit_set is None:
+            validate_for_fit(restrict(fs, st.group_labels))
             fit_set = resolve(fs, st.domain, st)
         elif st.domain != fit_set.domain_source:
             raise UserError(f"`domain` {st.domain} for {m} differs from the fit's {fit_set.domain_source}; one fit "
@@ -99,6 +111,8 @@ def plan_fit(fs: FeatureSet, names: list[str], grid: dict[str, list[Any]], setti
         own = get_method(m).hyperparameters()
         values = {**(protocol.grids.get(m, {}) if protocol else {}), **{k: v for k, v in grid.items() if k in own}}
         configs = get_method(m).configs(values, st.steps)
+        for kind in {k for c in configs if "preprocess" in c for k in steps_of(c["preprocess"])}:
+            check_reads(f"`preprocess` {kind}", PREPROCESSINGS[kind].reads, st.group_labels)
         plans[m] = MethodPlan(st, configs, plan_method(fit_set, m, configs, st))
     assert fit_set is not None  # names is never empty (parse_methods)
     return fit_set, plans
@@ -227,6 +241,12 @@ def _rows_by_method(path: Path, names: list[str]) -> dict[str, list[Result]]:
     for r in parse_results(path.read_text(encoding="utf-8"), path):
         rows.setdefault(r.method, []).append(r)
     return rows
+
+
+def check_regime(method: type[Method], st: Settings) -> None:
+    """Refuse, before any work, a method or a selection rule that reads labels the regime hides."""
+    check_reads(f"`method` {method.name}", method.reads, st.group_labels)
+    check_reads(f"`select` {st.select}", RULES[st.select].reads, st.group_labels)
 
 
 def check_method_settings(fs: FeatureSet, plans: dict[str, MethodPlan]) -> None:

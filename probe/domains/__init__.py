@@ -14,12 +14,13 @@ from probe.domains.base import (
     get_source,
     register,
     resolve,
+    restrict,
     source_names,
 )
 
 import_modules(__name__, __path__)
 
-__all__ = ["LABELS", "REGISTRY", "DomainSource", "get_source", "register", "resolve", "source_names"]
+__all__ = ["LABELS", "REGISTRY", "DomainSource", "get_source", "register", "resolve", "restrict", "source_names"]
 
 
 def sources_help() -> str:

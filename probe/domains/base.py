@@ -9,13 +9,15 @@ study file's checks) is read from this registry.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from base.errors import UserError
 from probe.records.fitset import FitSet
-from probe.records.regimes import LABELS
+from probe.records.grid import Param
+from probe.records.regimes import LABELS, REGIMES, check_reads
 
 if TYPE_CHECKING:
     from features.store import FeatureSet
@@ -27,6 +29,8 @@ class DomainSource:
     name: ClassVar[str]
     help: ClassVar[str]  # one clause for `--domain`'s help
     reads: ClassVar[frozenset[str]] = frozenset()  # keys of LABELS
+    #: settings this source owns (one value per fit), given through ``Settings.options``
+    options: ClassVar[tuple[Param, ...]] = ()
 
     @classmethod
     def domains(cls, fs: FeatureSet, settings: Any) -> tuple[np.ndarray, list[str]]:
@@ -62,11 +66,31 @@ def get_source(name: str) -> type[DomainSource]:
     return REGISTRY[name]
 
 
+def restrict(fs: FeatureSet, regime: str) -> FeatureSet:
+    """``fs`` as a fit under ``regime`` may read it: the group and attribute labels of the
+    rows whose labels it hides are -1 (unknown). The features and the other arrays are
+    shared; the test rows keep theirs (they are read to report test metrics only)."""
+    hidden = np.zeros(len(fs.y), dtype=bool)
+    for label, split in (("train_groups", "train"), ("val_groups", "val")):
+        if label not in REGIMES[regime]:
+            hidden |= fs.split_mask(split)
+    if not hidden.any():
+        return fs
+    group, a = fs.group.copy(), fs.a.copy()
+    group[hidden] = -1
+    a[hidden] = -1
+    return dataclasses.replace(fs, group=group, a=a)
+
+
 def resolve(fs: FeatureSet, name: str, settings: Any = None) -> FitSet:
     """``fs`` with the domains of the source ``name`` (read with the fit's ``settings``),
     numbered densely over the training rows in order of their codes (so a code of 10¹²
-    costs nothing), named by the source."""
+    costs nothing), named by the source. With ``settings``, the labels its regime hides are
+    hidden first (:func:`restrict`), and a source that reads them is refused."""
     source = get_source(name)
+    regime = getattr(settings, "group_labels", "all")
+    check_reads(f"`domain` {name}", source.reads, regime)
+    fs = restrict(fs, regime)
     train = fs.split_mask("train")
     codes, names = source.domains(fs, settings)
     codes = np.asarray(codes, np.int64)

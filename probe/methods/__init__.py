@@ -44,14 +44,17 @@ def display_name(method: str) -> str:
 
 
 def all_options() -> dict[str, tuple[str, Param]]:
-    """Option name -> (its owner, its declaration): every method's ``options`` and every
-    preprocessing kind's knobs, the fit-wide settings that are not Settings fields."""
+    """Option name -> (its owner, its declaration): every method's and domain source's
+    ``options`` and every preprocessing kind's knobs, the fit-wide settings that are not
+    Settings fields."""
+    from probe.domains import REGISTRY as SOURCES
     from probe.preprocessing import all_knobs
 
     out = {name: (kind.name, p) for name, (kind, p) in all_knobs().items()}
-    for m in method_names():
-        for p in REGISTRY[m].options:
-            out.setdefault(p.name, (m, p))
+    owners = [(m, REGISTRY[m].options) for m in method_names()] + [(s.name, s.options) for s in SOURCES.values()]
+    for owner, options in owners:
+        for p in options:
+            out.setdefault(p.name, (owner, p))
     return out
 
 

@@ -103,6 +103,9 @@ class Method:
     #: settings this method owns: one value per fit (not a grid dimension), given through
     #: ``Settings.options`` and read with ``Param.option`` (None: the declared default)
     options: ClassVar[tuple[Param, ...]] = ()
+    #: labels beyond the classes it reads itself (probe.records.regimes.LABELS), besides the
+    #: fit's domains (whose source declares its own); a regime that hides them refuses it
+    reads: ClassVar[frozenset[str]] = frozenset()
     #: report hint: the two hyperparameters whose grid `probe report --plots` draws as a
     #: validation heatmap (rows, columns); None: no heatmap
     heatmap: ClassVar[tuple[str, str] | None] = None

@@ -156,6 +156,7 @@ def dfr_bounds(fs: FitSet, row: Result, rows: int) -> dict[str, Any]:
 class DFR(Method):
     name = "dfr"
     display = "DFR"
+    reads = frozenset({"val_groups"})  # group-balanced validation subsets, C tuned on validation WGA
     summary = ("dfr: Deep Feature Reweighting, L1 logistic regression on group-balanced validation subsets, C "
                "tuned on half of validation; one head per seed")
 

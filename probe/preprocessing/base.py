@@ -36,6 +36,8 @@ class Kind:
     knobs: ClassVar[tuple[Param, ...]] = ()
     #: names of the tensors ``fit`` returns: what a head file records for this step
     state: ClassVar[tuple[str, ...]] = ()
+    #: labels beyond the classes its fit reads (probe.records.regimes.LABELS)
+    reads: ClassVar[frozenset[str]] = frozenset()
     #: whether ``apply`` returns a fresh tensor (so later steps may work in place)
     fresh: ClassVar[bool] = True
 

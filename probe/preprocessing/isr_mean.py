@@ -57,6 +57,7 @@ class ISRMean(Kind):
               kind=int, minimum=1),
     )
     state = ("spurious",)
+    reads = frozenset({"train_groups"})  # the spurious attribute of the training rows
 
     @classmethod
     def fit(cls, X, y, a, knobs):

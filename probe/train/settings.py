@@ -84,8 +84,9 @@ class Settings:
     eval_every: int = setting(50, "Evaluate on validation every N steps; each head keeps its best checkpoint "
                                   "by the select score.", minimum=1)
     patience: int = setting(0, "Stop a head after N evaluations without improvement (0: never).", minimum=0)
-    domain: str = setting("group", "Where the domains of the balanced batches and the penalties come from: "
-                                   "{domain_sources}.")
+    domain: str | None = setting(None, "Where the domains of the balanced batches and the penalties come from: "
+                                          "{domain_sources}. Default: group, or infer:errors when "
+                                          "`group_labels` hides the training rows' groups.")
     group_labels: str = setting("all", "Which group labels the fit may read: all, val (validation's only, DFR's "
                                        "setting) or none (none but to report test metrics). Methods, domain "
                                        "sources, preprocessings and selection rules that need more are refused.",
@@ -133,6 +134,8 @@ class Settings:
     def __post_init__(self) -> None:
         if self.normalize is None:  # the Python spelling of "none"
             self.normalize = "none"
+        if self.domain is None:  # the regime's default source
+            self.domain = "group" if "train_groups" in REGIMES.get(self.group_labels, ()) else "infer:errors"
         if self.select is None:  # the regime's default rule
             self.select = "val_wga" if "val_groups" in REGIMES.get(self.group_labels, ()) else "val_worst_class"
         for f in fields(self):
