@@ -16,12 +16,13 @@ from typing import Any
 
 import torch
 
-from probe.fitting.loop import head_rows, kept_bounds
+from probe.fitting.loop import head_rows
 from probe.fitting.plan import Chunk, problem_key
 from probe.methods.base import GradientMethod
 from probe.records.fitset import FitSet
 from probe.records.results import Result
 from probe.train.data import Batch, Split
+from probe.train.scoring import kept_bounds
 from probe.train.settings import Settings
 from probe.train.solver import Problem, Solution, lbfgs
 

@@ -13,15 +13,16 @@ from typing import Any
 
 import torch
 
-from probe.diagnostics.bounds import Curve, measure, record, sample_rows
+from probe.diagnostics.bounds import Curve
 from probe.fitting.plan import Chunk
 from probe.methods.base import FeatureScale, GradientMethod
 from probe.records.fitset import FitSet
-from probe.records.metrics import collapsed_heads, correct_by_group, group_sizes, metrics_by_head
+from probe.records.metrics import correct_by_group, group_sizes
 from probe.records.results import HISTORY_KEYS, SELECTABLE, Result, run_id
 from probe.records.rules import RULES
 from probe.train.data import Split, SplitCache, Stream, forward
 from probe.train.optim import BatchedOptimizer
+from probe.train.scoring import bound_rows, kept_bounds, score_heads
 from probe.train.settings import Settings
 
 
@@ -75,25 +76,6 @@ def initial_heads(G: int, C: int, D: int, seed: int, settings: Settings) -> torc
     return head.to(device=dev, dtype=dt).unsqueeze(0).repeat(G, 1, 1)
 
 
-def bound_rows(tr: Split, cap: int, X: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(X, y, domains) of the fixed sample of at most ``cap`` training rows (probe.diagnostics.bounds),
-    taken from ``X``, the split's preprocessed rows, when they are at hand."""
-    idx = torch.as_tensor(sample_rows(tr.domain.cpu().numpy(), cap), device=tr.rows.device)
-    return (tr.X(idx) if X is None else X.index_select(0, idx)), tr.y[idx], tr.domain[idx]
-
-
-def kept_bounds(fs: FitSet, tr: Split, theta: torch.Tensor, steps: list[int], settings: Settings,
-                curve: Curve | None = None, X: torch.Tensor | None = None) -> list[dict[str, Any]]:
-    """Each kept head's bound terms (``steps[g]``: its checkpoint), with its curve of the
-    three distances when one was recorded along training (probe.diagnostics.bounds); ``X``: the
-    training rows preprocessed, when they are at hand."""
-    X, y, dom = bound_rows(tr, settings.bounds_rows, X)
-    figures = measure(theta, X, y, dom, fs.domain_names, settings.bias)
-    return [record(fig, domain=fs.domain_source, rows=X.shape[0], train_rows=len(tr.rows), step=int(steps[g]),
-                   curve=curve.of_head(g) if curve else None)
-            for g, fig in enumerate(figures)]
-
-
 def head_rows(fs: FitSet, method: str, configs: list[dict[str, Any]], fixed: dict[str, Any],
               splits: dict[str, Split], theta: torch.Tensor, fates: list[dict[str, Any]],
               features: dict[str, torch.Tensor] | None = None, heads: list[int] | None = None) -> list[Result]:
@@ -105,13 +87,8 @@ def head_rows(fs: FitSet, method: str, configs: list[dict[str, Any]], fixed: dic
     configurations that share a head (each head is scored once).
     A head that finished but collapsed on validation (``probe.records.metrics.collapsed_heads``)
     gets status "collapsed"."""
-    features = features or {}
     heads = list(range(len(configs))) if heads is None else heads
-    preds, confidence, ce = {}, {}, {}
-    for name, sp in splits.items():
-        preds[name], confidence[name], ce[name] = sp.score(theta, features.get(name))
-    collapsed = collapsed_heads(preds["val"], confidence["val"], splits["val"].y)
-    metrics = metrics_by_head(fs, {name: preds[name] for name in splits}, ce)
+    metrics, collapsed = score_heads(fs, splits, theta, features)
     pre_state = {k: v.detach().cpu() for k, v in splits["train"].pre.state.items()}
     rows, scored = [], set()
     for g, (cfg, h) in enumerate(zip(configs, heads, strict=True)):

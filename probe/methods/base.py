@@ -99,6 +99,8 @@ class Method:
     summary: ClassVar[str]  # one line for `probe fit --method` help
     params: ClassVar[tuple[Param, ...]] = ()  # its own hyperparameters
     common: ClassVar[tuple[str, ...]] = ("seed",)  # the shared ones (COMMON) it takes
+    #: this method's default grids of shared hyperparameters (its published grid of weight decay, say)
+    common_grids: ClassVar[dict[str, tuple[Any, ...]]] = {}
     trained_by: ClassVar[str] = "closed form"
     #: settings this method owns: one value per fit (not a grid dimension), given through
     #: ``Settings.options`` and read with ``Param.option`` (None: the declared default)
@@ -113,7 +115,9 @@ class Method:
     @classmethod
     def hyperparameters(cls) -> dict[str, Param]:
         """Every per-configuration hyperparameter, its own first, then the shared ones."""
-        return {**{p.name: p for p in cls.params}, **{n: COMMON[n] for n in cls.common}}
+        shared = {n: replace(COMMON[n], grid=cls.common_grids[n]) if n in cls.common_grids else COMMON[n]
+                  for n in cls.common}
+        return {**{p.name: p for p in cls.params}, **shared}
 
     @classmethod
     def configs(cls, grid: dict[str, list[Any]], steps: int) -> list[dict[str, Any]]:
