@@ -39,7 +39,7 @@ from probe.records.regimes import check_reads
 from probe.records.results import Result, parse_results, sort_results
 from probe.records.rules import RULES
 from probe.records.summary import Summary
-from probe.runs.folder import provenance
+from probe.runs.folder import RunSpec, provenance
 from probe.runs.resume import RunSession, data_fingerprint, fit_fingerprint, fit_no_space_message
 from probe.train.data import SplitCache, validate_for_fit
 from probe.train.settings import DTYPES, Settings
@@ -147,7 +147,8 @@ def fit_grid(features: FeatureSet | str | Path, methods: list[str] | str | None 
     """
     grid = check_grid(grid or {})
     make_settings(device, dtype, **settings)  # every setting checked before the file is read
-    fs = features if isinstance(features, FeatureSet) else read_features(features, allow_incomplete)
+    raw = features if isinstance(features, FeatureSet) else read_features(features, allow_incomplete)
+    fs = raw
     resolved = resolve_for(protocol, fs) if protocol is not None else None
     names = parse_methods(methods if methods is not None else resolved.methods if resolved else "")
     fs, plans = plan_fit(fs, names, grid, settings, device, dtype, resolved)
@@ -161,6 +162,7 @@ def fit_grid(features: FeatureSet | str | Path, methods: list[str] | str | None 
         rows = _fit_plans(fs, plans, progress, {}, None)
         return {"summary": None, "rows": rows}
     out_path = Path(out)
+    spec = RunSpec(fs, prov, st.select, st.ties, st.group_labels, domains_record(fs, raw))
     fingerprint = fit_fingerprint(data_fingerprint(fs), _plan_record(plans, resolved))
     rows: dict[str, list[Result]] = {}
     try:
@@ -174,12 +176,10 @@ def fit_grid(features: FeatureSet | str | Path, methods: list[str] | str | None 
                         "rows": _rows_by_method(out_path / "results.jsonl", names)}
             try:
                 _fit_plans(fs, plans, progress, session.finished(), session, rows)
-                return {"summary": session.commit(rows, fs, prov, st.select, st.ties),
-                        "rows": {m: sort_results(r) for m, r in rows.items()}}
+                return {"summary": session.commit(rows, spec), "rows": {m: sort_results(r) for m, r in rows.items()}}
             except KeyboardInterrupt as exc:
                 if any(rows.values()) and session.keep_partial():
-                    session.commit({m: r for m, r in rows.items() if r}, fs, prov, st.select, st.ties,
-                                   complete=False)
+                    session.commit({m: r for m, r in rows.items() if r}, spec, complete=False)
                     exc.probe_written = str(out_path)  # type: ignore[attr-defined]  # for the CLI's message
                 exc.probe_kept = sum(map(len, rows.values()))  # type: ignore[attr-defined]
                 raise
@@ -241,6 +241,23 @@ def _rows_by_method(path: Path, names: list[str]) -> dict[str, list[Result]]:
     for r in parse_results(path.read_text(encoding="utf-8"), path):
         rows.setdefault(r.method, []).append(r)
     return rows
+
+
+def domains_record(fs: FitSet, raw: FeatureSet) -> dict[str, Any]:
+    """summary.json's record of the fit's domains: their source and names, whether they were
+    inferred and, when the file has the training rows' groups, how well they agree with
+    them (the adjusted Rand index: read after the fit, to report, never by it)."""
+    from probe.domains import get_source
+
+    inferred = get_source(fs.domain_source).inferred
+    train = raw.split_mask("train")
+    truth = raw.group[train]
+    ari = None
+    if (truth >= 0).all():
+        from sklearn.metrics import adjusted_rand_score
+
+        ari = float(adjusted_rand_score(truth, fs.domain[train]))
+    return {"source": fs.domain_source, "names": list(fs.domain_names), "inferred": inferred, "ari_train": ari}
 
 
 def check_regime(method: type[Method], st: Settings) -> None:

@@ -188,3 +188,10 @@ def test_label_free_heads_and_inferred_domains_beat_erm_without_group_labels(tmp
     cma = fit_grid(planted, ["cma"], {"alpha": [1e2, 1e3], "beta": [10.0], "anneal": [0]}, tmp_path / "cma",
                    group_labels="none", domain="infer:errors", steps=300, eval_every=50)
     assert cma["summary"].methods["cma"].metrics["test"]["wga"] > wga["erm"] + 0.2
+    # the inferred domains are saved per training row, and the report can say how they meet the true groups
+    summary = cma["summary"]
+    assert summary.group_labels == "none" and summary.domains["source"] == "infer:errors"
+    assert summary.domains["ari_train"] > 0.5 and summary.domains["file"] == "domains.csv"
+    lines = (tmp_path / "cma" / "domains.csv").read_text().splitlines()
+    assert lines[0] == "id,domain" and len(lines) == 1 + int((planted.split == 0).sum())
+    assert {line.split(",")[1] for line in lines[1:]} == set(summary.domains["names"])

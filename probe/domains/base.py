@@ -29,6 +29,8 @@ class DomainSource:
     name: ClassVar[str]
     help: ClassVar[str]  # one clause for `--domain`'s help
     reads: ClassVar[frozenset[str]] = frozenset()  # keys of LABELS
+    #: whether the domains are inferred from the data (then each run saves them, per row)
+    inferred: ClassVar[bool] = False
     #: settings this source owns (one value per fit), given through ``Settings.options``
     options: ClassVar[tuple[Param, ...]] = ()
 

@@ -49,6 +49,7 @@ class Inferred(DomainSource):
     """What the inferred sources share: the reference head (module docstring)."""
 
     reads = frozenset()
+    inferred = True
     options: ClassVar[tuple[Param, ...]] = (
         Param("infer_steps", "Inferred domains: full-batch gradient-descent steps (at step size 1/L) of the "
                              "early-stopped reference ERM head they start from.", kind=int, default=50, minimum=1),

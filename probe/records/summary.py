@@ -139,6 +139,8 @@ class MethodSummary:
     seeds: dict[str, SplitSeeds] = field(default_factory=dict)  # split -> spread over seeds
     head: str | None = None  # heads/<method>.safetensors
     counts: dict[str, int | None] = field(default_factory=dict)  # _COUNTS; None: not recorded
+    #: rule -> {"hparams", "test": {"wga", "acc"}, "ties"} (probe.runs.selection.by_rule), or None
+    by_rule: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)  # keys of later versions, kept as read
 
     def count(self, name: str) -> int | None:
@@ -150,6 +152,8 @@ class MethodSummary:
                                "seeds": {s: v.to_json() for s, v in self.seeds.items()} if self.selected else None,
                                "head": self.head}
         out.update({k: v for k, v in self.counts.items() if v is not None})
+        if self.by_rule:
+            out["by_rule"] = self.by_rule
         return {**self.extra, **out}
 
     @classmethod
@@ -165,9 +169,10 @@ class MethodSummary:
         seeds_obj = obj.get("seeds") if isinstance(obj.get("seeds"), dict) else {}
         seeds = {s: v for s in EVAL_SPLITS if (v := SplitSeeds.from_json(seeds_obj.get(s))) is not None}
         counts = {k: int(obj[k]) if isinstance(obj.get(k), (int, float)) else None for k in _COUNTS}
-        known = {"selected", "metrics", "seeds", "head", *_COUNTS}
+        known = {"selected", "metrics", "seeds", "head", "by_rule", *_COUNTS}
         return cls(selected, {s: m for s, m in metrics.items() if m is None or isinstance(m, dict)}, seeds,
                    obj.get("head") if isinstance(obj.get("head"), str) else None, counts,
+                   obj.get("by_rule") if isinstance(obj.get("by_rule"), dict) else {},
                    {k: v for k, v in obj.items() if k not in known})
 
 
@@ -180,6 +185,9 @@ class Summary:
     group_names: list[str]
     class_names: list[str]
     methods: dict[str, MethodSummary]
+    group_labels: str = "all"  # the information regime (probe.records.regimes)
+    #: where the fit's domains came from: {"source", "names", "inferred", "ari_train", "file"}
+    domains: dict[str, Any] | None = None
     schema: str = SCHEMA
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -199,6 +207,7 @@ class Summary:
 
     def to_json(self) -> dict[str, Any]:
         return {**self.extra, "schema": self.schema, "provenance": self.provenance, "complete": self.complete,
+                "group_labels": self.group_labels, "domains": self.domains,
                 "group_names": self.group_names, "class_names": self.class_names,
                 "methods": {m: s.to_json() for m, s in self.methods.items()}}
 
@@ -207,8 +216,11 @@ class Summary:
         """A parsed summary.json whose ``methods`` maps names to objects (the caller checks
         that, naming the file); anything else missing takes its neutral value."""
         prov = obj.get("provenance") if isinstance(obj.get("provenance"), dict) else {}
-        known = {"schema", "provenance", "complete", "group_names", "class_names", "methods"}
+        known = {"schema", "provenance", "complete", "group_names", "class_names", "methods", "group_labels",
+                 "domains"}
         return cls(prov, obj.get("complete") is not False, [str(g) for g in obj.get("group_names") or []],
                    [str(c) for c in obj.get("class_names") or []],
                    {m: MethodSummary.from_json(e) for m, e in obj["methods"].items()},
+                   str(obj.get("group_labels") or "all"),
+                   obj.get("domains") if isinstance(obj.get("domains"), dict) else None,
                    str(obj.get("schema") or "probe-run/1"), {k: v for k, v in obj.items() if k not in known})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import shlex
@@ -16,8 +18,15 @@ import torch
 from safetensors.torch import save
 
 from base.errors import UserError
-from base.io import check_writable_dir, fsync_path, write_bytes_atomic, write_json_atomic
+from base.io import (
+    check_writable_dir,
+    fsync_path,
+    write_bytes_atomic,
+    write_json_atomic,
+    write_text_atomic,
+)
 from base.version import code_version
+from probe.records.fitset import FitSet
 from probe.records.results import Result, sort_results, write_results
 from probe.records.summary import (
     EVAL_SPLITS,
@@ -27,10 +36,25 @@ from probe.records.summary import (
     Summary,
     mean_metrics,
 )
-from probe.runs.selection import select
+from probe.runs.selection import by_rule, select
 
 #: the files of a run besides its heads (heads/<method>.safetensors)
 RUN_FILES = ("results.jsonl", "summary.json")
+#: the inferred domain of every training row, written when the fit inferred them
+DOMAINS_FILE = "domains.csv"
+
+
+@dataclass
+class RunSpec:
+    """What a run's summary needs besides its rows: the data the fit read, its provenance,
+    the selection rule and tie-break, the information regime and the domains' record."""
+
+    fs: FitSet
+    provenance: dict[str, Any]
+    select: str
+    ties: str = "acc"
+    group_labels: str = "all"
+    domains: dict[str, Any] | None = None  # {"source", "names", "inferred", "ari_train"}
 
 
 @dataclass(frozen=True)
@@ -41,16 +65,19 @@ class RunState:
 
     kind: str  # "none", "partial" or "complete"
     fingerprint: str | None = None
-    heads: tuple[str, ...] = ()  # the head files it names (relative to the folder)
+    files: tuple[str, ...] = ()  # the head and domain files it names (relative to the folder)
 
 
-def head_names(summary: Any) -> tuple[str, ...]:
-    """The head files a summary.json names: the only heads a new run may replace or remove."""
-    methods = summary.get("methods") if isinstance(summary, dict) else None
-    if not isinstance(methods, dict):
+def named_files(summary: Any) -> tuple[str, ...]:
+    """The head files and the domains file a summary.json names: the only ones of them a
+    new run may replace or remove."""
+    if not isinstance(summary, dict):
         return ()
+    methods = summary.get("methods") if isinstance(summary.get("methods"), dict) else {}
     heads = [e.get("head") for e in methods.values() if isinstance(e, dict)]
-    return tuple(h for h in heads if isinstance(h, str) and h.startswith("heads/") and "/" not in h[6:])
+    named = [h for h in heads if isinstance(h, str) and h.startswith("heads/") and "/" not in h[6:]]
+    domains = summary.get("domains") if isinstance(summary.get("domains"), dict) else {}
+    return tuple(named + ([DOMAINS_FILE] if domains.get("file") == DOMAINS_FILE else []))
 
 
 def run_state(out: Path) -> RunState:
@@ -65,7 +92,7 @@ def run_state(out: Path) -> RunState:
         return RunState("complete")
     prov = summary.get("provenance") if isinstance(summary.get("provenance"), dict) else {}
     kind = "partial" if summary.get("complete") is False else "complete"
-    return RunState(kind, prov.get("fingerprint"), head_names(summary))
+    return RunState(kind, prov.get("fingerprint"), named_files(summary))
 
 
 def check_run_dir(out: Path) -> None:
@@ -81,9 +108,10 @@ def check_run_dir(out: Path) -> None:
                         "not write them; move them away or choose another folder")
 
 
-def summarize_method(rows: list[Result], select_by: str, ties: str = "acc") -> MethodSummary:
+def summarize_method(rows: list[Result], select_by: str, ties: str = "acc", regime: str = "all") -> MethodSummary:
     """One method's entry of summary.json: the configuration selection chooses, its
-    metrics averaged over its seeds and their spread, and the counts of every status."""
+    metrics averaged over its seeds and their spread, the counts of every status, and what
+    every rule the regime allows would have chosen."""
     members = select(rows, select_by, ties)
     counts = {"n_configs": len(rows), "n_diverged": sum(r.status == "diverged" for r in rows),
               "n_collapsed": sum(r.status == "collapsed" for r in rows),
@@ -95,7 +123,7 @@ def summarize_method(rows: list[Result], select_by: str, ties: str = "acc") -> M
         Selected(hp, [m.run_id for m in members]),
         metrics={s: mean_metrics([m.split(s) for m in members]) for s in EVAL_SPLITS},
         seeds={s: SplitSeeds.of([m.split(s) for m in members if m.split(s)]) for s in EVAL_SPLITS},
-        counts=counts)
+        counts=counts, by_rule=by_rule(rows, ties, regime))
 
 
 def provenance(fs_prov: dict[str, Any], device: str, select_by: str, *, command: str | None = None,
@@ -109,25 +137,41 @@ def provenance(fs_prov: dict[str, Any], device: str, select_by: str, *, command:
             "settings": settings or {}, "grid": grid or {}}
 
 
-def write_run(out: Path, rows_by_method: dict[str, list[Result]], fs: Any, prov: dict[str, Any],
-              select_by: str, ties: str = "acc", complete: bool = True) -> Summary:
-    """Write heads, results.jsonl and summary.json into the folder ``out`` (each
-    atomically; rows in the one order of ``sort_results``). ``complete`` False marks
-    the finished configurations of an interrupted fit."""
+def write_run(out: Path, rows_by_method: dict[str, list[Result]], spec: RunSpec, complete: bool = True) -> Summary:
+    """Write heads, results.jsonl, summary.json (and domains.csv when the domains were
+    inferred) into the folder ``out`` (each atomically; rows in the one order of
+    ``sort_results``). ``complete`` False marks the finished configurations of an
+    interrupted fit."""
     methods = {}
     (out / "heads").mkdir(parents=True, exist_ok=True)
     rows_by_method = {m: sort_results(rows) for m, rows in rows_by_method.items()}
     for method, rows in rows_by_method.items():
-        summ = summarize_method(rows, select_by, ties)
+        summ = summarize_method(rows, spec.select, spec.ties, spec.group_labels)
         if summ.selected is not None:
             first = next(r for r in rows if r.run_id == summ.selected.run_ids[0])
-            _write_head(out / "heads" / f"{method}.safetensors", first, prov)
+            _write_head(out / "heads" / f"{method}.safetensors", first, spec.provenance)
             summ.head = f"heads/{method}.safetensors"
         methods[method] = summ
     write_results(out / "results.jsonl", [r for rows in rows_by_method.values() for r in rows])
-    summary = Summary(prov, complete, list(fs.group_names), list(fs.class_names), methods)
+    domains = dict(spec.domains) if spec.domains else None
+    if domains and domains.get("inferred"):
+        write_text_atomic(out / DOMAINS_FILE, domains_csv(spec.fs))
+        domains["file"] = DOMAINS_FILE
+    summary = Summary(spec.provenance, complete, list(spec.fs.group_names), list(spec.fs.class_names), methods,
+                      group_labels=spec.group_labels, domains=domains)
     write_json_atomic(out / "summary.json", summary.to_json())
     return summary
+
+
+def domains_csv(fs: FitSet) -> str:
+    """Every training row's id and inferred domain, in file order, as CSV."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["id", "domain"])
+    train = fs.split_mask("train")
+    for row_id, d in zip(fs.ids[train], fs.domain[train], strict=True):
+        writer.writerow([row_id, fs.domain_names[int(d)]])
+    return buf.getvalue()
 
 
 def publish(staging: Path, out: Path, stale: Sequence[str]) -> None:
@@ -138,7 +182,7 @@ def publish(staging: Path, out: Path, stale: Sequence[str]) -> None:
     ``out`` that are not part of a run are never touched."""
     (out / "heads").mkdir(exist_ok=True)
     moves = [(p, out / "heads" / p.name) for p in sorted((staging / "heads").glob("*.safetensors"))]
-    moves += [(staging / f, out / f) for f in RUN_FILES]
+    moves += [(staging / f, out / f) for f in (DOMAINS_FILE, *RUN_FILES)]
     for src, dst in moves:
         if src.exists():
             os.replace(src, dst)

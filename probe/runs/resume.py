@@ -24,6 +24,7 @@ import json
 import os
 import re
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,16 @@ from base.locks import exclusive
 from base.outputs import no_space_message
 from base.version import code_version
 from probe.records.results import Result, parse_results, to_jsonl
-from probe.runs.folder import RunState, check_run_dir, publish, run_state, write_run
+from probe.records.summary import Summary
+from probe.runs.folder import (
+    DOMAINS_FILE,
+    RunSpec,
+    RunState,
+    check_run_dir,
+    publish,
+    run_state,
+    write_run,
+)
 
 JOURNAL = ".partial"
 LOCK = ".lock"
@@ -189,17 +199,17 @@ class RunSession:
 
     # ------------------------------------------------------------------ the run
 
-    def commit(self, rows: dict[str, list[Result]], fs: Any, prov: dict[str, Any], select_by: str,
-               ties: str, complete: bool = True) -> dict[str, Any]:
+    def commit(self, rows: dict[str, list[Result]], spec: RunSpec, complete: bool = True) -> Summary:
         """Write the run beside the previous one, then swap it in. ``complete`` False:
         an interrupted fit's finished configurations (the journal stays for a rerun)."""
         staging = self.journal / "staging"
         shutil.rmtree(staging, ignore_errors=True)
         try:
-            summary = write_run(staging, rows, fs, {**prov, "fingerprint": self.fingerprint}, select_by, ties,
-                                complete)
-            new_heads = {f"heads/{p.name}" for p in (staging / "heads").glob("*.safetensors")}
-            stale = sorted(set(run_state(self.out).heads) - new_heads)
+            summary = write_run(staging, rows, replace(spec, provenance={**spec.provenance,
+                                                                         "fingerprint": self.fingerprint}), complete)
+            new_files = {f"heads/{p.name}" for p in (staging / "heads").glob("*.safetensors")}
+            new_files |= {DOMAINS_FILE} if (staging / DOMAINS_FILE).exists() else set()
+            stale = sorted(set(run_state(self.out).files) - new_files)
             write_json_atomic(staging / "READY", {"complete": complete, "stale": stale})
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)  # what a resume needs is the journal, not this
