@@ -300,8 +300,9 @@ def test_fit_grid_writes_run_folder_and_selects_by_val_wga(tmp_path: Path) -> No
     assert {r["method"] for r in rows} == {"erm", "cma"} and len(rows) == 2 + 4
     assert len({r["run_id"] for r in rows}) == len(rows)
     for r in rows:
+        penalised = {"penalty_free"} if r["method"] == "cma" else set()
         assert set(r) == {"run_id", "method", "hparams", "status", "steps_run", "best_step", "metrics", "history",
-                          "bounds"}
+                          "bounds", *penalised}
         assert set(r["metrics"]) == {"train", "val", "test"}
         assert {"acc", "acc_train_weighted", "acc_group_mean", "wga", "per_group"} <= set(r["metrics"]["test"])
         assert {"step", "loss", "ce", "penalty", "val_wga", "val_acc"} <= set(r["history"])

@@ -99,13 +99,15 @@ def record(figures: dict[str, Any] | None, *, domain: str, rows: int, train_rows
 
 
 class Curve:
-    """The three maxima at every evaluation, on a fixed sample of training rows."""
+    """The three maxima at every evaluation, on a fixed sample of training rows, and each
+    head's mean cross-entropy on those rows (so that heads can be compared at the same fit)."""
 
     def __init__(self, X: torch.Tensor, y: torch.Tensor, domains: torch.Tensor, bias: bool = True) -> None:
         self.X, self.y, self.domains, self.bias = X, y, domains, bias
         self.gram = moments.feature_gram(X, bias)
         self.steps: list[int] = []
         self.values: list[list[list[float | None]]] = []  # per evaluation, per head, per term
+        self.ce: list[list[float | None]] = []  # per evaluation, per head
 
     @property
     def rows(self) -> int:
@@ -119,9 +121,12 @@ class Curve:
         self.steps.append(step)
         self.values.append([[_finite(v) for v in row] if ok else [None] * len(TERMS)
                             for row, ok in zip(vals.tolist(), finite, strict=True)])
+        logp = torch.log_softmax(moments.logits(th, self.X.to(torch.float64), self.bias), -1)
+        nll = -logp.gather(-1, self.y.view(1, -1, 1).expand(th.shape[0], -1, 1)).mean((1, 2))
+        self.ce.append([_finite(v) if ok else None for v, ok in zip(nll.tolist(), finite, strict=True)])
 
     def of_head(self, g: int) -> dict[str, Any]:
-        out: dict[str, Any] = {"rows": self.rows, "step": list(self.steps)}
+        out: dict[str, Any] = {"rows": self.rows, "step": list(self.steps), "ce": [v[g] for v in self.ce]}
         for k, t in enumerate(TERMS):
             out[t] = [v[g][k] for v in self.values]
         return out

@@ -103,13 +103,40 @@ def head_rows(fs: FitSet, method: str, configs: list[dict[str, Any]], fixed: dic
     return rows
 
 
+def penalty_free(method: type[GradientMethod], configs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[int]]:
+    """The penalty-free counterparts of a penalised method's configurations: one per distinct
+    optimiser setting (lr, weight decay), every penalty weight 0 and no anneal; and, per
+    configuration, the index of its counterpart. Empty for a method without penalties."""
+    if not method.penalized():
+        return [], []
+    weights = {p.weight for p in method.penalties.values()}
+    free: dict[tuple, int] = {}
+    shadows, of = [], []
+    for cfg in configs:
+        key = (cfg.get("lr"), cfg.get("weight_decay"))
+        if key not in free:
+            free[key] = len(shadows)
+            shadows.append({**cfg, **dict.fromkeys(weights, 0.0), "anneal": 0})
+        of.append(free[key])
+    return shadows, of
+
+
 class ChunkFit:
-    """The state of one chunk's heads while they train (all tensors have a leading G)."""
+    """The state of one chunk's heads while they train (all tensors have a leading G).
+
+    A penalised method's chunk also trains, beside its configurations, their penalty-free
+    counterparts (``penalty_free``: a head or two more, on the same batches): each kept
+    head is compared with its counterpart at the same step (how many validation
+    predictions the penalty changed), and their curve is the penalty-free path the bound
+    terms are read against at the same fit."""
 
     def __init__(self, fs: FitSet, method: type[GradientMethod], configs: list[dict[str, Any]], chunk: Chunk,
                  settings: Settings, splits: dict[str, Split]) -> None:
         dev, dt = settings.device, settings.dtype
         self.fs, self.method, self.configs, self.settings, self.splits = fs, method, configs, settings, splits
+        shadows, self.shadow_of = penalty_free(method, configs)
+        self.n_configs = len(configs)
+        configs = [*configs, *shadows]  # the counterparts train as heads G.. of the chunk
         tr, va = splits["train"], splits["val"]
         G, C, D = len(configs), fs.num_classes, tr.pre.out_dim(fs.features.shape[1]) + int(settings.bias)
         K = fs.num_domains
@@ -140,6 +167,7 @@ class ChunkFit:
         self.history: dict[str, list] = {k: [] for k in ("step", "loss", "val_wga", "val_acc", "val_worst_class")}
         cap = settings.bounds_curve_rows
         self.curve = Curve(*bound_rows(tr, cap), bias=settings.bias) if cap else None
+        self.free_thetas: list[torch.Tensor] = []  # the counterparts at every evaluation
 
     def run(self, on_step: Callable[[int], None] | None) -> list[Result]:
         steps = self.settings.steps
@@ -210,19 +238,43 @@ class ChunkFit:
         hist["val_worst_class"].append(scores["worst_class"].cpu().tolist())
         if self.curve is not None:
             self.curve.record(step + 1, self.theta)
+        if self.shadow_of:
+            self.free_thetas.append(self.theta[self.n_configs:].clone())
 
     @torch.no_grad()
     def results(self) -> list[Result]:
-        st = self.settings
+        st, G = self.settings, self.n_configs
         fixed = {"steps": st.steps, "batch_size": st.batch_size, "optimizer": st.optimizer, "domain": st.domain,
                  "ce_weighting": self.objective.ce or self.method.name}
-        bounds = kept_bounds(self.fs, self.splits["train"], self.best_theta, self.best_step.tolist(), st,
-                             self.curve)
+        best = self.best_theta[:G]
+        bounds = kept_bounds(self.fs, self.splits["train"], best, self.best_step[:G].tolist(), st, self.curve)
+        free = self._penalty_free(best)
         fates = [{"status": "diverged" if bool(self.diverged[g]) else "ok", "steps_run": int(self.steps_run[g]),
-                  "best_step": int(self.best_step[g]), "history": self._history_of(g), "bounds": bounds[g]}
-                 for g in range(len(self.configs))]
-        return head_rows(self.fs, self.method.name, self.configs, fixed, self.splits, self.best_theta, fates,
+                  "best_step": int(self.best_step[g]), "history": self._history_of(g), "bounds": bounds[g],
+                  "penalty_free": free[g]} for g in range(G)]
+        return head_rows(self.fs, self.method.name, self.configs, fixed, self.splits, best, fates,
                          {"val": self.val_X})
+
+    def _penalty_free(self, best: torch.Tensor) -> list[dict[str, Any] | None]:
+        """Per configuration, how its kept head differs from its penalty-free counterpart at
+        the same step: the share of validation rows whose prediction differs, and the
+        counterpart's curve (cross-entropy and bound distances on the curve's rows)."""
+        if not self.shadow_of or not self.free_thetas:
+            return [None] * self.n_configs
+        steps = self.history["step"]
+        va = self.splits["val"]
+        kept = va.predict(torch.nan_to_num(best), self.val_X)
+        out = []
+        for g, s in enumerate(self.shadow_of):
+            at = int(self.best_step[g])
+            record: dict[str, Any] = {"step": at, "disagreement": None}
+            if at in steps:
+                theta = torch.nan_to_num(self.free_thetas[steps.index(at)][s: s + 1])
+                record["disagreement"] = float((va.predict(theta, self.val_X)[0] != kept[g]).double().mean())
+            if self.curve is not None:
+                record["curve"] = self.curve.of_head(self.n_configs + s)
+            out.append(record)
+        return out
 
     def _history_of(self, g: int) -> dict[str, Any]:
         per_head = {k: ([v[g] for v in vals] if vals and isinstance(vals[0], list) else list(vals))

@@ -126,7 +126,7 @@ def fit_dfr(fs: FeatureSet, seed: int = 0, n_retrains: int = N_RETRAINS,
         # C is tuned inside each seed, so it is not a hyperparameter of the configuration:
         # seeds with different C still form one configuration for selection and reports.
         hparams={"seed": seed, "n_retrains": n_retrains, "c_options": list(c_options),
-                 "preprocess": "standardize (fitted on train)"},
+                 "preprocess": "standardize"},  # DFR's own scaler, fitted on train: its pre state
         tuned={"C": best_c, "tuning_wga": {f"{c:g}": s for c, s in scores.items()}},
         metrics=metrics,
         theta=torch.as_tensor(theta, dtype=torch.float32),

@@ -199,6 +199,23 @@ def metrics_by_head(fs: FeatureSet, predictions: dict[str, torch.Tensor],
 #: its predictions are this confident on average while it is no better than the majority class
 SATURATED_CONFIDENCE = 0.99
 CHANCE_MARGIN = 0.01
+#: ... or when its training cross-entropy exceeds this multiple of the constant head's (the
+#: class frequencies' entropy): it is confidently wrong, worse than knowing nothing
+PRIOR_MARGIN = 1.01
+
+
+def prior_entropy(y: torch.Tensor, num_classes: int) -> float:
+    """The cross-entropy of the constant head that predicts the class frequencies of ``y``."""
+    p = torch.bincount(y.long(), minlength=num_classes).to(torch.float64) / max(1, len(y))
+    p = p[p > 0]
+    return float(-(p * p.log()).sum())
+
+
+def confidently_wrong(train_ce: torch.Tensor, y_train: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(G,) bool: heads whose training cross-entropy ``train_ce`` (G,) is above the class
+    prior's by ``PRIOR_MARGIN``: a head that ended confidently wrong (a penalty that won
+    over the labels) rather than one that learnt little."""
+    return train_ce.to(torch.float64) > PRIOR_MARGIN * prior_entropy(y_train, num_classes)
 
 
 def collapsed_heads(pred: torch.Tensor, confidence: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

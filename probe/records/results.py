@@ -71,6 +71,9 @@ class Result:
     history: dict[str, Any] = field(default_factory=empty_history)
     tuned: dict[str, Any] | None = None  # what the method chose inside the fit (DFR's C)
     bounds: dict[str, Any] | None = None  # the transfer bound's terms on the kept head (probe.diagnostics.bounds)
+    #: the kept head against its penalty-free counterpart (probe.fitting.loop.ChunkFit): {"step",
+    #: "disagreement" (share of validation rows predicted otherwise), "curve"}
+    penalty_free: dict[str, Any] | None = None
     # The head and its preprocessing, kept in memory for the run folder's heads/; not JSON.
     theta: Any = field(default=None, repr=False, compare=False)
     pre: dict[str, Any] | None = field(default=None, repr=False, compare=False)
@@ -104,6 +107,8 @@ class Result:
             out["tuned"] = self.tuned
         if self.bounds is not None:
             out["bounds"] = self.bounds
+        if self.penalty_free is not None:
+            out["penalty_free"] = self.penalty_free
         return out
 
     @classmethod
@@ -126,7 +131,8 @@ class Result:
                    best_step=int(obj.get("best_step") or 0),
                    history=history if isinstance(history, dict) else empty_history(),
                    tuned=obj.get("tuned") if isinstance(obj.get("tuned"), dict) else None,
-                   bounds=obj.get("bounds") if isinstance(obj.get("bounds"), dict) else None)
+                   bounds=obj.get("bounds") if isinstance(obj.get("bounds"), dict) else None,
+                   penalty_free=obj.get("penalty_free") if isinstance(obj.get("penalty_free"), dict) else None)
 
 
 def sort_results(results: Iterable[Result], methods: Sequence[str] | None = None) -> list[Result]:

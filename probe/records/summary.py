@@ -141,7 +141,19 @@ class MethodSummary:
     counts: dict[str, int | None] = field(default_factory=dict)  # _COUNTS; None: not recorded
     #: rule -> {"hparams", "test": {"wga", "acc"}, "ties"} (probe.runs.selection.by_rule), or None
     by_rule: dict[str, Any] = field(default_factory=dict)
+    #: {"configs", "checkpoints", "candidates"}: what the selection chose among (probe.runs.checks)
+    budget: dict[str, int] | None = None
+    #: [{"code", "message"}] (probe.runs.checks)
+    diagnostics: list[dict[str, str]] | None = None
+    #: {"method", "diff", "ci95", "diff_acc", "ci95_acc"}: the paired difference to the reference
+    vs_reference: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # keys of later versions, kept as read
+
+    @property
+    def ci95(self) -> dict[str, Any]:
+        """The test figures' 95% intervals ({"wga": [lo, hi], "acc": [lo, hi]}; empty when none)."""
+        test = self.metrics.get("test") or {}
+        return test.get("ci95") if isinstance(test.get("ci95"), dict) else {}
 
     def count(self, name: str) -> int | None:
         return self.counts.get(name)
@@ -152,8 +164,10 @@ class MethodSummary:
                                "seeds": {s: v.to_json() for s, v in self.seeds.items()} if self.selected else None,
                                "head": self.head}
         out.update({k: v for k, v in self.counts.items() if v is not None})
-        if self.by_rule:
-            out["by_rule"] = self.by_rule
+        for key in ("by_rule", "budget", "diagnostics", "vs_reference"):
+            value = getattr(self, key)
+            if value is not None and value != {}:
+                out[key] = value
         return {**self.extra, **out}
 
     @classmethod
@@ -169,10 +183,15 @@ class MethodSummary:
         seeds_obj = obj.get("seeds") if isinstance(obj.get("seeds"), dict) else {}
         seeds = {s: v for s in EVAL_SPLITS if (v := SplitSeeds.from_json(seeds_obj.get(s))) is not None}
         counts = {k: int(obj[k]) if isinstance(obj.get(k), (int, float)) else None for k in _COUNTS}
-        known = {"selected", "metrics", "seeds", "head", "by_rule", *_COUNTS}
+        known = {"selected", "metrics", "seeds", "head", "by_rule", "budget", "diagnostics", "vs_reference",
+                 *_COUNTS}
+        diagnostics = obj.get("diagnostics")
         return cls(selected, {s: m for s, m in metrics.items() if m is None or isinstance(m, dict)}, seeds,
                    obj.get("head") if isinstance(obj.get("head"), str) else None, counts,
                    obj.get("by_rule") if isinstance(obj.get("by_rule"), dict) else {},
+                   obj.get("budget") if isinstance(obj.get("budget"), dict) else None,
+                   [d for d in diagnostics if isinstance(d, dict)] if isinstance(diagnostics, list) else None,
+                   obj.get("vs_reference") if isinstance(obj.get("vs_reference"), dict) else None,
                    {k: v for k, v in obj.items() if k not in known})
 
 

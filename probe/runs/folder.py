@@ -36,6 +36,7 @@ from probe.records.summary import (
     Summary,
     mean_metrics,
 )
+from probe.runs.review import annotate
 from probe.runs.selection import by_rule, select
 
 #: the files of a run besides its heads (heads/<method>.safetensors)
@@ -152,6 +153,7 @@ def write_run(out: Path, rows_by_method: dict[str, list[Result]], spec: RunSpec,
             _write_head(out / "heads" / f"{method}.safetensors", first, spec.provenance)
             summ.head = f"heads/{method}.safetensors"
         methods[method] = summ
+    annotate(methods, rows_by_method, spec.provenance.get("settings") or {}, spec.fs)
     write_results(out / "results.jsonl", [r for rows in rows_by_method.values() for r in rows])
     domains = dict(spec.domains) if spec.domains else None
     if domains and domains.get("inferred"):

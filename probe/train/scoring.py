@@ -14,7 +14,7 @@ import torch
 
 from probe.diagnostics.bounds import Curve, measure, record, sample_rows
 from probe.records.fitset import FitSet
-from probe.records.metrics import collapsed_heads, metrics_by_head
+from probe.records.metrics import collapsed_heads, confidently_wrong, metrics_by_head
 from probe.train.data import Split
 from probe.train.settings import Settings
 
@@ -22,13 +22,15 @@ from probe.train.settings import Settings
 def score_heads(fs: FitSet, splits: dict[str, Split], theta: torch.Tensor,
                 features: dict[str, torch.Tensor] | None = None) -> tuple[list[dict[str, Any]], torch.Tensor]:
     """Per head of ``theta`` (G, C, D), every split's metrics (``probe.records.metrics``),
-    and (G,) which heads collapsed on validation (``collapsed_heads``). ``features``: the
-    splits' preprocessed rows when they are at hand."""
+    and (G,) which heads collapsed: on validation (``collapsed_heads``), or confidently
+    wrong on the training rows (``confidently_wrong``). ``features``: the splits'
+    preprocessed rows when they are at hand."""
     features = features or {}
     preds, confidence, ce = {}, {}, {}
     for name, sp in splits.items():
         preds[name], confidence[name], ce[name] = sp.score(theta, features.get(name))
     collapsed = collapsed_heads(preds["val"], confidence["val"], splits["val"].y)
+    collapsed |= confidently_wrong(ce["train"], splits["train"].y, fs.num_classes).to(collapsed.device)
     return metrics_by_head(fs, preds, ce), collapsed
 
 

@@ -104,6 +104,9 @@ class Settings:
     ties: str = setting("acc", "Configurations with the same mean validation score: acc (the higher mean "
                                "validation accuracy, then the earlier), first (the earlier) or sem (the smaller "
                                "standard error of the mean over seeds).", choices=TIES)
+    reference: str | None = setting(None, "The method every other method's test figures are compared with, "
+                                          "by a paired bootstrap on the same resampled test rows. Default: erm "
+                                          "when the run fits it.")
     normalize: str = setting("none", "Penalty scaling: none (the definitions), unit (each penalty measured on "
                                      "features of unit mean squared norm, so its weight means the same for any "
                                      "encoder) or dC (the CMA authors' linear-probing division by d·C).",
