@@ -110,11 +110,14 @@ def plan_fit(fs: FeatureSet, names: list[str], grid: dict[str, list[Any]], setti
                             "has one set of domains")
         own = get_method(m).hyperparameters()
         values = {**(protocol.grids.get(m, {}) if protocol else {}), **{k: v for k, v in grid.items() if k in own}}
-        configs = get_method(m).configs(values, st.steps)
+        configs = get_method(m).configs(values, st.steps, st.search, st.search_seed)
         for kind in {k for c in configs if "preprocess" in c for k in steps_of(c["preprocess"])}:
             check_reads(f"`preprocess` {kind}", PREPROCESSINGS[kind].reads, st.group_labels)
         plans[m] = MethodPlan(st, configs, plan_method(fit_set, m, configs, st))
     assert fit_set is not None  # names is never empty (parse_methods)
+    reference = plans[names[0]].settings.reference
+    if reference is not None and reference not in names:
+        raise UserError(f"`reference` {reference!r} is not a method of this fit ({', '.join(names)}); name one of them")
     return fit_set, plans
 
 

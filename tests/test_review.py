@@ -9,8 +9,10 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
+from base.errors import UserError
 from probe.api import fit_grid
 from probe.domains import resolve
 from probe.records.results import Result
@@ -144,3 +146,25 @@ def test_the_papers_weights_under_its_scaling_are_inert(tmp_path: Path) -> None:
     assert "penalty_inert" in {d["code"] for d in res["summary"].methods["cma"].diagnostics}
     res = fit_grid(fs, ["cma"], grid, tmp_path / "none", **kw)
     assert "penalty_inert" not in {d["code"] for d in res["summary"].methods["cma"].diagnostics}
+
+
+def test_random_search_gives_every_method_the_same_draws_reproducibly(tmp_path: Path) -> None:
+    from probe.methods import REGISTRY
+
+    for m in ("cma", "erm", "afr", "irm"):
+        first = REGISTRY[m].configs({"seed": [0, 1]}, 1000, "random:5", 3)
+        assert first == REGISTRY[m].configs({"seed": [0, 1]}, 1000, "random:5", 3)
+        assert len({json.dumps({k: v for k, v in c.items() if k != "seed"}) for c in first}) == 5
+        assert first != REGISTRY[m].configs({"seed": [0, 1]}, 1000, "random:5", 4)
+    draws = REGISTRY["cma"].configs({"beta": [1.0, 2.0]}, 1000, "random:20")
+    assert {c["beta"] for c in draws} <= {1.0, 2.0} and all(10 <= c["alpha"] <= 1e5 for c in draws)
+    fs = waterbirds_like(n=(200, 100, 100), d=4)
+    res = fit_grid(fs, ["erm", "cma"], {}, tmp_path / "run", search="random:3", steps=40, eval_every=20,
+                   reference="cma")
+    assert {m: e.budget["configs"] for m, e in res["summary"].methods.items()} == {"erm": 3, "cma": 3}
+    assert res["summary"].provenance["settings"]["search"] == "random:3"
+    assert res["summary"].methods["erm"].vs_reference["method"] == "cma"
+    with pytest.raises(UserError, match="`search` 'random:0'"):
+        fit_grid(fs, ["erm"], {}, None, search="random:0")
+    with pytest.raises(UserError, match="`reference` 'dfr' is not a method of this fit"):
+        fit_grid(fs, ["erm"], {}, None, reference="dfr")

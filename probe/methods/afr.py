@@ -49,9 +49,10 @@ class AFR(Retrained):
                "reweighted by exp(-gamma p(y|x)) and retrained with an l2 pull (lam) toward it; no group labels")
     params = (
         Param("gamma", "afr: the weights' temperature γ in exp(−γ p(y|x)).", default=10.0,
-              grid=tuple(float(f"{v:.12g}") for v in np.linspace(4, 20, 33)), symbol="γ"),
+              grid=tuple(float(f"{v:.12g}") for v in np.linspace(4, 20, 33)), search=("uniform", 4.0, 20.0),
+              symbol="γ"),
         Param("lam", "afr: the l2 pull λ toward the ERM head (weights and bias).", default=0.1,
-              grid=(0.0, 0.1, 0.2, 0.3), symbol="λ"),
+              grid=(0.0, 0.1, 0.2, 0.3), search=("uniform", 0.0, 0.3), symbol="λ"),
         Param("epochs", "afr: full-batch gradient steps of the retraining (their 500).", kind=int, default=500,
               minimum=1),
     )

@@ -25,8 +25,12 @@ Cross-entropy weighting (``ce_weighting``), the same for every gradient method b
 
 from __future__ import annotations
 
+import json
+import zlib
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
 
 from base.errors import UserError
 from probe.preprocessing import kind_names, preprocess_help
@@ -77,10 +81,10 @@ class FeatureScale:
 
 #: hyperparameters several methods share, declared once; a method lists the ones it takes
 COMMON: dict[str, Param] = {p.name: p for p in (
-    Param("lr", "Learning rate.", default=1e-2),
+    Param("lr", "Learning rate.", default=1e-2, search=("log", 1e-4, 1e-1)),
     Param("weight_decay", "L2 strength λ on the weights (not the bias): the loss gets + λ/2‖W‖². sklearn's "
           "LogisticRegression(C) is the same model at C = 1/(λ·N_train), or 2/(λ·N_train) for two classes.",
-          default=1e-4),
+          default=1e-4, search=("log", 1e-6, 1e-2)),
     Param("anneal", "Steps with the penalties off; the optimizer state of those heads is reset when they "
           "switch on, and only later checkpoints are kept.", kind=int, default=0),
     Param("seed", "Seeds (minibatch order; dfr: its subsampling). Results are reported as mean ± std over "
@@ -120,13 +124,27 @@ class Method:
         return {**{p.name: p for p in cls.params}, **shared}
 
     @classmethod
-    def configs(cls, grid: dict[str, list[Any]], steps: int) -> list[dict[str, Any]]:
+    def configs(cls, grid: dict[str, list[Any]], steps: int, search: str = "grid",
+                search_seed: int = 0) -> list[dict[str, Any]]:
         """The configurations to fit: ``grid``'s values for the hyperparameters this method
         takes, its default grid for the others (fractions of ``steps`` resolved); keys it
-        does not take are ignored."""
-        values = {n: list(grid[n]) if grid.get(n) else resolve(p.default_grid, steps)
-                  for n, p in cls.hyperparameters().items()}
-        return expand(values)
+        does not take are ignored. ``search`` random:N draws N configurations instead
+        (DomainBed's protocol: every method the same number of draws), each hyperparameter
+        from its declared distribution (``Param.search``), or among the values given for it,
+        seeded by ``search_seed`` and the method's name; each draw is fitted at every seed."""
+        params = cls.hyperparameters()
+        values = {n: list(grid[n]) if grid.get(n) else resolve(p.default_grid, steps) for n, p in params.items()}
+        if search == "grid":
+            return expand(values)
+        n = int(search.split(":")[1])
+        rng = np.random.default_rng([search_seed, zlib.crc32(cls.name.encode())])
+        draws: dict[str, dict[str, Any]] = {}
+        for _ in range(n):
+            cfg = {k: (grid[k][int(rng.integers(len(grid[k])))] if grid.get(k) else p.sample(rng, steps))
+                   for k, p in params.items() if k != "seed"}
+            draws.setdefault(json.dumps(cfg, sort_keys=True, default=str), cfg)
+        seeds = values.get("seed", [None]) if "seed" in params else [None]
+        return [{**cfg, **({"seed": s} if "seed" in params else {})} for cfg in draws.values() for s in seeds]
 
     @classmethod
     def check_features(cls, fs: FeatureSet, settings: Settings) -> None:

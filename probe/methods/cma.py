@@ -24,9 +24,9 @@ class CMA(GradientMethod):
     summary = ("cma: Closed-form Moment Alignment, gradient (alpha), Hessian (beta) and third-derivative (gamma) "
                "variance across domains")
     params = (
-        Param("alpha", "CMA gradient-variance weight α (0: Hessian-only).", default=1e3, grid=(1e2, 1e3, 1e4),
+        Param("alpha", "CMA gradient-variance weight α (0: Hessian-only).", default=1e3, grid=(1e2, 1e3, 1e4), search=("log", 1e1, 1e5),
               symbol="α"),
-        Param("beta", "CMA Hessian-variance weight β (0: gradient-only).", default=1e2, grid=(1e1, 1e2, 1e3),
+        Param("beta", "CMA Hessian-variance weight β (0: gradient-only).", default=1e2, grid=(1e1, 1e2, 1e3), search=("log", 1e0, 1e4),
               symbol="β"),
         Param("gamma", "CMA third-derivative-variance weight γ, beyond the paper (0: the paper's CMA).",
               default=0.0, grid=(0.0,), symbol="γ", label_nonzero=True),

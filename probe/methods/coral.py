@@ -20,7 +20,7 @@ class CORAL(GradientMethod):
     display = "CORAL"
     summary = "coral: CORAL on the logits, mean and covariance of z = Θx̃ matched across domains (gamma)"
     params = (Param("gamma", "CORAL weight γ of the logit mean and covariance differences.", default=1e0,
-                    grid=(1e-1, 1e0, 1e1), symbol="γ"),)
+                    grid=(1e-1, 1e0, 1e1), search=("log", 1e-2, 1e2), symbol="γ"),)
     penalties = {"coral": Penalty("gamma")}  # a function of the logits: no feature scale
 
     @classmethod

@@ -22,9 +22,9 @@ class Fishr(GradientMethod):
     name = "fishr"
     display = "Fishr"
     summary = "fishr: Fishr, the variance across domains of per-sample gradient variances (lam)"
-    params = (Param("lam", "Fishr penalty weight λ.", default=1e2, grid=(1e1, 1e2, 1e3), symbol="λ"),
+    params = (Param("lam", "Fishr penalty weight λ.", default=1e2, grid=(1e1, 1e2, 1e3), search=("log", 1e0, 1e4), symbol="λ"),
               Param("ema", "Fishr moving-average factor of the per-domain gradient variances (0: none).",
-                    default=0.95, maximum=0.999))
+                    default=0.95, maximum=0.999, search=("uniform", 0.9, 0.99)))
     heatmap = ("lam", "ema")
     penalties = {"fishr": Penalty("lam", order=2)}  # variances of (p−y)x̃: x̃², squared
 

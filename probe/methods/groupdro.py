@@ -15,7 +15,7 @@ class GroupDRO(GradientMethod):
     display = "GroupDRO"
     summary = "groupdro: GroupDRO, exponentiated-gradient weights on the domain losses (eta)"
     params = (Param("eta", "GroupDRO step size η of its exponentiated-gradient domain weights.", default=1e-2,
-                    grid=(1e-3, 1e-2, 1e-1), symbol="η"),)
+                    grid=(1e-3, 1e-2, 1e-1), search=("log", 1e-4, 1e0), symbol="η"),)
     ce_default = None
 
     def base_loss(self, losses, batch):

@@ -19,8 +19,8 @@ class HGP(GradientMethod):
     display = "HGP"
     summary = "hgp: Hessian-gradient-product alignment, variance of G_e (alpha) and of H_e G_e (beta)"
     params = (
-        Param("alpha", "HGP gradient-variance weight α.", default=1e1, grid=(1e0, 1e1, 1e2), symbol="α"),
-        Param("beta", "HGP weight β of the variance of H_e G_e.", default=1e1, grid=(1e0, 1e1, 1e2), symbol="β"),
+        Param("alpha", "HGP gradient-variance weight α.", default=1e1, grid=(1e0, 1e1, 1e2), search=("log", 1e-1, 1e3), symbol="α"),
+        Param("beta", "HGP weight β of the variance of H_e G_e.", default=1e1, grid=(1e0, 1e1, 1e2), search=("log", 1e-1, 1e3), symbol="β"),
     )
     # G_e is of degree 1 in x̃ and H_e G_e of degree 3: their variances of degree 2 and 6.
     heatmap = ("alpha", "beta")

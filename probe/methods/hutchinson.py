@@ -19,9 +19,9 @@ class Hutchinson(GradientMethod):
     summary = ("hutchinson: Hessian-diagonal alignment by Hutchinson's estimate (probes per step), "
                "gradient (alpha) and diagonal (beta) variance")
     params = (
-        Param("alpha", "Hutchinson gradient-variance weight α.", default=1e1, grid=(1e0, 1e1, 1e2), symbol="α"),
+        Param("alpha", "Hutchinson gradient-variance weight α.", default=1e1, grid=(1e0, 1e1, 1e2), search=("log", 1e-1, 1e3), symbol="α"),
         Param("beta", "Hutchinson weight β of the variance of the Hessian diagonals.", default=1e1,
-              grid=(1e0, 1e1, 1e2), symbol="β"),
+              grid=(1e0, 1e1, 1e2), search=("log", 1e-1, 1e3), symbol="β"),
     )
     options = (Param("probes", "hutchinson: Rademacher probes per step for each domain's Hessian-diagonal "
                                "estimate.", kind=int, default=100, minimum=1),)

@@ -14,7 +14,7 @@ class IRM(GradientMethod):
     name = "irm"
     display = "IRMv1"
     summary = "irm: IRMv1, the squared gradient of each domain's risk w.r.t. a logit scale (lam)"
-    params = (Param("lam", "IRMv1 penalty weight λ.", default=1e2, grid=(1e1, 1e2, 1e3),
+    params = (Param("lam", "IRMv1 penalty weight λ.", default=1e2, grid=(1e1, 1e2, 1e3), search=("log", 1e0, 1e4),
                     symbol="λ"),)
     penalties = {"irm": Penalty("lam")}  # a function of the logits: no feature scale
 

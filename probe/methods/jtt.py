@@ -41,7 +41,7 @@ class JTT(Retrained):
                "second ERM fit; no group labels")
     params = (
         Param("upweight", "jtt: the error set's weight λ_up in the second fit.", default=50.0, grid=(20.0, 50.0, 100.0),
-              minimum=1.0, symbol="λ_up"),
+              search=("log", 5.0, 100.0), minimum=1.0, symbol="λ_up"),
         Param("first_steps", "jtt: full-batch gradient steps (at step size 1/L) of the early-stopped first head.",
               kind=int, default=50, minimum=1),
     )

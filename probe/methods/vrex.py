@@ -13,7 +13,7 @@ class VREx(GradientMethod):
     name = "vrex"
     display = "V-REx"
     summary = "vrex: V-REx, the variance of the per-domain risks (lam)"
-    params = (Param("lam", "V-REx penalty weight λ.", default=1e1, grid=(1e0, 1e1, 1e2),
+    params = (Param("lam", "V-REx penalty weight λ.", default=1e1, grid=(1e0, 1e1, 1e2), search=("log", 1e-1, 1e3),
                     symbol="λ"),)
     penalties = {"vrex": Penalty("lam")}  # a function of the losses: no feature scale
 

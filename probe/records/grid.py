@@ -69,16 +69,32 @@ class Param:
     symbol: str = ""  # how papers write it (α), for labels
     #: reports show its value whenever it is non-zero, searched or not (a term off by default)
     label_nonzero: bool = False
+    #: random search's distribution (``--search random:N``): ("log", lo, hi) log-uniform or
+    #: ("uniform", lo, hi); without one, a draw picks among the default grid's values
+    search: tuple[Any, ...] = ()
 
     def __post_init__(self) -> None:
         if self.kind not in (float, int, str):
             raise TypeError(f"Param {self.name}: kind must be float, int or str")
-        for v in (self.default, *self.grid):
+        if self.search and (len(self.search) != 3 or self.search[0] not in ("log", "uniform")
+                            or not self.search[1] < self.search[2] or (self.search[0] == "log" and self.search[1] <= 0)):
+            raise ValueError(f"Param {self.name}: search {self.search} is not (log|uniform, lo, hi)")
+        for v in (self.default, *self.grid, *self.search[1:]):
             if isinstance(v, OfSteps):
                 if not 0 <= v.fraction <= 1:
                     raise ValueError(f"Param {self.name}: {v} is not a fraction of the steps")
             elif v is not None:
                 self.check(v)
+
+    def sample(self, rng: np.random.Generator, steps: int) -> Any:
+        """One random-search draw (``search``; else one of the default grid's values), with
+        three significant digits, checked like a value given."""
+        if self.search:
+            kind, lo, hi = self.search
+            v = math.exp(rng.uniform(math.log(lo), math.log(hi))) if kind == "log" else rng.uniform(lo, hi)
+            return self.check(float(f"{v:.3g}"))
+        values = resolve(self.default_grid, steps)
+        return values[int(rng.integers(len(values)))]
 
     @property
     def allowed(self) -> tuple[str, ...]:

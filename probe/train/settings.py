@@ -8,6 +8,7 @@ checks below name the parameter, so every caller gets the same messages.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -104,6 +105,11 @@ class Settings:
     ties: str = setting("acc", "Configurations with the same mean validation score: acc (the higher mean "
                                "validation accuracy, then the earlier), first (the earlier) or sem (the smaller "
                                "standard error of the mean over seeds).", choices=TIES)
+    search: str = setting("grid", "How each method's configurations are chosen: grid (the product of its grids) or "
+                                  "random:N (N draws from the distributions each method declares, or among the "
+                                  "values given: DomainBed's protocol, every method the same budget; each draw is "
+                                  "fitted at every seed).")
+    search_seed: int = setting(0, "The seed of random:N's draws (with the method's name).", minimum=0)
     reference: str | None = setting(None, "The method every other method's test figures are compared with, "
                                           "by a paired bootstrap on the same resampled test rows. Default: erm "
                                           "when the run fits it.")
@@ -144,6 +150,8 @@ class Settings:
         for f in fields(self):
             if "help" in f.metadata:
                 check_setting(f.name, getattr(self, f.name), f.metadata)
+        if self.search != "grid" and not re.fullmatch(r"random:[1-9][0-9]*", str(self.search)):
+            raise UserError(f"`search` {self.search!r} is not allowed; give grid or random:N (N a whole number >= 1)")
         if self.max_heads is not None and self.max_heads < 1:
             raise UserError(f"`max_heads` {self.max_heads!r} is not allowed; give at least 1")
 
