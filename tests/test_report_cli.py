@@ -56,7 +56,7 @@ def test_cli_demo_shape_writes_report_and_pngs(runs: dict[str, Any]) -> None:
     assert _exit_code(["report", str(run), "--format", "markdown", "--out", str(run / "report.md"),
                        "--plots", str(run)]) == 0
     md = (run / "report.md").read_text()
-    assert md.startswith("# probe report") and "| Method | Seeds | Val WGA |" in md
+    assert md.startswith("# probe report") and "| Method | Seeds | Budget | Val WGA |" in md
     assert (run / "wga_heatmap_cma.png").read_bytes()[:8] == PNG_SIGNATURE
     assert (run / "per_group_test_acc.png").is_file() and (run / "curves_cma.png").is_file()
 

@@ -19,7 +19,7 @@ from tests.runfolders import (
 )
 
 COMPARISON_HEADER = (
-    "| Method | Seeds | Val WGA | Test WGA | Test Acc | Test Avg (train-weighted) "
+    "| Method | Seeds | Budget | Val WGA | Test WGA | Test Acc | Test Avg (train-weighted) "
     "| Test Avg (group mean) |"
 )
 
@@ -68,10 +68,13 @@ def test_a_single_configuration_is_named_not_tabled(runs: dict[str, Any], tmp_pa
 def test_selection_by_val_acc_is_named(runs: dict[str, Any]) -> None:
     edit_summary(runs["a"], lambda s: s["provenance"].__setitem__("selection", "val_acc"))
     md = render(build_report([runs["a"]]), "markdown")
-    assert "selected by validation accuracy" in md and "validation WGA" not in md
+    comparison = md.split("\n## ")[1]  # the comparison table's section
+    assert "selected by validation accuracy" in comparison and "validation WGA" not in comparison
+    assert "| validation accuracy * |" in md  # the rules table marks the headline rule
 
 
 def test_a_method_with_nothing_selected_shows_dashes(runs: dict[str, Any]) -> None:
     unselect(runs["b"], "erm")
     md = render(build_report([runs["a"], runs["b"]]), "markdown")
-    assert "| erm | 0 | – | – | – | – | – |" in md
+    row = next(line for line in md.splitlines() if line.startswith("| erm | 0 |"))
+    assert row.split(" | ")[3:] == ["–"] * 4 + ["– |"]  # after the budget: every figure a dash

@@ -22,7 +22,7 @@ def runs(tmp_path: Path) -> dict[str, Any]:
 def test_terminal_renders_all_tables(runs: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
     rendered = render(build_report([runs["a"], runs["b"]]), "terminal")
     assert capsys.readouterr().out == ""  # the library renders, it does not print
-    assert isinstance(rendered, list) and sum(isinstance(r, Table) for r in rendered) == 3 + 4
+    assert isinstance(rendered, list) and sum(isinstance(r, Table) for r in rendered) == 4 + 4
     text = as_text(rendered)
     for needle in ("Comparison", "Test Avg", "(train-weighted)", "(group mean)", "Per-group",
                    "alpha varied", "weight_decay varied", "landbird/water", "selected"):

@@ -168,3 +168,39 @@ def test_random_search_gives_every_method_the_same_draws_reproducibly(tmp_path: 
         fit_grid(fs, ["erm"], {}, None, search="random:0")
     with pytest.raises(UserError, match="`reference` 'dfr' is not a method of this fit"):
         fit_grid(fs, ["erm"], {}, None, reference="dfr")
+
+
+def test_every_format_shows_intervals_budgets_rules_and_what_to_check(tmp_path: Path) -> None:
+    import csv
+    import io
+
+    from cli.console import as_text
+    from probe.reports import build_report, render
+    from probe.reports.formats.terminal import fit_summary
+
+    fs = waterbirds_like(n=(300, 200, 200), d=6, seed=2)
+    fit_grid(fs, ["erm", "cma"], {"alpha": [10.0, 100.0, 1e3], "beta": [1.0], "anneal": [0]}, tmp_path / "run",
+             steps=100, eval_every=25, batch_size=128, group_labels="all")
+    report = build_report([tmp_path / "run"])
+    codes = [d["code"] for m in report.methods for d in m.diagnostics]
+    assert "budget_mismatch" in codes  # 1 ERM head against 3 × 4 checkpoints
+    terminal = as_text(render(report, "terminal"))
+    for needle in ("Check these", "budget_mismatch", "WGA vs erm", "reference", "1×1", "3×4",
+                   "all group labels read", "oracle test WGA", "95% bootstrap interval"):
+        assert needle in terminal, needle
+    assert "Check these" in as_text(fit_summary(tmp_path / "run"))
+    cma = next(m for m in report.methods if m.method == "cma")
+    lo, hi = cma.ci95["wga"]
+    assert f"[{100 * lo:.1f}, {100 * hi:.1f}]" in terminal
+    md = render(report, "markdown")
+    assert "## Check these" in md and f"[{100 * lo:.1f}, {100 * hi:.1f}]" in md
+    tex = render(report, "latex")
+    assert "% Check these: cma: budget_mismatch" in tex and f"[{100 * lo:.1f}, {100 * hi:.1f}]" in tex
+    rows = {r["method"]: r for r in csv.DictReader(io.StringIO(render(report, "csv")))}
+    assert float(rows["cma"]["test_wga_ci_lo"]) == lo and rows["cma"]["reference"] == "erm"
+    assert "budget_mismatch" in rows["erm"]["diagnostics"] and rows["erm"]["budget_configs"] == "1"
+    js = json.loads(render(report, "json"))
+    entry = next(c for c in js["comparison"] if c["method"] == "cma")
+    assert entry["ci95"]["wga"] == [lo, hi] and entry["vs_reference"]["method"] == "erm"
+    assert set(entry["by_rule"]) == {"val_wga", "val_worst_class", "val_acc", "oracle_test_wga"}
+    assert js["runs"][0]["group_labels"] == "all"

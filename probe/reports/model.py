@@ -63,6 +63,37 @@ class BoundStats:
     train_rows: int
     terms: dict[str, Stat]  # probe.diagnostics.bounds.TERMS (grad, hess, third) -> max pairwise distance
     losses: dict[str, Stat]  # domain name -> mean cross-entropy
+    #: on the curve's rows at the kept step: the head's cross-entropy, and the penalty-free
+    #: path's distances where its cross-entropy was the same (empty when not recorded)
+    curve_ce: Stat = field(default_factory=lambda: Stat(None))
+    free_terms: dict[str, Stat] = field(default_factory=dict)
+
+
+def matched_fit(row: Result) -> tuple[float, dict[str, float | None]] | None:
+    """The row's cross-entropy on its curve's rows at the kept step, and its penalty-free
+    counterpart's bound distances at the step where that counterpart's cross-entropy was the
+    same (linear between the two evaluations around it); None when not recorded, or when
+    the penalty-free path never came to that cross-entropy."""
+    own = (row.bounds or {}).get("curve") or {}
+    free = (row.penalty_free or {}).get("curve") or {}
+    steps, ces = own.get("step") or [], own.get("ce") or []
+    if row.best_step not in steps or not free.get("ce"):
+        return None
+    target = ces[steps.index(row.best_step)]
+    path = free["ce"]
+    for i in range(len(path) - 1):
+        a, b = path[i], path[i + 1]
+        if a is None or b is None or not min(a, b) <= target <= max(a, b):
+            continue
+        w = 0.0 if a == b else (target - a) / (b - a)
+        return target, {t: _between(free.get(t), i, w) for t in ("grad", "hess", "third")}
+    return None
+
+
+def _between(values: list[float | None] | None, i: int, w: float) -> float | None:
+    if not values or values[i] is None or values[i + 1] is None:
+        return None
+    return (1 - w) * values[i] + w * values[i + 1]
 
 
 @dataclass
@@ -109,9 +140,20 @@ class MethodResult:
     n_diverged: int
     n_collapsed: int = 0
     labelled: list[str] = field(default_factory=list)  # shown in labels: varied, then non-zero optional terms
+    #: the run's summary entry (budget, diagnostics, intervals, every rule's choice)
+    entry: MethodSummary = field(default_factory=lambda: MethodSummary(None))
 
     def get(self, split: str, key: str) -> Stat:
         return self.stats.get(split, {}).get(key, Stat(None))
+
+    @property
+    def ci95(self) -> dict[str, Any]:
+        """{"wga": [lo, hi], "acc": [lo, hi]} of the test figures (empty: not recorded)."""
+        return self.entry.ci95
+
+    @property
+    def diagnostics(self) -> list[dict[str, str]]:
+        return self.entry.diagnostics or []
 
     @property
     def selected_rows(self) -> list[Result]:
@@ -133,12 +175,15 @@ class MethodResult:
         if not found:
             return None
         names = list(dict.fromkeys(n for b in found for n in (b.get("losses") or {})))
+        matched = [m for r in self.selected_rows if (m := matched_fit(r)) is not None]
         return BoundStats(
             domain=str(found[0].get("domain", "")), n=len(found),
             rows=sorted({int(b.get("rows") or 0) for b in found}),
             train_rows=max(int(b.get("train_rows") or 0) for b in found),
             terms={t: Stat.of(b.get(t) for b in found) for t in TERMS},
             losses={n: Stat.of((b.get("losses") or {}).get(n) for b in found) for n in names},
+            curve_ce=Stat.of(ce for ce, _ in matched),
+            free_terms={t: Stat.of(free.get(t) for _, free in matched) for t in TERMS} if matched else {},
         )
 
     def grid_slices(self) -> list[tuple[str, dict[str, Any], list[Config]]]:
@@ -190,6 +235,8 @@ def build_report(run_dirs: Sequence[str | Path | tuple[str | Path, str] | RunFol
     for run, name in zip(runs, distinct_names([r.path for r in runs]), strict=True):
         if not run.labelled:
             run.name = name
+    for run in runs:
+        _review(run)
     count: dict[str, int] = {}
     for run in runs:
         for m in run.summary.methods:
@@ -200,6 +247,22 @@ def build_report(run_dirs: Sequence[str | Path | tuple[str | Path, str] | RunFol
         for m in run.summary.methods
     ]
     return Report(runs=runs, methods=methods)
+
+
+def _review(run: RunFolder) -> None:
+    """Budgets, diagnostics and every rule's choice for a run written before the fit recorded
+    them (derived from its results.jsonl; its intervals cannot be, without the heads)."""
+    from probe.runs.review import annotate
+    from probe.runs.selection import by_rule
+
+    methods = run.summary.methods
+    rows = {m: [r for r in run.results if r.method == m] for m in methods}
+    settings = run.summary.provenance.get("settings") or {}
+    for m, entry in methods.items():
+        if not entry.by_rule:
+            entry.by_rule = by_rule(rows[m], str(settings.get("ties") or "acc"), run.summary.group_labels)
+    if any(e.budget is None or e.diagnostics is None for e in methods.values()):
+        annotate(methods, rows, settings)
 
 
 def build_configs(rows: Iterable[Result]) -> list[Config]:
@@ -287,6 +350,7 @@ def _method_result(run: RunFolder, method: str, label: str) -> MethodResult:
         configs=configs, selected_config=sel_config, varied=varied,
         n_configs=entry.count("n_configs") or len(configs), n_diverged=counted("n_diverged", "diverged"),
         n_collapsed=counted("n_collapsed", "collapsed"), labelled=_labelled(method, varied, selected),
+        entry=entry,
     )
 
 

@@ -43,18 +43,23 @@ MISSING = "–"
 
 @dataclass
 class Pct:
-    """A percentage cell: mean (and std over seeds when there are several)."""
+    """A percentage cell: mean (and std over seeds when there are several), or mean and its
+    95% interval (which holds the seeds' spread too) when one was measured."""
 
     stat: Stat
     show_std: bool = True
     n: int | None = None  # row count, shown as "(n=...)" when set
+    ci: list[float] | None = None  # [lo, hi], fractions
+    signed: bool = False  # a difference: shown with its sign
 
     def text(self, pm: str = "±", missing: str = MISSING) -> str:
         if self.stat.mean is None or not math.isfinite(self.stat.mean):
             body = missing
         else:
-            body = f"{100 * self.stat.mean:.1f}"
-            if self.show_std and self.stat.std is not None:
+            body = f"{100 * self.stat.mean:+.1f}" if self.signed else f"{100 * self.stat.mean:.1f}"
+            if self.ci:
+                body += f" [{100 * self.ci[0]:.1f}, {100 * self.ci[1]:.1f}]"
+            elif self.show_std and self.stat.std is not None:
                 body += f" {pm} {100 * self.stat.std:.1f}"
         return body if self.n is None else f"{body} (n={self.n})"
 
@@ -92,8 +97,13 @@ class Table:
         return [f"{g} {h}" if g else h for g, h in zip(labels, self.headers, strict=True)]
 
 
+REGIME_NAMES = {"all": "all group labels read", "val": "group labels read on validation only",
+                "none": "no group label read (test labels only to report)"}
+
+
 def run_lines(report: Report) -> list[str]:
-    """One line per run folder: where it is, what was fitted, how it was selected."""
+    """One line per run folder: where it is, what was fitted, how it was selected, which
+    labels the fit read and where its domains came from."""
     lines = []
     for run in report.runs:
         feats = run.features
@@ -101,8 +111,22 @@ def run_lines(report: Report) -> list[str]:
         n_cfg = sum(len(m.configs) for m in report.methods if m.run is run)
         bits.append(f"{n_cfg} configurations ({len(run.results)} fits)")
         bits.append(f"selection {run.selection}")
+        bits.append(REGIME_NAMES.get(run.summary.group_labels, run.summary.group_labels))
+        domains = run.summary.domains or {}
+        if domains.get("source"):
+            ari = domains.get("ari_train")
+            agree = f", adjusted Rand index {ari:.2f} with the training groups" if isinstance(ari, float) else ""
+            bits.append(f"domains {domains['source']} ({len(domains.get('names') or [])}{agree})")
         lines.append(f"{run.name} ({run.path}): " + ", ".join(bits))
     return lines
+
+
+def check_lines(report: Report) -> list[str]:
+    """The diagnostics of every method (probe.runs.checks), one line each: "Check these"."""
+    return [f"{m.label}: {d['code']}: {d['message']}" for m in report.methods for d in m.diagnostics]
+
+
+CHECKS_TITLE = "Check these"
 
 
 def nothing_varied_lines(report: Report) -> list[str]:
@@ -135,21 +159,74 @@ def comparison_table(
 ) -> Table:
     """Rows = methods (each at its selection), columns = the comparison metrics in percent."""
     label = label or (lambda m: m.label)
-    headers = ["Method", *(["Seeds"] if with_seeds else []), *[h for _, _, h in COMPARISON_COLUMNS]]
+    reference = next((m.entry.vs_reference["method"] for m in report.methods if m.entry.vs_reference), None)
+    extra = [f"Δ WGA vs {reference}"] if reference else []
+    headers = ["Method", *(["Seeds"] if with_seeds else []), "Budget", *[h for _, _, h in COMPARISON_COLUMNS],
+               *extra]
     rows: list[list[Cell]] = []
     for m in report.methods:
-        row: list[Cell] = [label(m), *([str(m.n_seeds)] if with_seeds else [])]
-        row += [Pct(m.get(split, key), m.n_seeds > 1) for split, key, _ in COMPARISON_COLUMNS]
+        row: list[Cell] = [label(m), *([str(m.n_seeds)] if with_seeds else []), budget_text(m)]
+        row += [Pct(m.get(split, key), m.n_seeds > 1, ci=m.ci95.get(key) if split == "test" else None)
+                for split, key, _ in COMPARISON_COLUMNS]
+        if reference:
+            vs = m.entry.vs_reference
+            row.append(Pct(Stat(vs["diff"]), ci=vs.get("ci95"), signed=True) if vs else
+                       ("reference" if m.method == reference else MISSING))
         rows.append(row)
     col = headers.index("Test WGA")
+    intervals = any(m.ci95 for m in report.methods)
     return Table(
         title=f"Comparison: each method at its configuration selected by {report.selection()} "
-        f"(percent, {_seeds_note(report)})",
+        f"(percent, {_seeds_note(report)}{'; test figures with their 95% intervals' if intervals else ''})",
         headers=headers,
         rows=rows,
         bold=best_cells(rows, col),
-        caption=LEGEND,
+        caption=LEGEND + (" " + INTERVALS if intervals else "") + " " + BUDGET,
+        text_columns=(headers.index("Budget"),),
     )
+
+
+INTERVALS = ("[lo, hi]: 95% bootstrap interval, test rows resampled within groups (2,000 times, seed 0) and "
+             "seeds resampled too; Δ: the paired difference to the reference on the same resamples.")
+BUDGET = ("Budget: configurations × checkpoints each could keep, what the selection chose among: a larger budget "
+          "has more chances to fit validation noise.")
+
+
+def budget_text(m: MethodResult) -> str:
+    b = m.entry.budget or {}
+    return f"{b['configs']}×{b['checkpoints']}" if b.get("configs") else MISSING
+
+
+def rules_table(report: Report) -> Table | None:
+    """Rows = methods, columns = selection rules: the test WGA (and accuracy) of the
+    configuration each rule selects; the headline rule first. None when none was recorded."""
+    from probe.records.rules import RULES
+
+    names = [r for r in RULES if any(r in (m.entry.by_rule or {}) for m in report.methods)]
+    if not names:
+        return None
+    headline = report.runs[0].selection
+    names.sort(key=lambda r: r != headline)
+    rows: list[list[Cell]] = []
+    for m in report.methods:
+        row: list[Cell] = [m.label]
+        for r in names:
+            choice = (m.entry.by_rule or {}).get(r)
+            test = (choice or {}).get("test") or {}
+            row.append(f"{_pct(test.get('wga'))} ({_pct(test.get('acc'))})" if choice else MISSING)
+        rows.append(row)
+    return Table(
+        title="What each selection rule would have chosen: test WGA (test accuracy), percent",
+        headers=["Method", *[f"{RULES[r].label}{' *' if r == headline else ''}" for r in names]],
+        rows=rows,
+        caption="* the headline rule of this run. Rules that read labels the run's regime hides are left out. "
+                "The oracle selects on the test split: an upper bound on what selection could do, never a "
+                "figure to report.",
+    )
+
+
+def _pct(value: float | None) -> str:
+    return MISSING if value is None else f"{100 * value:.1f}"
 
 
 def best_cells(rows: list[list[Cell]], col: int) -> set[tuple[int, int]]:
@@ -239,10 +316,12 @@ def bounds_table(report: Report) -> Table | None:
     names = list(dict.fromkeys(n for _, b in stats if b for n in b.losses))
     wide = len(names) <= MAX_LOSS_COLUMNS
     loss_headers = [f"L ({n})" for n in names] if wide else ["L min", "L max"]
+    matched = any(b and b.free_terms for _, b in stats)
+    free_headers = ["CE", *[f"{h} free" for h in BOUND_HEADERS.values()]] if matched else []
     rows: list[list[Cell]] = []
     for m, b in stats:
         if b is None:
-            rows.append([m.label, MISSING, *[MISSING] * (len(loss_headers) + len(BOUND_HEADERS))])
+            rows.append([m.label, MISSING, *[MISSING] * (len(loss_headers) + len(BOUND_HEADERS) + len(free_headers))])
             continue
         show = b.n > 1
         rows_text = "/".join(map(str, b.rows)) + ("" if b.rows == [b.train_rows] else f" of {b.train_rows}")
@@ -251,26 +330,34 @@ def bounds_table(report: Report) -> Table | None:
         else:
             means = [s.mean for s in b.losses.values() if s.mean is not None]
             losses = [f"{min(means):.3g}", f"{max(means):.3g}"] if means else [MISSING, MISSING]
-        rows.append([m.label, rows_text, *losses, *[_num(b.terms.get(t, Stat(None)), show) for t in BOUND_HEADERS]])
+        free = ([_num(b.curve_ce, show), *[_num(b.free_terms.get(t, Stat(None)), show) for t in BOUND_HEADERS]]
+                if matched else [])
+        rows.append([m.label, rows_text, *losses, *[_num(b.terms.get(t, Stat(None)), show) for t in BOUND_HEADERS],
+                     *free])
     domains = sorted({b.domain for _, b in stats if b})
     return Table(
         title="Transfer-bound terms of the selected configurations, on the training domains "
         f"({', '.join(domains)}; {_seeds_note(report)})",
-        headers=["Method", "Train rows", *loss_headers, *BOUND_HEADERS.values()],
+        headers=["Method", "Train rows", *loss_headers, *BOUND_HEADERS.values(), *free_headers],
         rows=rows,
         caption="L (e): mean cross-entropy of training domain e. Δ∇ⁿL: the largest ‖∇ⁿL_e − ∇ⁿL_f‖_F over "
         "pairs of training domains, n = 1, 2, 3 (gradient, Hessian, third derivative w.r.t. the head's "
         "weights and bias on its own preprocessed features, exact), the terms the CMA paper's transfer "
         "bounds are made of. Measured at the kept checkpoint on the train rows shown (\"of N\": a fixed "
-        "sample of the N, stratified by domain, the same for every method).",
+        "sample of the N, stratified by domain, the same for every method)."
+        + (" CE: the kept head's cross-entropy on the curve's rows; Δ∇ⁿL free: its penalty-free counterpart's "
+           "distances (trained beside it on the same batches) where that head's cross-entropy was the same, so a "
+           "head is compared with the penalty-free path at the same fit, not with a head fitted further "
+           "(– when the path never reached that cross-entropy)." if matched else ""),
     )
 
 
 def main_tables(report: Report) -> list[Table]:
-    """The comparison, selection, per-group and (when recorded) bound tables, in the order
-    every format shows them."""
+    """The comparison, rules, selection, per-group and (when recorded) bound tables, in the
+    order every format shows them."""
+    optional = [t for t in (rules_table(report),) if t is not None]
     bounds = bounds_table(report)
-    return [comparison_table(report), selection_table(report), per_group_table(report),
+    return [comparison_table(report), *optional, selection_table(report), per_group_table(report),
             *([bounds] if bounds else [])]
 
 

@@ -28,14 +28,16 @@ def report_dict(report: Report) -> dict[str, Any]:
         "selection": f"{report.selection(long=True)}, mean over seeds, hparams without seed",
         "legend": LEGEND,
         "runs": [
-            {"name": r.name, "path": str(r.path), "selection": r.selection,
+            {"name": r.name, "path": str(r.path), "selection": r.selection, "complete": r.summary.complete,
+             "group_labels": r.summary.group_labels, "domains": r.summary.domains,
              "group_names": r.group_names, "provenance": r.summary.provenance}
             for r in report.runs
         ],
         "comparison": [
             {**ident(m), "n_seeds": m.n_seeds, "selected_hparams": m.selected,
              "run_ids": m.run_ids, "n_configs": m.n_configs, "n_diverged": m.n_diverged, "n_collapsed": m.n_collapsed,
-             **stats(m.stats)}
+             **stats(m.stats), "ci95": m.ci95, "vs_reference": m.entry.vs_reference, "budget": m.entry.budget,
+             "by_rule": m.entry.by_rule, "diagnostics": m.diagnostics}
             for m in report.methods
         ],
         "per_group": [{**ident(m), "test": m.per_group} for m in report.methods],

@@ -6,10 +6,12 @@ from probe.reports.model import Report
 from probe.reports.paper import paper_table
 from probe.reports.registry import register_format
 from probe.reports.tables import (
+    CHECKS_TITLE,
     GRID_DESCRIPTION,
     Cell,
     Table,
     cell_text,
+    check_lines,
     grid_tables,
     main_tables,
     nothing_varied_lines,
@@ -22,7 +24,12 @@ def render_markdown(report: Report) -> str:
     out = ["# probe report", ""]
     out += [f"- {line}" for line in run_lines(report)]
     out.append("")
-    for t in main_tables(report):
+    tables = main_tables(report)
+    out += _md_table(tables[0], "##")
+    checks = check_lines(report)
+    if checks:
+        out += [f"## {CHECKS_TITLE}", "", *(f"- {_md_escape(line)}" for line in checks), ""]
+    for t in tables[1:]:
         out += _md_table(t, "##")
     out += ["## Grid around each selection", "", GRID_DESCRIPTION, ""]
     single = nothing_varied_lines(report)

@@ -17,9 +17,11 @@ from probe.reports.model import Report, build_report
 from probe.reports.paper import paper_table
 from probe.reports.registry import register_format
 from probe.reports.tables import (
+    CHECKS_TITLE,
     GRID_DESCRIPTION,
     Table,
     cell_text,
+    check_lines,
     comparison_table,
     grid_tables,
     main_tables,
@@ -32,7 +34,9 @@ from probe.reports.tables import (
 def render_terminal(report: Report) -> list[RichTable | Text]:
     """The run lines, every table (each after a blank line), then how the grid reads."""
     out: list[RichTable | Text] = [Text(line) for line in run_lines(report)]
-    for t in [*main_tables(report), *grid_tables(report)]:
+    tables = main_tables(report)
+    out += [Text(""), rich_table(tables[0]), *checks_block(report)]
+    for t in [*tables[1:], *grid_tables(report)]:
         out += [Text(""), rich_table(t)]
     out += [Text(""), Text(GRID_DESCRIPTION), *(Text(line) for line in nothing_varied_lines(report))]
     return out
@@ -45,7 +49,7 @@ def render_terminal_paper(report: Report) -> list[RichTable | Text]:
 
 def rich_table(t: Table) -> RichTable:
     """One table as a rich Table: labels keep their width, bold cells in bold."""
-    rt = RichTable(title=t.title, caption=t.caption or None, title_justify="left",
+    rt = RichTable(title=escape(t.title), caption=escape(t.caption) if t.caption else None, title_justify="left",
                    caption_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
                    show_edge=False, collapse_padding=True)
     for j, h in enumerate(t.flat_headers()):
@@ -77,6 +81,14 @@ def fit_summary(run_dir: str | Path) -> list[RichTable | Text]:
         head = run.summary.methods[m.method].head
         if head:
             files.add_row(f"head {m.method}", str(run.path / head))
-    hint = (f"Per-group and grid tables: probe report {run.path}; figures: "
+    hint = (f"Per-group, rules, bound and grid tables: probe report {run.path}; figures: "
             f"probe report {run.path} --plots DIR")
-    return [rich_table(comparison_table(report)), files, Text(hint)]
+    return [rich_table(comparison_table(report)), *checks_block(report), files, Text(hint)]
+
+
+def checks_block(report: Report) -> list[Text]:
+    """"Check these": each method's diagnostics, one line each (nothing when there are none)."""
+    lines = check_lines(report)
+    if not lines:
+        return []
+    return [Text(""), Text(CHECKS_TITLE, style="bold"), *(Text(f"- {line}") for line in lines)]
