@@ -21,7 +21,7 @@ def render_csv(report: Report) -> str:
     from probe.records.metrics import METRIC_KEYS
 
     groups = report.group_names
-    header = ["label", "method", "run_dir", "n_seeds", "selected_hparams"]
+    header = ["label", "method", "run_dir", "run_complete", "n_seeds", "selected_hparams"]
     for split in SPLITS:
         for key in METRIC_KEYS:
             header += [f"{split}_{key}_mean", f"{split}_{key}_std"]
@@ -31,7 +31,7 @@ def render_csv(report: Report) -> str:
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(header)
     for m in report.methods:
-        row: list[Any] = [m.label, m.method, str(m.run.path), m.n_seeds,
+        row: list[Any] = [m.label, m.method, str(m.run.path), str(m.run.summary.complete).lower(), m.n_seeds,
                           json.dumps(m.selected, sort_keys=True)]
         for split in SPLITS:
             for key in METRIC_KEYS:

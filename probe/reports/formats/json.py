@@ -26,9 +26,10 @@ def report_dict(report: Report) -> dict[str, Any]:
 
     return {
         "selection": f"{report.selection(long=True)}, mean over seeds, hparams without seed",
+        "warnings": report.warnings,
         "legend": LEGEND,
         "runs": [
-            {"name": r.name, "path": str(r.path), "selection": r.selection,
+            {"name": r.name, "path": str(r.path), "complete": r.summary.complete, "selection": r.selection,
              "group_names": r.group_names, "provenance": r.summary.provenance}
             for r in report.runs
         ],
