@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import socket
 import stat
 import subprocess
@@ -28,15 +27,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import (
-    IS_ROOT,
-    REPO,
-    CliResult,
-    assert_user_error,
-    open_folder,
-    run_cli,
-    unprivileged_prefix,
-)
+from tests.conftest import IS_ROOT, REPO, CliResult, assert_user_error, run_cli
 from tests.h5craft import write_feature_file
 from tests.runfolders import two_runs
 from tests.userfiles import snapshot
@@ -192,21 +183,13 @@ def test_a_full_or_closed_stdout_is_one_line_and_the_fit_still_writes_its_run(tm
 # --------------------------------------------------------------------------- item 6
 
 
-def test_fit_default_out_in_a_read_only_folder_is_one_line() -> None:
-    prefix = unprivileged_prefix()
-    if prefix is None:
-        pytest.skip("running as root and cannot run the CLI as an unprivileged user here")
-    folder = open_folder()
-    try:
-        write_feature_file(folder / "s.h5").chmod(0o644)
-        folder.chmod(0o555)
-        before = snapshot(folder)
-        res = run_cli("fit", "s.h5", *FAST, "--quiet", cwd=folder, prefix=prefix)
-        assert_user_error(res, "runs/s", str(folder / "runs"), "--out")
-        assert snapshot(folder) == before and not (folder / "runs").exists()
-    finally:
-        folder.chmod(0o755)
-        shutil.rmtree(folder, ignore_errors=True)
+def test_fit_default_out_in_a_read_only_folder_is_one_line(permdir: tuple[Path, list[str]]) -> None:
+    folder, prefix = permdir
+    folder.chmod(0o555)
+    before = snapshot(folder)
+    res = run_cli("fit", "good.h5", *FAST, "--quiet", cwd=folder, prefix=prefix)
+    assert_user_error(res, "runs/good", str(folder / "runs"), "--out")
+    assert snapshot(folder) == before and not (folder / "runs").exists()
 
 
 def test_study_and_reproduce_out_naming_a_file_is_one_line(tmp_path: Path) -> None:
