@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from base.errors import UserError
-from base.outputs import DiskFull, disk_full, no_space_message
+from base.outputs import STREAMS, DiskFull, disk_full, no_space_message, special_kind
 
 
 class NoSpace(DiskFull):
@@ -64,9 +64,18 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; flush it and rename it over ``path`` on success.
 
     On an exception (including KeyboardInterrupt) the temporary file is removed
-    and ``path`` is left exactly as it was; a full disk is :class:`NoSpace`.
+    and ``path`` is left exactly as it was; a full disk is :class:`NoSpace`. Only a
+    regular file (or nothing) is replaced: a device, FIFO or socket at ``path`` is a
+    UserError (the rename would put a regular file in its place), and a symbolic link
+    is followed, so that the link stays and the file it names is replaced.
     """
     target = Path(path)
+    kind = special_kind(target)
+    if kind is not None:
+        raise UserError(f"{target}: is {kind}, and probe writes only over regular files: move it away or choose "
+                        "another path")
+    if target.is_symlink():
+        target = Path(os.path.realpath(target))
     folder = target.parent if str(target.parent) else Path(".")
     check_writable_dir(folder)
     with no_space_names(target):
@@ -95,6 +104,22 @@ def _umask() -> int:
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def write_output_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write a file the user named: atomically over a regular file or nothing; straight
+    through a character device or a FIFO (``/dev/null``, ``/dev/stdout``, a named pipe,
+    the ``/dev/fd/N`` of a shell's ``>(...)``), which stay what they are."""
+    if special_kind(path) not in STREAMS:
+        write_text_atomic(path, text)
+        return
+    try:
+        with no_space_names(path), open(path, "w", encoding="utf-8") as fh:
+            fh.write(text)
+    except NoSpace:
+        raise
+    except OSError as exc:
+        raise UserError(f"{path}: cannot be written ({exc.strerror or exc})") from exc
 
 
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:

@@ -13,6 +13,9 @@
   committed row intact.
 * :func:`disk_full` tells a full disk (or quota) apart from other failures, also
   when HDF5 reports it only in its message text.
+* :func:`special_kind` names what a path is when it is neither a regular file nor a
+  folder (a device, a FIFO, a socket): an atomic write would replace such a node with
+  a regular file (as root, ``/dev/null`` itself), so writers refuse it or write through it.
 * :func:`looks_like_hdf5` recognises a feature file (or any HDF5 file) without
   importing h5py, so that commands writing text or JSON can refuse to write over one.
 """
@@ -22,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -147,6 +151,23 @@ def _acquire(lock: Path, busy: str) -> int | None:
         if same:
             return fd
         os.close(fd)  # the holder finished and removed it between our open and our lock: again
+
+
+_SPECIAL = ((stat.S_ISCHR, "a character device"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+            (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+#: the kinds of node a text output may be written through (a stream: /dev/null, a pipe, /dev/stdout)
+STREAMS = ("a character device", "a FIFO (named pipe)")
+
+
+def special_kind(path: str | os.PathLike[str]) -> str | None:
+    """What ``path`` is (through links) when it exists and is neither a regular file nor
+    a folder: ``a character device``, ``a FIFO (named pipe)``, ``a block device`` or
+    ``a socket``; None otherwise (also when it does not exist)."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return None
+    return next((name for test, name in _SPECIAL if test(mode)), None)
 
 
 def looks_like_hdf5(path: str | os.PathLike[str]) -> bool:

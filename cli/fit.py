@@ -22,7 +22,7 @@ from cli.signals import Terminated, exit_code, sigterm_as_interrupt
 from probe.methods import COMMON, all_options, all_params, fill_help, get_method, method_names
 from probe.methods.protocols import PROTOCOLS, protocol_names
 from probe.records.grid import RANGE_HELP, format_values
-from probe.train.settings import DTYPES, user_settings
+from probe.train.settings import DTYPES, setting_kind, user_settings
 
 
 def grid_option(name: str) -> OptionSpec:
@@ -57,9 +57,8 @@ def setting_options() -> list[OptionSpec]:
     """The settings' flags (help lists filled from the registries), then the options that
     methods and preprocessing kinds own."""
     out = []
-    kinds = {"int": int, "int | None": int, "float": float, "bool": bool}
     for f in user_settings():
-        kind = kinds.get(str(f.type), str)
+        kind = setting_kind(f)
         default = "" if f.default in (None, MISSING) else f" Default {f.default}."
         out.append(OptionSpec(f.name, f"{fill_help(f.metadata['help'])}{default}", kind=kind))
     for name, (_, p) in all_options().items():
@@ -132,7 +131,11 @@ def fit(
     if out is None:
         if run_dir.parent.exists() and not run_dir.parent.is_dir():
             raise UserError(f"`out` defaults to {run_dir}, but {run_dir.parent} is a file here; pass `out`")
-        run_dir.parent.mkdir(exist_ok=True)
+        try:
+            run_dir.parent.mkdir(exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"`out` defaults to {run_dir}, but the folder {run_dir.parent.resolve()} cannot be "
+                            f"created here ({exc.strerror}); pass `out`") from exc
     from rich.progress import (
         BarColumn,
         Progress,

@@ -13,11 +13,16 @@ a command that has something to say about what it kept catches the interrupt and
 says it in one line; for the others this module prints "interrupted". The command
 is invoked here rather than through Typer's runner, which would turn the
 interrupt into a silent exit code before any of that could run.
+
+A stdout that cannot take the output (``> /dev/full``, ``>&-``) does not stop the
+command (:func:`cli.console.guarded_stdout`); once it has finished, that is one line
+and exit code 74 (:data:`cli.console.STDOUT_LOST`).
 """
 
 from __future__ import annotations
 
 import sys
+from typing import NoReturn
 
 import typer
 
@@ -27,10 +32,10 @@ except ImportError:  # pragma: no cover - older typer with real click
     from click import exceptions as click_exc
 
 from base.errors import UserError
+from cli import console, interrupts
 from cli import extract as _extract  # noqa: F401  (registers extract, info, merge)
 from cli import fit as _fit  # noqa: F401  (registers fit)
 from cli import hull as _hull  # noqa: F401  (registers hull)
-from cli import interrupts
 from cli import report as _report  # noqa: F401  (registers report)
 from cli import reproduce as _reproduce  # noqa: F401  (registers reproduce)
 from cli import study as _study  # noqa: F401  (registers study)
@@ -44,18 +49,28 @@ _NO_ARGS_IS_HELP = getattr(click_exc, "NoArgsIsHelpError", ())
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     interrupts.handle_signals()
+    with console.guarded_stdout() as stdout:
+        code = _run(args)
+    lost = stdout.lost() if code == 0 else None
+    if lost is not None:
+        _fail(lost, console.STDOUT_LOST)
+    sys.exit(code)
+
+
+def _run(args: list[str]) -> int:
+    """Run the command; its exit code, or (a mistake, an interrupt) one line and SystemExit."""
     try:
         code = _invoke(args)
     except UserError as exc:
         _fail(flag_names(str(exc), args), exc.exit_code)
     except _NO_ARGS_IS_HELP:
-        sys.exit(0)
+        return 0
     except click_exc.UsageError as exc:
         cmd = exc.ctx.command_path if exc.ctx is not None else "probe"
         _fail(f"{exc.format_message()} (see `{cmd} --help`)", 2, prefix=cmd)
     except typer.Exit as exc:
         # A command's own interrupt message exits 130 whichever signal it was.
-        sys.exit(interrupts.exit_code() if exc.exit_code == 130 else exc.exit_code)
+        return interrupts.exit_code() if exc.exit_code == 130 else exc.exit_code
     except (typer.Abort, KeyboardInterrupt):
         _fail(f"interrupted ({interrupts.signal_name()})", interrupts.exit_code())
     except click_exc.ClickException as exc:
@@ -63,8 +78,8 @@ def main(argv: list[str] | None = None) -> None:
     except BrokenPipeError:
         # `probe report ... | head`: the reader went away; not an error of ours.
         sys.stderr.close()
-        sys.exit(0)
-    sys.exit(code if isinstance(code, int) else 0)
+        return 0
+    return code if isinstance(code, int) else 0
 
 
 def _invoke(args: list[str]) -> object:
@@ -74,7 +89,7 @@ def _invoke(args: list[str]) -> object:
         return command.invoke(ctx)
 
 
-def _fail(message: str, code: int, prefix: str = "probe") -> None:
+def _fail(message: str, code: int, prefix: str = "probe") -> NoReturn:
     # One line, always: flatten any newline a message may carry.
     print(f"{prefix}: error: {' '.join(message.split())}", file=sys.stderr)
     sys.exit(code)

@@ -46,7 +46,8 @@ def report(
         "-o",
         metavar="FILE",
         help="Write the report to FILE (atomically: the old file or the complete new one) "
-        "instead of printing it. Its folder must exist.",
+        "instead of printing it. Its folder must exist. A character device or a FIFO (/dev/stdout, "
+        "a named pipe, a shell's >(...)) is written through and stays what it is.",
         show_default=False,
     ),
     plots: Path | None = typer.Option(
@@ -65,7 +66,7 @@ def report(
     (Waterbirds papers' "average"), the group-mean average, per-group accuracies, and the grid
     around each selection (one hyperparameter varied at a time).
     """
-    from base.io import write_text_atomic
+    from base.io import write_output_text
     from cli.console import as_text, show
     from probe.reports import build_report, render
     from probe.reports.runfolder import check_output_file
@@ -77,7 +78,7 @@ def report(
     rendered = render(built, fmt.value, layout.value)
     written: list[Path] = []
     if out is not None:
-        write_text_atomic(out, as_text(rendered))
+        write_output_text(out, as_text(rendered))
         written.append(out)
     else:
         show(rendered)

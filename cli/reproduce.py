@@ -30,14 +30,24 @@ def reproduce_cmd(
                                                    "features: hf:FOLDER).")] = "minilm",
     device: Annotated[str, typer.Option(help="auto (CUDA when available), cpu, cuda or cuda:N.")] = "auto",
     smoke: Annotated[bool, typer.Option(help="One value per grid axis and 20 steps: checks the pipeline end to "
-                                             "end; the numbers mean nothing.")] = False,
+                                             "end; the numbers mean nothing. Its runs and tables go to OUT/smoke/, "
+                                             "apart from the real ones, and the tables say so.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Fit again a run folder that holds another fit (other settings, "
+                                                 "another probe version) instead of refusing it. A complete run "
+                                                 "of this very fit is reused, and an interrupted one resumed, "
+                                                 "without it.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or messages.")] = False,
 ) -> None:
     """Extract what is missing (resumable), fit every row of `--protocol cma-paper` on each
     dataset given, and write the paper's table (OUT/table.tex, OUT/table.md). A CelebA
-    grid wants a GPU: on two CPU cores it takes hours."""
+    grid wants a GPU: on two CPU cores it takes hours.
+
+    Rerunning resumes: a complete run of exactly this fit is reused, an interrupted one
+    (Ctrl-C, SIGTERM, a crash) is finished; a run folder holding any other fit is
+    refused unless --overwrite."""
     import sys
 
+    from cli import interrupts
     from cli.progress import StepsBar, rows_bar, stderr_console
     from probe.study.reproduce import Source, reproduce
 
@@ -49,9 +59,14 @@ def reproduce_cmd(
     if demo:
         sources.append(Source("demo", None, encoder, weights))
 
-    written = reproduce(sources, out, device=device, smoke=smoke,
-                        extract_progress=None if quiet else (lambda _: rows_bar(console)),
-                        fit_progress=None if quiet else (lambda name: StepsBar(console, f"fitting {name}")),
-                        notify=(lambda _: None) if quiet else (lambda msg: console.print(msg, markup=False)))
+    try:
+        written = reproduce(sources, out, device=device, smoke=smoke, overwrite=overwrite,
+                            extract_progress=None if quiet else (lambda _: rows_bar(console)),
+                            fit_progress=None if quiet else (lambda name: StepsBar(console, f"fitting {name}")),
+                            notify=(lambda _: None) if quiet else (lambda msg: console.print(msg, markup=False)))
+    except KeyboardInterrupt:
+        print(f"probe reproduce: {interrupts.signal_name()}: stopped; what was extracted and fitted is kept, and "
+              "the same command resumes it (no table was written)", file=sys.stderr)
+        raise typer.Exit(130) from None
     for path in written:
         print(f"wrote {path}", file=sys.stderr)

@@ -16,7 +16,14 @@ import h5py
 import numpy as np
 
 from base.errors import UserError
-from base.outputs import DiskFull, SpaceReserve, disk_full, looks_like_hdf5, no_space_message
+from base.outputs import (
+    DiskFull,
+    SpaceReserve,
+    disk_full,
+    looks_like_hdf5,
+    no_space_message,
+    special_kind,
+)
 from features.featureset import FeatureSet
 from features.schema import (
     IDENTITY_ATTRS,
@@ -222,8 +229,13 @@ def check_replaceable(path: Path, flag: str, command: str) -> None:
     """Refuse to write a feature file over ``path`` unless it is one (or is empty, or a damaged HDF5 file).
 
     `overwrite` replaces feature files; anything else there (a table, an image, a
-    run's summary.json, someone's own HDF5 data) is the user's and is never replaced.
+    run's summary.json, someone's own HDF5 data, a device or a FIFO) is the user's and is
+    never replaced.
     """
+    kind = special_kind(path)
+    if kind is not None:
+        raise UserError(f"{flag} {path}: is {kind}; {command} writes a feature file (a regular file, written "
+                        "beside it and renamed into place): choose a file name")
     if not path.is_file() or path.stat().st_size == 0:
         return
     if looks_like_hdf5(path):

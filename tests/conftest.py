@@ -98,6 +98,23 @@ def small_tmpfs(tmp_path: Path, size: str) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
+@pytest.fixture
+def permdir() -> Iterator[tuple[Path, list[str]]]:
+    """A folder with a good feature file (good.h5), and the prefix under which permissions
+    apply to the CLI (as root: run it as `nobody`); skipped where that cannot be arranged."""
+    from tests.h5craft import write_feature_file
+
+    prefix = unprivileged_prefix()
+    if prefix is None:
+        pytest.skip("running as root and cannot run the CLI as an unprivileged user here")
+    folder = open_folder()
+    try:
+        write_feature_file(folder / "good.h5").chmod(0o644)
+        yield folder, prefix
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def assert_user_error(res: CliResult, *fragments: str) -> None:
     """Exit code 2, one line on stderr containing every fragment, no traceback."""
     assert res.code == 2, (res.code, res.stdout, res.stderr)

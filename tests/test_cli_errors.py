@@ -8,13 +8,12 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.conftest import assert_user_error, open_folder, run_cli, unprivileged_prefix
+from tests.conftest import assert_user_error, run_cli
 from tests.h5craft import toy_arrays, write_feature_file
 
 FAST = ["--steps", "20", "--quiet"]
@@ -50,21 +49,6 @@ def test_missing_file(workdir: Path) -> None:
 
 def test_folder_instead_of_file(workdir: Path) -> None:
     _fit_fails(workdir, workdir / "run", "folder")
-
-
-@pytest.fixture
-def permdir() -> Iterator[tuple[Path, list[str]]]:
-    """A folder with a good feature file, and the prefix under which permissions apply
-    to the CLI (as root: run it as `nobody`)."""
-    prefix = unprivileged_prefix()
-    if prefix is None:
-        pytest.skip("running as root and cannot run the CLI as an unprivileged user here")
-    folder = open_folder()
-    try:
-        write_feature_file(folder / "good.h5").chmod(0o644)
-        yield folder, prefix
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_unreadable_file(permdir: tuple[Path, list[str]]) -> None:

@@ -141,15 +141,25 @@ def test_submitit_path_gives_the_local_launcher_results(tmp_path: Path) -> None:
     assert json.loads((debug.out / "jobs" / "fit-a-erm" / "slurm.json").read_text())["job_id"]
 
 
-def test_a_failed_job_is_listed_with_its_log(tmp_path: Path) -> None:
-    toml = make_study(tmp_path, STUDY.replace('file = "b.h5"', 'file = "missing.h5"'))
+def test_a_failed_job_is_listed_with_its_log_and_runs_again_once_the_study_is_fixed(tmp_path: Path) -> None:
+    """A file that is there but holds no features passes the study file's checks, and its
+    jobs fail (with nothing written). Issue 26, item 16: once the study file names the right
+    file, the rerun runs those jobs with their new command; it is not refused."""
+    fixed = STUDY.split("[[methods]]")[0] + '[[methods]]\nmethod = "erm"\n'
+    toml = make_study(tmp_path, fixed.replace('file = "b.h5"', 'file = "notes.h5"'))
+    (tmp_path / "notes.h5").write_text("not features\n")
     res = run_cli("study", toml, "--jobs", "2")
     assert res.code == 1
     log = tmp_path / "st" / "jobs" / "fit-b-erm" / "log.txt"
     assert f"fit-b-erm: failed; log {log}" in res.stderr
-    assert "no such file" in log.read_text()
+    assert "not an HDF5 file" in log.read_text()
     assert _state(tmp_path / "st", "fit-a-erm") == "done"
     assert_user_error(run_cli("report", tmp_path / "st"), "not done", "fit-b-erm")
+
+    toml.write_text(fixed)
+    res = run_cli("study", toml, "--jobs", "2")
+    assert res.code == 0, res.stderr
+    assert [_state(tmp_path / "st", j) for j in ("fit-a-erm", "fit-b-erm")] == ["done", "done"]
 
 
 @pytest.mark.parametrize(("edit", "fragment"), [
@@ -158,11 +168,45 @@ def test_a_failed_job_is_listed_with_its_log(tmp_path: Path) -> None:
     (lambda s: s.replace('method = "cma"', 'method = "magic"'), "magic"),
     (lambda s: s.replace('name = "b"', 'name = "a"'), "named 'a'"),
     (lambda s: s + "\n[broken\n", "not valid TOML"),
+    # issue 26, item 16: every value checked as `probe fit` and `probe extract` check it
+    (lambda s: s.replace("steps = 60", "steps = -5"), "[fit]: `steps`: -5"),
+    (lambda s: s.replace("beta = 1", "beta = 1\nbatch_size = \"many\""), "[[methods]] #2: `batch_size` 'many'"),
+    (lambda s: s.replace('file = "b.h5"', 'file = "missing.h5"'), "#2: `file`"),
+    (lambda s: s.replace('file = "b.h5"', 'dataset = "demo"\n[features.options]\nbatch_sise = 8'),
+     "[features.options]: unknown key 'batch_sise'"),
 ])
 def test_study_file_mistakes_are_one_line(tmp_path: Path, edit, fragment: str) -> None:
     toml = make_study(tmp_path, edit(STUDY))
-    assert_user_error(run_cli("study", toml), fragment)
+    res = run_cli("study", toml)
+    assert_user_error(res, fragment, str(toml))
     assert not (tmp_path / "st").exists()
+
+
+def test_sigterm_to_a_study_records_its_running_job_as_interrupted(tmp_path: Path) -> None:
+    """Issue 26, item 16: stopped by SIGTERM, a job is interrupted (to be resumed), not failed."""
+    toml = make_study(tmp_path, STUDY.replace("steps = 60", "steps = 1000000").split("[[features]]")[0]
+                      + '[[features]]\nname = "a"\nfile = "a.h5"\n[[methods]]\nmethod = "erm"\n')
+    st = tmp_path / "st"
+    proc = _start("study", str(toml), "--quiet")
+    deadline = time.time() + 120
+    while "$ probe fit" not in _read_text(st / "jobs" / "fit-a-erm" / "log.txt"):
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and "interrupted" in err, err
+    assert _state(st, "fit-a-erm") == "interrupted"
+    shown = run_cli("study", toml, "--status")
+    assert shown.code == 0 and "interrupted" in shown.stdout and "failed" not in shown.stdout, shown.stdout
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
 
 
 def test_expansion_of_extraction_specs(tmp_path: Path) -> None:
@@ -170,6 +214,7 @@ def test_expansion_of_extraction_specs(tmp_path: Path) -> None:
     from probe.study.spec import load_study
 
     toml = tmp_path / "s.toml"
+    (tmp_path / "data").mkdir()  # a dataset's folder must be there when the study file is read
     toml.write_text('[[features]]\nname = "wb"\ndataset = "waterbirds"\nroot = "data"\nencoder = "efficientnet-lite0"'
                     '\nshards = 2\n[features.options]\nbatch_size = 8\n'
                     '[[methods]]\nmethods = ["erm", "cma"]\nsplit = true\n')

@@ -207,6 +207,15 @@ class MethodResult:
 class Report:
     runs: list[RunFolder]
     methods: list[MethodResult]
+    notes: list[str] = field(default_factory=list)  # said by whoever made the report (a smoke test's tables)
+
+    @property
+    def warnings(self) -> list[str]:
+        """What every format must say before its numbers: the notes, and each run folder
+        that is not complete (an interrupted fit's finished configurations only)."""
+        return [*self.notes, *(f"INCOMPLETE RUN {r.name} ({r.path}): the fit was interrupted and these are only "
+                               "the configurations it had finished; rerun its command to finish it"
+                               for r in self.runs if not r.summary.complete)]
 
     def selection(self, long: bool = False) -> str:
         """How the configurations were selected, e.g. "validation WGA"."""

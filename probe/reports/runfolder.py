@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from base.errors import UserError
-from base.outputs import looks_like_hdf5, same_file
+from base.outputs import STREAMS, looks_like_hdf5, same_file, special_kind
 from probe.records.results import Result, parse_results
 from probe.records.summary import Summary
 
@@ -86,10 +86,14 @@ def run_folder_of(path: Path) -> Path | None:
 
 def check_output_file(out: Path, run_dirs: Sequence[Path]) -> None:
     """Refuse a report file that would replace what reports are made from: a file of a run
-    folder (these or any other), a feature file, or a folder. Other files are replaced
-    (atomically), e.g. the report.md a previous report wrote."""
+    folder (these or any other), a feature file, a folder, a block device or a socket.
+    Other files are replaced (atomically), e.g. the report.md a previous report wrote;
+    a character device or a FIFO is written through (``base.io.write_output_text``)."""
     if out.is_dir():
         raise UserError(f"`out` {out}: is a folder; give the report's file name, e.g. {out / 'report.md'}")
+    kind = special_kind(out)
+    if kind is not None and kind not in STREAMS:
+        raise UserError(f"`out` {out}: is {kind}; write the report to a file, a character device or a FIFO")
     for run in run_dirs:
         for own in (run / SUMMARY, run / RESULTS, *sorted((run / HEADS).glob("*.safetensors"))):
             if same_file(out, own):

@@ -2,7 +2,7 @@
 
 ``STUDY/study.json`` (the index: every job's id, kind, command, output, dependencies
 and labels) and ``STUDY/jobs/<id>/`` per job: ``job.json`` (the command),
-``state.json`` (running, done or failed; when, where, the exit code), ``log.txt``
+``state.json`` (running, done, failed or interrupted; when, where, the exit code), ``log.txt``
 (the command's output) and ``job.lock``, held while it runs, so that two launches of
 one study never run a job twice. Every JSON file is written atomically. A job's
 command is an ordinary resumable `probe` command: a job stopped part-way continues
@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -31,11 +32,15 @@ INDEX = "study.json"
 STATES = ("done", "running", "failed", "interrupted", "waiting")
 #: the job commands this process runs now (a launcher that is stopped stops them too)
 RUNNING: set[subprocess.Popen] = set()
+#: exit codes of a command stopped by SIGINT or SIGTERM (cli.interrupts: 128 + the signal)
+STOPPED_CODES = (128 + signal.SIGINT, 128 + signal.SIGTERM)
+_stopping: list[bool] = []  # set once this process stops its jobs: they end interrupted, not failed
 
 
 def stop_running() -> None:
     """SIGTERM to every job command of this process: each stops as on Ctrl-C, keeping
-    what it finished."""
+    what it finished, and is recorded as interrupted."""
+    _stopping.append(True)
     for proc in list(RUNNING):
         with contextlib.suppress(OSError):
             proc.terminate()
@@ -46,20 +51,25 @@ def job_dir(study_dir: Path, job_id: str) -> Path:
 
 
 def write_index(study: Study) -> None:
-    """Create the job folders and write the index; refuse a study folder whose jobs ran other commands."""
+    """Create the job folders and write the index; refuse a study folder whose jobs ran
+    other commands, unless they ran them without producing any output (a job that failed
+    at once, on a mistake since fixed in the study file, is run with its new command)."""
     changed = []
     for job in study.jobs:
         folder = job_dir(study.out, job.id)
         old = _read(folder / "job.json")
-        if old and old.get("argv") != list(job.argv) and _read(folder / "state.json"):
+        if old and old.get("argv") != list(job.argv) and _read(folder / "state.json") and _has_output(study.out, old):
             changed.append(job.id)
     if changed:
         raise UserError(f"study folder {study.out} ran other commands for {', '.join(changed)} (the study file "
                         "changed); use another study folder (`out`) or remove those job folders")
-    for job in study.jobs:
-        folder = job_dir(study.out, job.id)
-        folder.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(folder / "job.json", job.to_json())
+    try:
+        for job in study.jobs:
+            folder = job_dir(study.out, job.id)
+            folder.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(folder / "job.json", job.to_json())
+    except OSError as exc:
+        raise UserError(f"study folder {study.out}: cannot be written ({exc.strerror}); choose another `out`") from exc
     write_json_atomic(study.out / INDEX, {"study": str(study.path), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                                           "jobs": [j.to_json() for j in study.jobs]})
 
@@ -71,6 +81,18 @@ def read_index(study_dir: Path) -> list[Job]:
         raise UserError(f"{study_dir} is not a study folder ({INDEX} is missing or damaged); run `probe study`")
     return [Job(j["id"], j["kind"], tuple(j["argv"]), j["output"], tuple(j.get("deps", ())), j.get("labels", {}))
             for j in data["jobs"]]
+
+
+def _has_output(study_dir: Path, job: dict[str, Any]) -> bool:
+    """Whether a job (as its job.json recorded it) left anything of its output: the file or
+    folder, or an unfinished one beside it (``FILE.h5.partial``); an empty folder is nothing."""
+    out = study_dir / str(job.get("output", ""))
+    if out == study_dir:
+        return True  # no output recorded: nothing can be told, so nothing is replaced
+    for path in (out, out.with_name(out.name + ".partial")):
+        if (path.is_dir() and any(path.iterdir())) or (path.exists() and not path.is_dir()):
+            return True
+    return False
 
 
 def _read(path: Path) -> dict[str, Any] | None:
@@ -90,8 +112,8 @@ class JobStatus:
 
 
 def status(study_dir: Path, job: Job) -> JobStatus:
-    """done / running (its lock is held) / failed / interrupted (stopped without a word:
-    killed, or its node lost) / waiting."""
+    """done / running (its lock is held) / failed / interrupted (stopped by a signal, or
+    without a word: killed, or its node lost) / waiting."""
     folder = job_dir(study_dir, job.id)
     detail = _read(folder / "state.json") or {}
     recorded = detail.get("state")
@@ -101,7 +123,7 @@ def status(study_dir: Path, job: Job) -> JobStatus:
         state = "done"
     elif recorded == "failed":
         state = "failed"
-    elif recorded == "running":
+    elif recorded in ("running", "interrupted"):
         state = "interrupted"
     else:
         state = "waiting"
@@ -154,7 +176,9 @@ def _execute(root: Path, job: Job, folder: Path, env: dict[str, str] | None) -> 
             code = proc.wait()
         finally:
             RUNNING.discard(proc)
-    state = "done" if code == 0 else "failed"
+    # Stopped by a signal (the launcher's, Slurm's pre-emption, a kill): interrupted, to be resumed.
+    stopped = bool(_stopping) or code < 0 or code in STOPPED_CODES
+    state = "done" if code == 0 else "interrupted" if stopped else "failed"
     write_json_atomic(folder / "state.json", {"state": state, **where, "returncode": code,
                                               "ended": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     return state

@@ -17,6 +17,7 @@ import concurrent.futures as cf
 import contextlib
 import os
 import re
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -173,6 +174,9 @@ def launch_slurm(study: Study, resources: dict[str, Any], cluster: str = "slurm"
     ``cluster`` is submitit's: ``slurm``, or ``local``/``debug`` (its executors on
     this machine, for tests).
     """
+    if cluster == "slurm" and shutil.which("sbatch") is None:
+        raise UserError("the slurm launcher needs Slurm, and it was not found here (`sbatch` is not on PATH): "
+                        "run `probe study` on the cluster's login node, or choose `launcher` local")
     import submitit
 
     write_index(study)

@@ -1,20 +1,26 @@
 """`probe reproduce`: the CMA paper's linear-probing table from the datasets' own folders.
 
 For each dataset given: extract its features unless a complete feature file is there
-already (extraction resumes), fit every row of the ``cma-paper`` protocol unless a
-finished run of it on those features is there already, then write the paper's table
-(``table.tex`` and ``table.md``) over all of them. Everything lands in one folder:
+already (extraction resumes), fit every row of the ``cma-paper`` protocol, then write
+the paper's table (``table.tex`` and ``table.md``) over all of them. Everything lands
+in one folder:
 
     OUT/<dataset>.h5   OUT/<dataset>/ (the run folder)   OUT/table.tex   OUT/table.md
 
+The fit is :func:`probe.pipeline.fit_grid`'s, whose fingerprint (the data, methods,
+grids, settings and probe's version) decides what a run folder may be used for: a
+complete run of exactly this fit is reused as it is, an interrupted one is resumed
+from its journal, and anything else is refused unless ``overwrite``. A table is
+therefore only ever made from complete runs of the protocol as asked.
+
 ``smoke`` swaps the protocol's grids for one value per hyperparameter and a few steps:
 a check that the whole pipeline runs (the tests use it on the bundled demo data),
-whose numbers mean nothing.
+whose numbers mean nothing. Its runs and tables go to ``OUT/smoke/`` (the features
+are shared), never where a real run is, and its tables say what they are.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +42,10 @@ DATASETS = ("waterbirds", "celeba", "multinli", "demo")
 SMOKE = {"grid": {"seed": [0], "alpha": [1.0], "beta": [10.0], "lam": [100.0], "ema": [0.9], "gamma": [1.0],
                   "anneal": [0]},
          "settings": {"steps": 20, "pca_dim": 8}}
+#: where a smoke run's run folders and tables go, inside ``out``
+SMOKE_DIR = "smoke"
+SMOKE_NOTE = ("SMOKE TEST (`probe reproduce --smoke`: one configuration per method, 20 steps): these numbers "
+              "only show that the pipeline runs; they mean nothing")
 
 
 @dataclass
@@ -60,20 +70,13 @@ def _features(src: Source, out: Path, device: Any, progress: Any, notify: Callab
     return h5
 
 
-def _finished(run: Path, h5: Path) -> bool:
-    """A finished run of the protocol on these features (reused rather than refitted)."""
-    try:
-        prov = json.loads((run / "summary.json").read_text())["provenance"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
-    return ((prov.get("protocol") or {}).get("name") == PROTOCOL
-            and str((prov.get("features") or {}).get("path")) == str(h5))
-
-
 def reproduce(sources: list[Source], out: str | Path, *, device: Any = "auto", smoke: bool = False,
-              extract_progress: Callable[[str], Any] | None = None, fit_progress: Callable[[str], Any] | None = None,
+              overwrite: bool = False, extract_progress: Callable[[str], Any] | None = None,
+              fit_progress: Callable[[str], Any] | None = None,
               notify: Callable[[str], None] = lambda _: None) -> list[Path]:
     """Extract, fit and tabulate ``sources`` into ``out``; returns the table files written.
+    ``overwrite`` refits a run folder that holds anything other than this very fit
+    (another fit, other settings, another version of probe) instead of refusing it.
     ``extract_progress(what)`` and ``fit_progress(what)`` give the progress object of one
     extraction (base.progress.Progress) or one fit (fit_grid's); None: silent."""
     from base.device import resolve_device
@@ -81,24 +84,28 @@ def reproduce(sources: list[Source], out: str | Path, *, device: Any = "auto", s
     if not sources:
         raise UserError(f"give at least one dataset ({', '.join(DATASETS)})")
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"`out` {out} is a file; give a folder for the feature files, run folders and tables")
     check_writable_dir(out.parent if str(out.parent) else Path("."), "`out` parent")
     out.mkdir(exist_ok=True)
     dev = resolve_device(device)
+    runs_dir = out / SMOKE_DIR if smoke else out
+    runs_dir.mkdir(exist_ok=True)
+    extra = SMOKE if smoke else {"grid": {}, "settings": {}}
     runs = []
     for src in sorted(sources, key=lambda s: DATASETS.index(s.dataset)):
         h5 = _features(src, out, dev, extract_progress(src.dataset) if extract_progress else None, notify)
-        run = out / src.dataset
-        if _finished(run, h5) and not smoke:
-            notify(f"{src.dataset}: {run} already holds the protocol's run; reusing it")
-        else:
-            extra = SMOKE if smoke else {"grid": {}, "settings": {}}
-            fit_grid(read_features(h5), None, extra["grid"], run, overwrite=True, protocol=PROTOCOL,
-                     device=str(dev), notify=notify, command=f"probe reproduce ({src.dataset})",
-                     progress=fit_progress(src.dataset) if fit_progress else None, **extra["settings"])
+        run = runs_dir / src.dataset
+        fit_grid(read_features(h5), None, extra["grid"], run, overwrite=overwrite, protocol=PROTOCOL,
+                 device=str(dev), notify=notify,
+                 command=f"probe reproduce{' --smoke' if smoke else ''} ({src.dataset})",
+                 progress=fit_progress(src.dataset) if fit_progress else None, **extra["settings"])
         runs.append(run)
     report = build_report(runs)
+    if smoke:
+        report.notes.append(SMOKE_NOTE)
     written = []
     for fmt, name in (("latex", "table.tex"), ("markdown", "table.md")):
-        write_text_atomic(out / name, str(render(report, fmt, "paper")))
-        written.append(out / name)
+        write_text_atomic(runs_dir / name, str(render(report, fmt, "paper")))
+        written.append(runs_dir / name)
     return written

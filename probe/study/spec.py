@@ -19,9 +19,10 @@ from typing import Any
 
 from base.errors import UserError
 from features.extract import shard_output_path
+from features.schema import FEATURE_DTYPES
 from probe.methods import all_options, all_params, get_method
 from probe.methods.protocols import protocol_names
-from probe.train.settings import user_settings
+from probe.train.settings import setting_kind, user_settings
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -30,6 +31,11 @@ else:  # pragma: no cover - Python 3.10 has no tomllib; tomli is the same parser
 
 #: `probe fit` flags a study may set besides the grid and the settings
 FIT_EXTRAS = ("protocol", "device", "dtype", "allow_incomplete")
+#: `probe extract` flags a study's ``[features.options]`` may set besides the dataset's
+#: and the encoder's options (``root``, ``encoder``, ``weights`` and ``shards`` are keys
+#: of ``[[features]]``; ``out`` and ``shard`` the study's)
+EXTRACT_KEYS = ("batch_size", "workers", "dtype", "device", "skip_bad", "prompts", "class_names")
+EXTRACT_KINDS: dict[str, type] = {"batch_size": int, "workers": int, "max_length": int, "skip_bad": bool}
 #: the Slurm resources a job asks for (``[slurm]`` or the command line)
 SLURM_KEYS = ("partition", "time", "gpus", "cpus", "mem", "parallelism")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
@@ -87,6 +93,8 @@ def load_study(path: str | Path, out: str | Path | None = None) -> Study:
     _only(head, ("out", "launcher", "jobs"), f"{where} [study]")
     here = p.resolve().parent
     folder = Path(out).resolve() if out is not None else _path(here, head.get("out", f"{p.stem}.study"))
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{where}: the study folder {folder} is a file; give a folder as `out`")
     shared = _table(data, "fit", where)
     _check_fit(shared, f"{where} [fit]")
     feature_jobs = [_features(here, folder, e, i, where) for i, e in enumerate(_entries(data, "features", where))]
@@ -156,6 +164,7 @@ def _features(here: Path, folder: Path, e: dict[str, Any], i: int,
         if set(e) - {"name", "file"}:
             raise UserError(f"{at}: give `file` (a feature file) or the extraction keys, not both")
         file = _path(here, e["file"])
+        _check_readable(file, at)
         return _name(e, file.stem, at), [], file, {"features": _name(e, file.stem, at)}
     if "dataset" not in e:
         raise UserError(f"{at}: give `file` (a feature file) or `dataset` (with root, encoder, ...) to extract")
@@ -169,6 +178,7 @@ def _features(here: Path, folder: Path, e: dict[str, Any], i: int,
     options = e.get("options", {})
     if not isinstance(options, dict):
         raise UserError(f"{at}: `options` must be a table of `probe extract` flags")
+    _check_extraction(here, e, options, at)
     args += [a for k, v in options.items() for a in _flag(k, v)]
     labels = {"features": name, "dataset": str(e["dataset"]), "encoder": str(e.get("encoder", "default"))}
     shards = e.get("shards", 1)
@@ -186,6 +196,64 @@ def _features(here: Path, folder: Path, e: dict[str, Any], i: int,
     return name, [*parts, merge], file, labels
 
 
+def _check_readable(file: Path, at: str) -> None:
+    if file.is_dir():
+        raise UserError(f"{at}: `file` {file} is a folder; give a feature file (.h5)")
+    try:
+        with open(file, "rb"):
+            pass
+    except FileNotFoundError:
+        raise UserError(f"{at}: `file` {file}: no such file") from None
+    except OSError as exc:
+        raise UserError(f"{at}: `file` {file} cannot be read ({exc.strerror})") from exc
+
+
+def _check_extraction(here: Path, e: dict[str, Any], options: dict[str, Any], at: str) -> None:
+    """What `probe extract` checks before it loads anything: the dataset and its options
+    (by the dataset registry), its folder, the encoder's name and options (by the encoder
+    registry), the batch size, workers and storage type."""
+    from features.datasets import registry as datasets
+    from features.encoders import registry as encoders
+    from features.extract import check_settings
+
+    where = f"{at} [features.options]"
+    info = _checked(lambda: datasets.dataset_info(str(e["dataset"])), at)
+    unknown = sorted(set(options) - set(datasets.options()) - set(encoders.OPTION_NAMES) - set(EXTRACT_KEYS))
+    if unknown:
+        allowed = [*(info.option_names if info.strict else datasets.options()), *encoders.OPTION_NAMES[1:],
+                   *EXTRACT_KEYS]
+        raise UserError(f"{where}: unknown key {unknown[0]!r}; use {', '.join(allowed)}")
+    if info.strict:
+        _checked(lambda: datasets.check_options(info, {k: v for k, v in options.items() if k in datasets.options()}),
+                 where)
+    if "root" in e and not _path(here, e["root"]).is_dir():
+        raise UserError(f"{at}: `root` {_path(here, e['root'])}: no such folder")
+    if "root" not in e and info.root == "required":
+        raise UserError(f"{at}: dataset {info.name!r} needs `root`, its folder")
+    typed = _checked(lambda: {k: _typed(k, v, EXTRACT_KINDS.get(k, str)) for k, v in options.items()
+                              if k not in datasets.options() and k != "prompts"}, where)
+    _checked(lambda: check_settings(typed.get("batch_size"), typed.get("workers"),
+                                    typed.get("dtype", FEATURE_DTYPES[0])), where)
+    family = _checked(lambda: encoders.find(str(e["encoder"])), at) if "encoder" in e else None
+    for option in encoders.OPTION_NAMES:
+        value = typed.get(option, e.get(option))
+        if value is None:
+            continue
+        for check in {o.check for f in encoders.families() for o in f.options if o.name == option and o.check}:
+            _checked(lambda check=check, value=value: check(value), where)
+        if family is not None and option not in ("tower", *family.option_names):
+            raise UserError(f"{where}: `{option}` does not apply to `encoder` {e['encoder']}; drop it")
+    _checked(lambda: _check_device(str(typed.get("device", "auto"))), where)
+
+
+def _checked(check: Any, where: str) -> Any:
+    """``check()``, its UserError prefixed with where in the study file it arose."""
+    try:
+        return check()
+    except UserError as exc:
+        raise UserError(f"{where}: {exc}") from exc
+
+
 def _groups(e: dict[str, Any], i: int, shared: dict[str, Any], where: str) -> list[tuple[str, list[str], list[str]]]:
     """(name, methods, `probe fit` flags) of one [[methods]] entry: one job, or one per
     method with ``split = true`` (named after the method)."""
@@ -200,7 +268,7 @@ def _groups(e: dict[str, Any], i: int, shared: dict[str, Any], where: str) -> li
     if not methods and "protocol" not in e and "protocol" not in shared:
         raise UserError(f"{at}: give `method` (or a list `methods`) or a `protocol`")
     own = {k: v for k, v in e.items() if k not in ("name", "method", "methods", "split")}
-    _check_fit(own, at)
+    _check_fit({**shared, **own}, at)
     flags = [a for k, v in {**shared, **own}.items() for a in _flag(k, v)]
     if e.get("split", False) is True:
         if not methods:
@@ -214,19 +282,58 @@ def _fit_keys() -> list[str]:
 
 
 def _check_fit(table: dict[str, Any], where: str) -> None:
-    """Every key a `probe fit` flag, every grid value one the fit would take."""
+    """Every key a `probe fit` flag, every value one the fit would take: grid values by
+    their declarations' parsers, settings typed as their flags are and checked by
+    :func:`probe.pipeline.make_settings`, as `probe fit` checks its flags."""
+    from probe.pipeline import make_settings
+
     _only(table, _fit_keys(), where)
     params = all_params()
-    for key, value in table.items():
-        name = "seed" if key == "seeds" else key
-        try:
+    kinds = {**{f.name: setting_kind(f) for f in user_settings()}, **{n: p.kind for n, (_, p) in all_options().items()},
+             "allow_incomplete": bool}
+    settings = {}
+    try:
+        for key, value in table.items():
+            name = "seed" if key == "seeds" else key
             if name in params:
                 params[name][0][1].parse(_text(value))
-        except UserError as exc:
-            raise UserError(f"{where}: {exc}") from exc
+            elif key in kinds:
+                settings[key] = _typed(key, value, kinds[key])
+        settings.pop("allow_incomplete", None)
+        _check_device(str(table.get("device", "auto")))
+        make_settings("cpu", str(table.get("dtype", "float32")), **settings)
+    except UserError as exc:
+        raise UserError(f"{where}: {exc}") from exc
     if "protocol" in table and table["protocol"] not in protocol_names():
         raise UserError(f"{where}: protocol {table['protocol']!r} is unknown; choose from "
                         f"{', '.join(protocol_names())}")
+
+
+def _typed(key: str, value: Any, kind: type) -> Any:
+    """A study value as its flag's parser would give it (the flag's text through its type)."""
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise UserError(f"`{key}` {value!r}: give true or false")
+        return value
+    try:
+        return kind(_text(value))
+    except ValueError:
+        what = {int: "a whole number", float: "a number"}.get(kind, kind.__name__)
+        raise UserError(f"`{key}` {value!r}: give {what}") from None
+
+
+def _check_device(name: str) -> None:
+    """The form of a device name (whether this machine has it is for the job's machine to say)."""
+    import torch
+
+    if name == "auto":
+        return
+    try:
+        known = torch.device(name).type in ("cpu", "cuda")
+    except RuntimeError:
+        known = False
+    if not known:
+        raise UserError(f"`device` {name!r} is not a device; use auto, cpu, cuda or cuda:N")
 
 
 def _text(value: Any) -> str:

@@ -192,3 +192,8 @@ def check_setting(name: str, value: Any, meta: Any) -> None:
 def user_settings() -> list[Any]:
     """The fields a user sets (those declared with help), in declaration order."""
     return [f for f in fields(Settings) if "help" in f.metadata]
+
+
+def setting_kind(f: Any) -> type:
+    """The type a user setting's value is given as (its flag's type): int, float, bool or str."""
+    return {"int": int, "int | None": int, "float": float, "bool": bool}.get(str(f.type), str)

@@ -21,7 +21,7 @@ def render_csv(report: Report) -> str:
     from probe.records.metrics import METRIC_KEYS
 
     groups = report.group_names
-    header = ["label", "method", "run_dir", "group_labels", "complete", "n_seeds", "selected_hparams",
+    header = ["label", "method", "run_dir", "group_labels", "run_complete", "n_seeds", "selected_hparams",
               "budget_configs", "budget_checkpoints"]
     for split in SPLITS:
         for key in METRIC_KEYS:

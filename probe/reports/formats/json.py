@@ -26,6 +26,7 @@ def report_dict(report: Report) -> dict[str, Any]:
 
     return {
         "selection": f"{report.selection(long=True)}, mean over seeds, hparams without seed",
+        "warnings": report.warnings,
         "legend": LEGEND,
         "runs": [
             {"name": r.name, "path": str(r.path), "selection": r.selection, "complete": r.summary.complete,

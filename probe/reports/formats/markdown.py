@@ -21,7 +21,7 @@ from probe.reports.tables import (
 
 @register_format("markdown", help="the same as Markdown")
 def render_markdown(report: Report) -> str:
-    out = ["# probe report", ""]
+    out = ["# probe report", "", *_md_warnings(report)]
     out += [f"- {line}" for line in run_lines(report)]
     out.append("")
     tables = main_tables(report)
@@ -43,7 +43,11 @@ def render_markdown(report: Report) -> str:
 
 @register_format("markdown", layout="paper")
 def render_markdown_paper(report: Report) -> str:
-    return "\n".join(_md_table(paper_table(report), "##")).rstrip() + "\n"
+    return "\n".join([*_md_warnings(report), *_md_table(paper_table(report), "##")]).rstrip() + "\n"
+
+
+def _md_warnings(report: Report) -> list[str]:
+    return [line for w in report.warnings for line in (f"> **Warning: {_md_escape(w)}**", "")]
 
 
 def _md_escape(text: str) -> str:

@@ -33,7 +33,7 @@ from probe.reports.tables import (
 @register_format("terminal", help="rich tables (comparison, per-group, grid around each selection)")
 def render_terminal(report: Report) -> list[RichTable | Text]:
     """The run lines, every table (each after a blank line), then how the grid reads."""
-    out: list[RichTable | Text] = [Text(line) for line in run_lines(report)]
+    out: list[RichTable | Text] = [*warning_texts(report), *(Text(line) for line in run_lines(report))]
     tables = main_tables(report)
     out += [Text(""), rich_table(tables[0]), *checks_block(report)]
     for t in [*tables[1:], *grid_tables(report)]:
@@ -44,7 +44,11 @@ def render_terminal(report: Report) -> list[RichTable | Text]:
 
 @register_format("terminal", layout="paper")
 def render_terminal_paper(report: Report) -> list[RichTable | Text]:
-    return [rich_table(paper_table(report))]
+    return [*warning_texts(report), rich_table(paper_table(report))]
+
+
+def warning_texts(report: Report) -> list[Text]:
+    return [Text(f"warning: {w}", style="bold red") for w in report.warnings]
 
 
 def rich_table(t: Table) -> RichTable:
@@ -83,7 +87,7 @@ def fit_summary(run_dir: str | Path) -> list[RichTable | Text]:
             files.add_row(f"head {m.method}", str(run.path / head))
     hint = (f"Per-group, rules, bound and grid tables: probe report {run.path}; figures: "
             f"probe report {run.path} --plots DIR")
-    return [rich_table(comparison_table(report)), *checks_block(report), files, Text(hint)]
+    return [*warning_texts(report), rich_table(comparison_table(report)), *checks_block(report), files, Text(hint)]
 
 
 def checks_block(report: Report) -> list[Text]:
