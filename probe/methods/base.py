@@ -83,8 +83,9 @@ COMMON: dict[str, Param] = {p.name: p for p in (
           default=1e-4),
     Param("anneal", "Steps with the penalties off; the optimizer state of those heads is reset when they "
           "switch on, and only later checkpoints are kept.", kind=int, default=0),
-    Param("seed", "Seeds (minibatch order; dfr: its subsampling). Results are reported as mean ± std over "
-          "seeds.", kind=int, default=0),
+    # 63 bits: every generator seeded from it (torch's manual_seed, numpy's) takes that
+    Param("seed", "Seeds (minibatch order; dfr: its subsampling), whole numbers in [0, 2^63 - 1]. Results are "
+          "reported as mean ± std over seeds.", kind=int, default=0, maximum=2**63 - 1),
     # pca by evidence (issue 12, benchmarks/results/defaults.md): over three offline tasks it
     # had the best mean test WGA for ERM and CMA alike, and it is cheaper than the full width.
     Param("preprocess", preprocess_help(), kind=str, default="pca", choices_from=kind_names, chain=True),
