@@ -1,0 +1,133 @@
+"""Issue 26, items 8-15: values that passed the checks and then broke a fit, and data that
+came out silently wrong. Each refused case runs the CLI in a fresh interpreter, as a user
+would: exit code 2, one line on stderr, no traceback, and every file the user had unchanged.
+The silently-wrong cases also check that the wrong result is gone.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import assert_user_error, run_cli
+from tests.h5craft import write_feature_file
+from tests.userfiles import snapshot
+
+FAST = ["--steps", "10", "--quiet"]
+
+
+@pytest.fixture
+def work(tmp_path: Path) -> Path:
+    """The user's folder: a feature file and a previous run that must survive."""
+    write_feature_file(tmp_path / "toy.h5")
+    prev = tmp_path / "run"
+    prev.mkdir()
+    (prev / "summary.json").write_text('{"previous": true}\n')
+    return tmp_path
+
+
+def refused(work: Path, args: list[str | Path], *fragments: str) -> None:
+    """`probe ARGS` is refused in one line naming ``fragments``, and nothing under ``work`` changes."""
+    before = snapshot(work)
+    res = run_cli(*args)
+    assert_user_error(res, *fragments)
+    assert snapshot(work) == before
+
+
+def fit_refused(work: Path, extra: list[str], *fragments: str, file: str = "toy.h5") -> None:
+    refused(work, ["fit", work / file, "--out", work / "run", "--overwrite", *FAST, *extra], *fragments)
+
+
+# --- item 9: seeds fit in 63 bits ----------------------------------------------------------
+
+
+def test_seeds_beyond_63_bits_refused(work: Path) -> None:
+    fit_refused(work, ["--method", "erm", "--solver", "adam", "--init", "torch-linear",
+                       "--seed", "18446744073709551616"], "--seed", "18446744073709551616", "9223372036854775807")
+    fit_refused(work, ["--method", "hutchinson", "--seed", "1e30"], "--seed", "9223372036854775807")
+
+
+def test_the_largest_seed_fits_every_seeded_generator(work: Path) -> None:
+    """2^63 - 1 reaches torch's seeding (torch-linear), hutchinson's per-step probes and DFR's
+    scikit-learn without an overflow; 2^63 given as an integer is not rounded down to it."""
+    from base.errors import UserError
+    from probe.api import fit_grid
+
+    top = 2**63 - 1
+    rows = fit_grid(work / "toy.h5", ["erm", "hutchinson", "dfr"], {"seed": [top]}, solver="adam",
+                    init="torch-linear", steps=3, eval_every=3)["rows"]
+    assert {r.method: r.seed for rs in rows.values() for r in rs} == {"erm": top, "hutchinson": top, "dfr": top}
+    with pytest.raises(UserError, match="9223372036854775808 is not allowed"):
+        fit_grid(work / "toy.h5", ["erm"], {"seed": [2**63]})
+
+
+# --- item 10: no float flag takes NaN or infinity; no JSON file holds them ---------------
+
+
+def test_nonfinite_and_unstable_settings_refused(work: Path) -> None:
+    base = ["--method", "erm", "--solver", "adam", "--optimizer", "sgd"]
+    fit_refused(work, [*base, "--momentum", "nan"], "--momentum", "nan", "finite")
+    fit_refused(work, [*base, "--momentum", "1"], "--momentum", "< 1")
+
+
+def test_library_refuses_every_nonfinite_setting() -> None:
+    from base.errors import UserError
+    from probe.pipeline import make_settings
+
+    for name, value in (("momentum", float("inf")), ("momentum", float("-inf")), ("tol", float("nan")),
+                        ("momentum", 1.5)):
+        with pytest.raises(UserError, match=f"`{name}`"):
+            make_settings(**{name: value})
+
+
+NONFINITE_TOKEN = re.compile(r"\bNaN\b|-?Infinity\b")
+
+
+def test_no_json_file_holds_nan_or_infinity(work: Path) -> None:
+    """A fit whose heads diverge, its report as JSON, and a report of a run whose results
+    hold a NaN (as an earlier version wrote them): every JSON file is strict, the NaN is a
+    null, and the record says which value it was."""
+    from probe.api import fit_grid
+
+    run = work / "diverged"
+    fit_grid(work / "toy.h5", ["erm", "cma"], {"lr": [1e30, 1e-2], "alpha": [1.0], "beta": [1.0]}, run,
+             solver="adam", optimizer="sgd", steps=6, eval_every=2)
+    results = run / "results.jsonl"
+    rows = [json.loads(line) for line in results.read_text().splitlines()]
+    assert any(r["status"] == "diverged" for r in rows)
+    selected = json.loads((run / "summary.json").read_text())["methods"]["erm"]["selected"]["run_ids"][0]
+    for r in rows:  # a NaN where an earlier version could write one: a bound of the selected head
+        if r["run_id"] == selected:
+            r["bounds"]["grad"] = float("nan")
+    results.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert "NaN" in results.read_text()
+    res = run_cli("report", run, "--format", "json", "--out", work / "report.json")
+    assert res.code == 0, res.stderr
+    written = [p for p in sorted(work.rglob("*.json*")) if p != results]
+    assert {p.name for p in written} >= {"summary.json", "report.json"}
+    for path in written:
+        text = path.read_text()
+        assert not NONFINITE_TOKEN.search(text), path
+        json.loads(text) if path.suffix == ".json" else [json.loads(x) for x in text.splitlines()]
+    report = json.loads((work / "report.json").read_text())
+    assert report["bounds"][0]["seeds"][0]["grad"] is None
+    assert "bounds.0.seeds.0.grad" in report["nonfinite"]
+
+
+def test_json_text_replaces_and_lists_nonfinite_values() -> None:
+    from base.io import json_text
+    from probe.records.results import Result, parse_results, to_jsonl
+
+    row = Result("erm", {"seed": 0}, history={"step": [1, 2], "loss": [0.5, float("inf")], "penalty": {}},
+                 bounds={"grad": np.float32("nan")})
+    text = to_jsonl([row])
+    assert not NONFINITE_TOKEN.search(text)
+    obj = json.loads(text)
+    assert obj["history"]["loss"] == [0.5, None] and obj["bounds"]["grad"] is None
+    assert obj["nonfinite"] == ["history.loss.1", "bounds.grad"]
+    assert parse_results(text, "x")[0].history["loss"] == [0.5, None]
+    assert json.loads(json_text({"a": [1.0, -float("inf")]})) == {"a": [1.0, None], "nonfinite": ["a.1"]}
