@@ -97,7 +97,7 @@ class LinearHead(ClassifierMixin, BaseEstimator):
         if not has_val:  # evaluated only at the last step, on the training rows
             given.update(eval_every=self.steps, patience=0)
         st = make_settings(self.device, self.dtype, **given)
-        row = fit_method(fs, cls, [cfg], st)[0]
+        row = fit_method(fs, cls, cls.configs({k: [v] for k, v in cfg.items()}, st.steps), st)[0]
         self.coef_ = row.theta
         self.preprocessor_ = Preprocessor(cfg["preprocess"], dict(row.pre), **st.options)
         self.result_ = row

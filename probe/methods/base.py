@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from base.errors import UserError
 from probe.preprocessing import kind_names, preprocess_help
-from probe.records.grid import OfSteps, Param, expand, resolve
+from probe.records.grid import OfSteps, Param, expand, format_values, resolve
 from probe.train.settings import CE_WEIGHTINGS, user_settings
 
 if TYPE_CHECKING:
@@ -120,6 +120,10 @@ class Method:
         does not take are ignored."""
         values = {n: list(grid[n]) if grid.get(n) else resolve(p.default_grid, steps)
                   for n, p in cls.hyperparameters().items()}
+        late = [a for a in values.get("anneal", []) if a >= steps]
+        if late:  # such a head never meets its penalties: an ERM head reported under this method's name
+            raise UserError(f"`anneal` {format_values(late)} is not below `steps` {steps}: {cls.name}'s penalties "
+                            "would never switch on; give anneal values below steps")
         return expand(values)
 
     @classmethod
