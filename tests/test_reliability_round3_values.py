@@ -131,3 +131,56 @@ def test_json_text_replaces_and_lists_nonfinite_values() -> None:
     assert obj["nonfinite"] == ["history.loss.1", "bounds.grad"]
     assert parse_results(text, "x")[0].history["loss"] == [0.5, None]
     assert json.loads(json_text({"a": [1.0, -float("inf")]})) == {"a": [1.0, None], "nonfinite": ["a.1"]}
+
+
+# --- item 8: an anneal at or past the last step -------------------------------------------
+
+
+def test_anneal_at_or_past_the_steps_refused(work: Path) -> None:
+    fit_refused(work, ["--method", "erm,cma", "--anneal", "0,50"], "--anneal 50", "--steps 10", "never switch on")
+
+
+def test_the_estimator_refuses_an_anneal_past_its_steps() -> None:
+    from base.errors import UserError
+    from probe.api import LinearHead
+
+    rng = np.random.default_rng(0)
+    X, y, dom = rng.normal(size=(40, 3)), np.arange(40) % 2, (np.arange(40) // 2) % 2
+    with pytest.raises(UserError, match="`anneal` 10 is not below `steps` 10"):
+        LinearHead("cma", anneal=10, steps=10).fit(X, y, dom)
+    assert LinearHead("cma", anneal=9, steps=10).fit(X, y, dom).result_.status == "ok"
+
+
+# --- item 18: the protocol's start-of-run line and settings follow the effective values ----
+
+
+def test_the_protocol_line_says_what_runs(tmp_path: Path) -> None:
+    """`--steps 40 --method cma` under cma-paper: 40 steps, CMA's grid alone (its anneal
+    values below 40: only 0, so 5 seeds), the evaluation interval derived from 40."""
+    path = write_feature_file(tmp_path / "wb.h5", dataset="waterbirds")
+    res = run_cli("fit", path, "--protocol", "cma-paper", "--steps", "40", "--method", "cma", "--alpha", "1",
+                  "--beta", "1", "--pca-dim", "4", "--out", tmp_path / "run")
+    assert res.code == 0, res.stderr
+    line = " ".join((res.stdout + res.stderr).split())
+    assert "protocol cma-paper for waterbirds: 40 steps of 500" in line and "evaluated every 2," in line
+    assert "configurations × seeds: cma 5;" in line and "erm" not in line.split("configurations")[1]
+    prov = json.loads((tmp_path / "run" / "summary.json").read_text())["provenance"]
+    assert prov["settings"]["steps"] == 40 and prov["settings"]["eval_every"] == 2
+    assert list(prov["protocol"]["grids"]) == ["cma"] and prov["protocol"]["grids"]["cma"]["anneal"] == [0]
+
+
+def test_a_protocol_names_the_dataset_whose_choices_it_takes(work: Path) -> None:
+    from base.errors import UserError
+    from probe.api import fit_grid
+    from probe.methods.protocols import resolve
+
+    assert resolve("cma-paper:celeba", "mine", 1000, 2).settings["steps"] == 50 * 2  # 50 epochs of 2 batches
+    assert resolve("cma-paper", "waterbirds", 4795, 2, {"steps": 1000}).grids["cma"]["anneal"] == [0, 700]
+    assert resolve("cma-paper", "waterbirds", 4795, 2, {"batch_size": 100}).settings["steps"] == 300 * 48
+    with pytest.raises(UserError, match="not 'imagenet'"):
+        resolve("cma-paper:imagenet", "mine", 1000, 2)
+    res = fit_grid(work / "toy.h5", "cma", {"seed": [0], "alpha": [1.0], "beta": [1.0]}, work / "mine",
+                   protocol="cma-paper:waterbirds", steps=8, pca_dim=4)
+    prov = json.loads((work / "mine" / "summary.json").read_text())["provenance"]["protocol"]
+    assert (prov["name"], prov["dataset"], prov["file_dataset"]) == ("cma-paper", "waterbirds", "toy")
+    assert res["rows"]["cma"][0].hparams["preprocess"] == "pca+isr-mean"
