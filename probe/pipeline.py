@@ -164,6 +164,9 @@ def fit_grid(features: FeatureSet | str | Path, methods: list[str] | str | None 
                 _fit_plans(fs, plans, progress, session.finished(), session, rows)
                 return {"summary": session.commit(rows, fs, prov, st.select, st.ties),
                         "rows": {m: sort_results(r) for m, r in rows.items()}}
+            except UserError:  # refused while fitting (`isr_dims` beyond the span): no empty journal is left
+                session.drop_if_empty()
+                raise
             except KeyboardInterrupt as exc:
                 if any(rows.values()) and session.keep_partial():
                     session.commit({m: r for m, r in rows.items() if r}, fs, prov, st.select, st.ties,

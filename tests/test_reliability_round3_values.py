@@ -184,3 +184,14 @@ def test_a_protocol_names_the_dataset_whose_choices_it_takes(work: Path) -> None
     prov = json.loads((work / "mine" / "summary.json").read_text())["provenance"]["protocol"]
     assert (prov["name"], prov["dataset"], prov["file_dataset"]) == ("cma-paper", "waterbirds", "toy")
     assert res["rows"]["cma"][0].hparams["preprocess"] == "pca+isr-mean"
+
+
+# --- item 11: isr-mean asked for more directions than there are -----------------------------
+
+
+def test_isr_dims_beyond_the_columns_or_the_span_refused(work: Path) -> None:
+    """6 feature columns: 50 directions refused at plan time; 3 fit in the width but the
+    attribute's class-conditional means span 2 (two classes, two values), refused at fit time."""
+    base = ["--method", "erm", "--preprocess", "isr-mean"]
+    fit_refused(work, [*base, "--isr-dims", "50"], "--isr-dims 50", "6 feature columns", "at most 5")
+    fit_refused(work, [*base, "--isr-dims", "3"], "--isr-dims 3", "span 2", "at most 2")
