@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import assert_user_error, run_cli
-from tests.h5craft import write_feature_file
+from tests.h5craft import toy_arrays, write_feature_file
 from tests.userfiles import snapshot
 
 FAST = ["--steps", "10", "--quiet"]
@@ -195,3 +195,36 @@ def test_isr_dims_beyond_the_columns_or_the_span_refused(work: Path) -> None:
     base = ["--method", "erm", "--preprocess", "isr-mean"]
     fit_refused(work, [*base, "--isr-dims", "50"], "--isr-dims 50", "6 feature columns", "at most 5")
     fit_refused(work, [*base, "--isr-dims", "3"], "--isr-dims 3", "span 2", "at most 2")
+
+
+# --- item 12: an attribute value of 10^12 --------------------------------------------------
+
+
+def test_huge_attribute_values_are_counted_densely(tmp_path: Path) -> None:
+    """`fit --domain a` and `hull --domain a` on a file whose attribute takes the value 10^12
+    (once 8 TB of per-value counts, and an out-of-memory): both finish, name the domain by its
+    value, and stay small (the children's peak memory)."""
+    import resource
+
+    arrays = toy_arrays()
+    arrays["a"] = arrays["a"] * 10**12
+    path = write_feature_file(tmp_path / "big.h5", arrays)
+    fit = run_cli("fit", path, "--method", "cma", "--domain", "a", "--alpha", "1", "--beta", "1", "--anneal", "0",
+                  "--out", tmp_path / "run", *FAST)
+    assert fit.code == 0, fit.stderr
+    row = json.loads((tmp_path / "run" / "results.jsonl").read_text().splitlines()[0])
+    assert set(row["bounds"]["losses"]) == {"a=0", "a=1000000000000"}
+    hull = run_cli("hull", path, "--domain", "a", "--json")
+    assert hull.code == 0, hull.stderr
+    assert set(json.loads(hull.stdout)["sets"][0]["weights"]) == {"a=0", "a=1000000000000"}
+    assert resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss < 4 << 20  # KiB: 4 GiB
+
+
+def test_the_estimator_numbers_validation_groups_densely() -> None:
+    from probe.api import LinearHead
+
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(40, 3)), np.arange(40) % 2
+    head = LinearHead("erm", steps=5, solver="adam").fit(X, y, y, X_val=X, y_val=y, groups_val=y * 10**12)
+    assert set(head.result_.metrics["val"]["per_group"]) == {"0", "1", "1000000000000"}
+    assert head.result_.metrics["val"]["per_group"]["1"]["n"] == 0  # a training domain, no validation rows
