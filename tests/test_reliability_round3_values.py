@@ -228,3 +228,32 @@ def test_the_estimator_numbers_validation_groups_densely() -> None:
     head = LinearHead("erm", steps=5, solver="adam").fit(X, y, y, X_val=X, y_val=y, groups_val=y * 10**12)
     assert set(head.result_.metrics["val"]["per_group"]) == {"0", "1", "1000000000000"}
     assert head.result_.metrics["val"]["per_group"]["1"]["n"] == 0  # a training domain, no validation rows
+
+
+# --- item 13: hull's memory and its splits ---------------------------------------------------
+
+
+def test_hull_refuses_what_it_cannot_hold_and_an_empty_split_list(tmp_path: Path) -> None:
+    """12 rows × 100,000 columns: a d×d second moment per set is 80 GB, refused in one line
+    before anything is allocated (the children stayed small); `--splits ,` names no split."""
+    import resource
+
+    wide = write_feature_file(tmp_path / "wide.h5", toy_arrays(1, 100_000))
+    refused(tmp_path, ["hull", wide], "wide.h5", "100000 feature columns", "GiB", "smaller encoder")
+    assert resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss < 4 << 20  # KiB: 4 GiB
+    refused(tmp_path, ["hull", write_feature_file(tmp_path / "toy.h5"), "--splits", ","], "--splits", "no split")
+
+
+def test_hull_counts_a_split_named_twice_once(tmp_path: Path) -> None:
+    from base.errors import UserError
+    from features.store import read_features
+    from probe.diagnostics.hull import hull_check, memory_needed
+    from probe.domains import resolve
+
+    fs = resolve(read_features(write_feature_file(tmp_path / "toy.h5")), "group")
+    once, twice = hull_check(fs, ("val",)), hull_check(fs, ("val", "val"))
+    assert [f.to_json() for f in twice] == [f.to_json() for f in once] and len(once) == 5  # the split, 4 groups
+    need = memory_needed(fs, fs.train_domains(), ("val", "test"), 8192)
+    with pytest.raises(UserError, match="needs about"):
+        hull_check(fs, memory_bytes=need - 1)
+    assert hull_check(fs, memory_bytes=need)
