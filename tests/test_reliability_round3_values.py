@@ -257,3 +257,74 @@ def test_hull_counts_a_split_named_twice_once(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="needs about"):
         hull_check(fs, memory_bytes=need - 1)
     assert hull_check(fs, memory_bytes=need)
+
+
+# --- item 14: names that collide --------------------------------------------------------------
+
+
+def test_a_table_whose_labels_and_attributes_make_one_group_name_twice(tmp_path: Path) -> None:
+    """Labels `a`, `a/b` and attributes `b/c`, `c`: two groups named `a/b/c` (info then counted
+    36 of 48 rows); refused naming the values, before any model is loaded."""
+    (tmp_path / "meta.csv").write_text("text,label,attr,split\nx1,a,b/c,0\nx2,a,c,0\nx3,a/b,b/c,1\nx4,a/b,c,2\n")
+    refused(tmp_path, ["extract", "table", "--root", tmp_path, "--metadata", "meta.csv", "--text-col", "text",
+                       "--label-col", "label", "--attr-col", "attr", "--encoder", "minilm",
+                       "--out", tmp_path / "t.h5"], "meta.csv", "label 'a' with attr 'b/c'",
+            "label 'a/b' with attr 'c'", "'a/b/c'")
+    assert not (tmp_path / "t.h5").exists()
+
+
+def test_every_reader_refuses_a_file_that_names_a_group_twice(tmp_path: Path) -> None:
+    from base.errors import UserError
+    from features.store import read_features
+
+    path = write_feature_file(tmp_path / "dup.h5", group_names=["a/b/c", "x", "a/b/c", "y"])
+    refused(tmp_path, ["info", path], "dup.h5", "group_names", "'a/b/c' twice")
+    with pytest.raises(UserError, match="'a/b/c' twice"):
+        read_features(path)
+
+
+def test_names_built_from_values_never_collide_silently() -> None:
+    from base.errors import UserError
+    from features.datasets._tables import Table
+    from features.datasets.base import DatasetSpec
+    from features.datasets.table import labels
+
+    def table(**columns: list[str]) -> Table:
+        n = len(next(iter(columns.values())))
+        return Table(path="t.csv", header=list(columns), columns=columns, lines=list(range(2, n + 2)))
+
+    # a bare number is named y=1, so a label that is the text "y=1" would collide with it
+    with pytest.raises(UserError, match="g value '1' and g value 'g=1' would both be the group 'g=1'"):
+        labels(table(y=["0", "1"], g=["1", "g=1"]), {"label_col": "y", "group_col": "g"})
+    fine = labels(table(y=["a", "a/b"], at=["b", "c"]), {"label_col": "y", "attr_col": "at"})
+    assert len(set(fine.group_names)) == len(fine.group_names) == 4
+    with pytest.raises(UserError, match="group_names has 'g' twice"):
+        DatasetSpec("mine", "text", ["t", "u"], ["0", "1"], np.zeros(2), np.zeros(2), np.array([0, 1]),
+                    np.zeros(2), ["c"], ["g", "g"])
+
+
+# --- item 15: a split code outside the schema -------------------------------------------------
+
+
+def test_a_split_code_outside_the_schema_is_refused(work: Path) -> None:
+    """An int64 split column with 256 on the test rows: cast to int8 it read as 0, and 48 test
+    rows trained silently."""
+    from base.errors import UserError
+    from features.datasets.base import DatasetSpec
+    from features.store import FeatureWriter, read_features
+
+    arrays = toy_arrays()
+    split = arrays["split"].astype(np.int64)
+    split[split == 2] = 256
+    arrays["split"] = split
+    path = write_feature_file(work / "bad_split.h5", arrays)
+    fit_refused(work, ["--method", "erm"], "bad_split.h5", "split code 256", "not 0 (train), 1 (val) or 2 (test)",
+                file="bad_split.h5")
+    writer = FeatureWriter.create(work / "new.h5", {}, dim=2)
+    rows = {"features": np.zeros((1, 2), np.float32), "y": [0], "a": [0], "group": [0], "split": np.array([256]),
+            "id": np.array(["r"], dtype=object), "index": [0]}
+    for step in (lambda: read_features(path), lambda: writer.append(rows),  # as merge copies a shard's rows
+                 lambda: DatasetSpec("mine", "text", ["t"], ["0"], [0], [0], [0], np.array([256]), ["c"], ["g"])):
+        with pytest.raises(UserError, match="split code 256"):
+            step()
+    writer.close()
