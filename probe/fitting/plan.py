@@ -116,9 +116,12 @@ def plan(fs: FitSet, method: type[GradientMethod], configs: list[dict[str, Any]]
     """The chunks in the order they are fitted: one per cohort, or several when a
     cohort's heads do not fit in memory at once."""
     solver = uses_solver(method, settings)
+    # the solver's optimum ignores the seed, unless the preprocessing draws from it
+    seeded = {p: Preprocessor(str(p), **settings.options).seeded() for p in {c["preprocess"] for c in configs}}
     cohorts: dict[tuple, list[int]] = {}
     for i, cfg in enumerate(configs):
-        key = (cfg["preprocess"],) if solver else tuple(cfg[k] for k in COHORT_KEYS)
+        seedless = solver and not seeded[cfg["preprocess"]]
+        key = (cfg["preprocess"],) if seedless else tuple(cfg[k] for k in COHORT_KEYS)
         cohorts.setdefault(key, []).append(i)
     n_train = int((fs.split == SPLITS["train"]).sum())
     B = n_train if settings.batch_size <= 0 else min(settings.batch_size, n_train)

@@ -6,7 +6,11 @@ file. Anything the user sets explicitly overrides it, and the run records both.
 
 ``cma-paper``: the linear-probing comparison of the CMA paper (arXiv 2506.07378), as its
 authors' public code (``ISR/real_datasets/``) runs it: PCA to 100 dimensions fitted on
-train, then ISR-Mean removing one spurious direction of a reference class; a bias-free
+train by scikit-learn's ``PCA(n_components=100)``, their call (randomized at Waterbirds
+size), with each seed as its random state (their script seeds numpy's global generator
+with the run's seed right before it), then ISR-Mean removing one spurious direction of a
+reference class, in their coordinates (``isr_form`` rotate: the rows rotated into the
+spurious direction and its QR completion, the spurious coordinate zeroed); a bias-free
 head ``nn.Linear(d, C, bias=False)`` from its default initialisation, plain SGD (lr 1e-3,
 no momentum, no weight decay), shuffled batches of 500, the mean over environments (the
 spurious attribute) of each environment's mean CE, penalties off until the anneal step;
@@ -80,7 +84,8 @@ class Resolved:
         return (f"protocol {self.protocol} for {self.file_dataset or self.dataset}{named}: {st['steps']} steps of "
                 f"{st['batch_size']} ({st['batches']}), {st['optimizer']} (momentum {st['momentum']}), bias "
                 f"{st['bias']}, init {st['init']}, domains {st['domain']}, evaluated every {st['eval_every']}, "
-                f"pca solver {st.get('pca_solver') or 'exact'}, isr-mean{isr}; configurations × seeds: "
+                f"pca solver {st.get('pca_solver') or 'exact'}, isr-mean{isr} {st.get('isr_form') or 'project'}; "
+                "configurations × seeds: "
                 + ", ".join(f"{m} {n}" for m, n in sizes.items())
                 + (f"; overridden: {', '.join(sorted(overrides))}" if overrides else ""))
 
@@ -111,7 +116,9 @@ register(Protocol(
     # solver adam: every row, ERM's too, trained by the authors' SGD loop (not solved to its optimum)
     settings={"solver": "adam", "optimizer": "sgd", "momentum": 0.0, "batch_size": 500, "batches": "shuffled", "bias": False,
               "init": "torch-linear", "domain": "a", "ce_weighting": "domain", "normalize": "none",
-              "select": "val_wga", "select_checkpoint": "last", "ties": "sem", "pca_dim": 100, "isr_dims": 1},
+              "select": "val_wga", "select_checkpoint": "last", "ties": "sem", "pca_dim": 100, "isr_dims": 1,
+              # their PCA and ISR coordinates: the head's nn.Linear start is theirs only in these
+              "pca_solver": "sklearn", "isr_form": "rotate"},
     grids={
         "erm": {},
         "cma": {"alpha": _GRID_8, "beta": _GRID_8},
