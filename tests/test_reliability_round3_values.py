@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import assert_user_error, run_cli
 from tests.h5craft import toy_arrays, write_feature_file
-from tests.userfiles import snapshot
+from tests.userfiles import previous_run, snapshot
 
 FAST = ["--steps", "10", "--quiet"]
 
@@ -24,10 +24,7 @@ FAST = ["--steps", "10", "--quiet"]
 def work(tmp_path: Path) -> Path:
     """The user's folder: a feature file and a previous run that must survive."""
     write_feature_file(tmp_path / "toy.h5")
-    prev = tmp_path / "run"
-    prev.mkdir()
-    (prev / "summary.json").write_text('{"previous": true}\n')
-    return tmp_path
+    return previous_run(tmp_path)
 
 
 def refused(work: Path, args: list[str | Path], *fragments: str) -> None:
@@ -328,3 +325,22 @@ def test_a_split_code_outside_the_schema_is_refused(work: Path) -> None:
         with pytest.raises(UserError, match="split code 256"):
             step()
     writer.close()
+
+
+# --- item 17: the authors' PCA, as an option ---------------------------------------------------
+
+
+def test_pca_solver_and_seed_are_checked(work: Path) -> None:
+    """scikit-learn seeds numpy's legacy generator, which takes 32 bits."""
+    fit_refused(work, ["--method", "erm", "--pca-solver", "sklearn", "--pca-seed", "4294967296"], "--pca-seed",
+                "4294967296", "4294967295")
+
+
+def test_the_protocol_records_its_pca_and_isr_choices(tmp_path: Path) -> None:
+    from probe.api import fit_grid
+
+    path = write_feature_file(tmp_path / "wb.h5", dataset="waterbirds")
+    fit_grid(path, "cma", {"seed": [0], "alpha": [1.0], "beta": [1.0]}, tmp_path / "run", protocol="cma-paper",
+             steps=4, pca_dim=4)
+    settings = json.loads((tmp_path / "run" / "summary.json").read_text())["provenance"]["settings"]
+    assert (settings["pca_solver"], settings["isr_form"]) == ("sklearn", "rotate") and "pca_seed" not in settings
