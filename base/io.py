@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -128,12 +129,46 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
 
 
 def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=json_default) + "\n")
+    write_text_atomic(path, json_text(obj, indent=2) + "\n")
 
 
 def write_jsonl_atomic(path: str | os.PathLike[str], rows: list[dict[str, Any]]) -> None:
-    text = "".join(json.dumps(r, default=json_default) + "\n" for r in rows)
-    write_text_atomic(path, text)
+    write_text_atomic(path, "".join(json_text(r) + "\n" for r in rows))
+
+
+#: the key under which a record lists the values that were NaN or infinite (written as null)
+NONFINITE_KEY = "nonfinite"
+
+
+def json_text(obj: Any, indent: int | None = None) -> str:
+    """``obj`` as strict JSON, the one way probe writes JSON.
+
+    JSON has no NaN or infinity (Python would write bare ``NaN``/``Infinity`` tokens, which
+    strict parsers reject): each such number is written as null, and a record (a JSON
+    object) lists the paths of those values (``history.loss.3``) under ``nonfinite``, so a
+    null that stands for a number that was not finite is told apart from a missing one.
+    numpy and torch values are written as plain numbers and lists, paths as text.
+    """
+    replaced: list[str] = []
+    plain = _finite(obj, "", replaced)
+    if replaced and isinstance(plain, dict):
+        plain[NONFINITE_KEY] = [*plain.get(NONFINITE_KEY, []), *replaced]
+    return json.dumps(plain, indent=indent, allow_nan=False)  # allow_nan=False: a guard, never met
+
+
+def _finite(obj: Any, where: str, replaced: list[str]) -> Any:
+    if isinstance(obj, float):
+        if math.isfinite(obj):
+            return obj
+        replaced.append(where)
+        return None
+    if obj is None or isinstance(obj, (str, int)):
+        return obj
+    if isinstance(obj, dict):
+        return {k: _finite(v, f"{where}.{k}" if where else str(k), replaced) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v, f"{where}.{i}" if where else str(i), replaced) for i, v in enumerate(obj)]
+    return _finite(json_default(obj), where, replaced)
 
 
 def json_default(obj: Any) -> Any:

@@ -82,8 +82,10 @@ class _Progress:
 
 def _protocol_help() -> str:
     names = "; ".join(f"{n}: {PROTOCOLS[n].summary}" for n in protocol_names())
-    return (f"A named protocol that sets methods, grids, seeds and settings for the file's dataset ({names}). "
-            "Any flag given as well overrides it; the run records both.")
+    return (f"A named protocol that sets methods, grids, seeds and settings for the file's dataset ({names}); "
+            "PROTOCOL:DATASET takes that dataset's choices for a file of any dataset (cma-paper:waterbirds). "
+            "Any flag given as well overrides it (the steps, the evaluation interval and the anneal grid then "
+            "follow the effective values); the run records both.")
 
 
 def _method_help() -> str:

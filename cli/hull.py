@@ -6,7 +6,6 @@ cli/extract.py lays out `info`.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
@@ -31,6 +30,7 @@ def hull(
     the simplex, features z-scored on train), the residual, its sampling noise, the relative
     residual (residual / distance from the pooled training rows) and the verdict.
     """
+    from base.io import json_text
     from features.store import read_features
     from probe.diagnostics.hull import hull_check
     from probe.domains import get_source, resolve
@@ -39,8 +39,8 @@ def hull(
     fs = resolve(read_features(file, allow_incomplete), domain)
     fits = hull_check(fs, tuple(s.strip() for s in splits.split(",") if s.strip()), threshold)
     if as_json:
-        typer.echo(json.dumps({"file": str(file), "domain": domain, "threshold": threshold,
-                               "sets": [f.to_json() for f in fits]}, indent=2))
+        typer.echo(json_text({"file": str(file), "domain": domain, "threshold": threshold,
+                              "sets": [f.to_json() for f in fits]}, indent=2))
         return
     from rich.table import Table
 

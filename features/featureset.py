@@ -12,7 +12,29 @@ from typing import Any
 
 import numpy as np
 
-from features.schema import PROMPT_ATTR, SPLITS
+from base.errors import UserError
+from features.schema import PROMPT_ATTR, SPLIT_NAMES, SPLITS
+
+
+def check_split_codes(split: np.ndarray, where: str) -> None:
+    """Refuse a split code outside the schema (read as it is stored: cast to int8 first, 256
+    would become 0, train)."""
+    bad = ~np.isin(np.asarray(split), list(SPLIT_NAMES))
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise UserError(f"{where}: split code {np.asarray(split)[row]} at row {row} ({int(bad.sum())} row(s) in "
+                        "all) is not 0 (train), 1 (val) or 2 (test)")
+
+
+def check_unique_names(names: list[str], attr: str, where: str) -> None:
+    """Refuse a name list with a repeat: results are keyed by name, so two classes or groups
+    of one name would be merged (the per-group table losing one while the worst group counts it)."""
+    first: dict[str, int] = {}
+    for i, name in enumerate(names):
+        if name in first:
+            raise UserError(f"{where}: {attr} has {name!r} twice (entries {first[name]} and {i}); every name must "
+                            "be unique")
+        first[name] = i
 
 
 @dataclass
@@ -31,6 +53,12 @@ class FeatureSet:
     path: str = ""
     # (C, D) unit rows of the zero-shot classifier, when extracted with prompts (features.prompts)
     prompt_embeddings: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        where = self.path or "the features"
+        check_unique_names(self.class_names, "class_names", where)
+        check_unique_names(self.group_names, "group_names", where)
+        check_split_codes(self.split, where)
 
     @property
     def num_classes(self) -> int:

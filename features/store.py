@@ -24,7 +24,7 @@ from base.outputs import (
     no_space_message,
     special_kind,
 )
-from features.featureset import FeatureSet
+from features.featureset import FeatureSet, check_split_codes, check_unique_names
 from features.schema import (
     IDENTITY_ATTRS,
     LABEL_DATASETS,
@@ -32,7 +32,7 @@ from features.schema import (
     PROMPT_DATASET,
     SCHEMA,
     SPLIT_NAMES,
-    SPLITS,
+    SPLITS,  # noqa: F401 - re-exported: stage 2 reads SPLITS from features.store
 )
 
 
@@ -144,13 +144,10 @@ def _read_features(h5: h5py.File, path: str | Path, allow_incomplete: bool) -> F
     group_names = _name_list(path, attrs, "group_names")
     y = np.asarray(data["y"], dtype=np.int64)
     group = np.asarray(data["group"], dtype=np.int64)
+    check_split_codes(data["split"], str(path))  # as stored: cast to int8 first, 256 would read as 0 (train)
     split = np.asarray(data["split"], dtype=np.int8)
     _check_codes(path, "y", y, len(class_names), "class_names")
     _check_codes(path, "group", group, len(group_names), "group_names")
-    bad_split = ~np.isin(split, list(SPLITS.values()))
-    if bad_split.any():
-        row = int(np.flatnonzero(bad_split)[0])
-        raise UserError(f"{path}: split code {int(split[row])} at row {row} is not 0 (train), 1 (val) or 2 (test)")
     ids = np.array([_decode(i) for i in data["id"]], dtype=object)
     prompts = _prompt_embeddings(h5, path, attrs, len(class_names), feats.shape[1])
     return FeatureSet(
@@ -185,7 +182,9 @@ def _name_list(path: str | Path, attrs: dict[str, Any], key: str) -> list[str]:
     names = attrs.get(key)
     if not isinstance(names, list) or not names:
         raise UserError(f"{path}: attribute {key} must be a non-empty JSON list of names; extract the file again")
-    return [str(n) for n in names]
+    names = [str(n) for n in names]
+    check_unique_names(names, key, str(path))
+    return names
 
 
 def _check_codes(path: str | Path, name: str, values: np.ndarray, n: int, names_attr: str) -> None:
@@ -210,6 +209,8 @@ def summarize(path: str | Path) -> dict[str, Any]:
         dim = int(h5["features"].shape[1]) if "features" in h5 else 0
         dtype = str(h5["features"].dtype) if "features" in h5 else "?"
     group_names = [str(g) for g in attrs.get("group_names", [])]
+    check_unique_names(group_names, "group_names", str(path))  # counted by name: a repeat would hide rows
+    check_split_codes(split, str(path))  # a row of no split would be counted nowhere
     counts: dict[str, dict[str, int]] = {}
     for code, sname in SPLIT_NAMES.items():
         in_split = split == code
@@ -427,6 +428,7 @@ class FeatureWriter:
         n = len(rows["id"])
         if n == 0:
             return
+        check_split_codes(rows["split"], str(self.path))  # the int8 column would wrap 256 to 0 (train)
         self._check_space(rows)
         with self._writing():
             for key, value in rows.items():

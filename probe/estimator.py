@@ -97,7 +97,7 @@ class LinearHead(ClassifierMixin, BaseEstimator):
         if not has_val:  # evaluated only at the last step, on the training rows
             given.update(eval_every=self.steps, patience=0)
         st = make_settings(self.device, self.dtype, **given)
-        row = fit_method(fs, cls, [cfg], st)[0]
+        row = fit_method(fs, cls, cls.configs({k: [v] for k, v in cfg.items()}, st.steps), st)[0]
         self.coef_ = row.theta
         self.preprocessor_ = Preprocessor(cfg["preprocess"], dict(row.pre), **st.options)
         self.result_ = row
@@ -141,11 +141,12 @@ def _estimator_features(head: LinearHead, X: Any, y: Any, domains: Any, X_val: A
     else:
         Xv, yv, gv = X, y_idx, dom_idx
     n, nv = len(y_idx), len(yv)
-    n_groups = int(max(dom_idx.max(), gv.max())) + 1
+    # groups numbered densely, each named by its value: a group id of 10^12 is one name, not 10^12
+    values, group = np.unique(np.concatenate([dom_idx, gv]), return_inverse=True)
     fs = FeatureSet(
         features=np.concatenate([X, Xv]), y=np.concatenate([y_idx, yv]).astype(np.int64),
-        a=np.full(n + nv, -1, np.int64), group=np.concatenate([dom_idx, gv]).astype(np.int64),
+        a=np.full(n + nv, -1, np.int64), group=group.reshape(-1).astype(np.int64),
         split=np.concatenate([np.full(n, SPLITS["train"]), np.full(nv, SPLITS["val"])]).astype(np.int8),
         ids=np.arange(n + nv).astype(str).astype(object), class_names=[str(c) for c in head.classes_],
-        group_names=[str(g) for g in range(n_groups)], path="<arrays>")
+        group_names=[str(g) for g in values], path="<arrays>")
     return fs, has_val

@@ -152,13 +152,15 @@ def fit_grid(features: FeatureSet | str | Path, methods: list[str] | str | None 
     make_settings(device, dtype, **settings)  # every setting checked before the file is read
     raw = features if isinstance(features, FeatureSet) else read_features(features, allow_incomplete)
     fs = raw
-    resolved = resolve_for(protocol, fs) if protocol is not None else None
+    resolved = resolve_for(protocol, fs, settings) if protocol is not None else None
     names = parse_methods(methods if methods is not None else resolved.methods if resolved else "")
+    if resolved is not None:
+        resolved = resolved.restrict(names)
     fs, plans = plan_fit(fs, names, grid, settings, device, dtype, resolved)
     st = plans[names[0]].settings  # selection settings are the same for every method
     check_method_settings(fs, plans)
-    if resolved is not None and notify is not None:
-        notify(resolved.describe([*grid, *settings]))
+    if resolved is not None and notify is not None:  # what will run, not what the protocol would alone
+        notify(resolved.describe(st.public(), {m: len(p.configs) for m, p in plans.items()}, [*grid, *settings]))
     prov = _provenance(fs, plans, st, command, grid, resolved,
                        {"grid": grid, "settings": settings, **({"methods": methods} if methods is not None else {})})
     if out is None:
@@ -180,6 +182,9 @@ def fit_grid(features: FeatureSet | str | Path, methods: list[str] | str | None 
             try:
                 _fit_plans(fs, plans, progress, session.finished(), session, rows)
                 return {"summary": session.commit(rows, spec), "rows": {m: sort_results(r) for m, r in rows.items()}}
+            except UserError:  # refused while fitting (`isr_dims` beyond the span): no empty journal is left
+                session.drop_if_empty()
+                raise
             except KeyboardInterrupt as exc:
                 if any(rows.values()) and session.keep_partial():
                     session.commit({m: r for m, r in rows.items() if r}, spec, complete=False)

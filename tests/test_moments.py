@@ -17,9 +17,10 @@ TOL = 1e-8
 # ----------------------------------------------------------------------- references
 
 
-def _domain_losses(theta: torch.Tensor, X: torch.Tensor, y: torch.Tensor, domains: torch.Tensor):
-    """Per present domain, a closure computing that domain's mean CE of a (C, d+1) head."""
-    Xt = torch.cat([X, torch.ones(X.shape[0], 1, dtype=X.dtype)], dim=1)
+def _domain_losses(theta: torch.Tensor, X: torch.Tensor, y: torch.Tensor, domains: torch.Tensor, bias: bool = True):
+    """Per present domain, a closure computing that domain's mean CE of a (C, d+1) head
+    (``bias=False``: a (C, d) head)."""
+    Xt = torch.cat([X, torch.ones(X.shape[0], 1, dtype=X.dtype)], dim=1) if bias else X
     out = []
     for e in torch.unique(domains).tolist():
         m = domains == e
@@ -27,9 +28,9 @@ def _domain_losses(theta: torch.Tensor, X: torch.Tensor, y: torch.Tensor, domain
     return out
 
 
-def reference(theta: torch.Tensor, X, y, domains) -> tuple[torch.Tensor, torch.Tensor]:
+def reference(theta: torch.Tensor, X, y, domains, bias: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """(R_g, R_H) of one head from autograd derivatives, differentiable w.r.t. theta."""
-    losses = _domain_losses(theta, X, y, domains)
+    losses = _domain_losses(theta, X, y, domains, bias)
     if len(losses) < 2:
         z = theta.sum() * 0
         return z, z
@@ -44,8 +45,8 @@ def reference(theta: torch.Tensor, X, y, domains) -> tuple[torch.Tensor, torch.T
     return rg, rh
 
 
-def reference_grid(theta, X, y, domains):
-    pairs = [reference(t, X, y, domains) for t in theta]
+def reference_grid(theta, X, y, domains, bias=True):
+    pairs = [reference(t, X, y, domains, bias) for t in theta]
     return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
 
 
@@ -76,25 +77,25 @@ def hess_methods(C):
     return ["direct", "kernel", "auto"] + (["binary"] if C == 2 else [])
 
 
-def check_against_reference(theta, X, y, dom, tol=TOL):
+def check_against_reference(theta, X, y, dom, tol=TOL, bias=True):
     th = theta.detach().clone().requires_grad_(True)
-    rg, rh = reference(th, X, y, dom) if th.dim() == 2 else reference_grid(th, X, y, dom)
+    rg, rh = reference(th, X, y, dom, bias) if th.dim() == 2 else reference_grid(th, X, y, dom, bias)
     ref_g = (rg.detach(), torch.autograd.grad(rg.sum(), th, retain_graph=True)[0])
     ref_h = (rh.detach(), torch.autograd.grad(rh.sum(), th)[0])
     C = theta.shape[-2]
     for method in hess_methods(C):
-        v, g = value_and_grad(lambda t, m=method: M.hessian_variance(t, X, dom, method=m), theta)
+        v, g = value_and_grad(lambda t, m=method: M.hessian_variance(t, X, dom, method=m, bias=bias), theta)
         assert v.shape == ref_h[0].shape
         assert rel(v, ref_h[0]) <= tol, (method, v, ref_h[0])
         assert rel(g, ref_h[1]) <= tol, method
     for method in M.GRAD_METHODS:
-        v, g = value_and_grad(lambda t, m=method: M.gradient_variance(t, X, y, dom, method=m), theta)
+        v, g = value_and_grad(lambda t, m=method: M.gradient_variance(t, X, y, dom, method=m, bias=bias), theta)
         assert v.shape == ref_g[0].shape
         assert rel(v, ref_g[0]) <= tol, (method, v, ref_g[0])
         assert rel(g, ref_g[1]) <= tol, method
     # the combined call agrees too
     pt_v, pt_g = value_and_grad(
-        lambda t: (lambda p: p.grad_variance + 2 * p.hess_variance)(M.penalty_terms(t, X, y, dom)), theta)
+        lambda t: (lambda p: p.grad_variance + 2 * p.hess_variance)(M.penalty_terms(t, X, y, dom, bias=bias)), theta)
     assert rel(pt_v, ref_g[0] + 2 * ref_h[0]) <= tol
     assert rel(pt_g, ref_g[1] + 2 * ref_h[1]) <= tol
 
@@ -118,6 +119,29 @@ CASES = {
 def test_single_head_matches_autograd(case):
     theta, X, y, dom = problem(**CASES[case])
     check_against_reference(theta, X, y, dom)
+
+
+@pytest.mark.parametrize("case", ["binary-balanced", "C3", "C10-unbalanced"])
+def test_bias_free_heads_match_autograd(case):
+    """A head without a bias column (the trainer's `--no-bias`, the CMA authors' nn.Linear):
+    every public function takes ``bias=False`` and agrees with autograd in float64, for
+    every method (binary, the C=3 columns form, the many-class elementwise form)."""
+    theta, X, y, dom = problem(G=2, seed=3, **CASES[case])
+    theta = theta[..., :-1].contiguous()  # (G, C, d)
+    check_against_reference(theta, X, y, dom, bias=False)
+    for g in range(2):
+        losses = _domain_losses(theta[g], X, y, dom, bias=False)
+        grads = M.per_domain_gradients(theta[g], X, y, dom, bias=False)
+        for k, L in enumerate(losses):
+            th = theta[g].clone().requires_grad_(True)
+            torch.testing.assert_close(grads[k], torch.autograd.grad(L(th), th)[0], rtol=TOL, atol=1e-12)
+        torch.testing.assert_close(M.per_domain_losses(theta[g], X, y, dom, bias=False),
+                                   torch.stack([L(theta[g]) for L in losses]), rtol=TOL, atol=1e-12)
+    d = X.shape[1]
+    with pytest.raises(ValueError, match=f"last dimension is {d}; it must be d = {d - 1} .no bias column"):
+        M.penalty_terms(theta, X[:, 1:], y, dom, bias=False)  # a head one column wider than the rows
+    with pytest.raises(ValueError, match="must be d\\+1"):
+        M.hessian_variance(theta, X, dom)  # without bias=False it is read as having a bias
 
 
 def test_grid_matches_autograd_and_separate_calls():

@@ -101,3 +101,42 @@ def test_standardize_fitted_in_chunks_equals_the_whole_split() -> None:
             torch.testing.assert_close(chunked[name], whole.state[name], rtol=1e-12, atol=1e-12)
     via_chain = Preprocessor("standardize").fit_rows(X, rows, y, a, F64)  # the chain uses the streaming fit
     torch.testing.assert_close(via_chain.state["mean"], whole.state["mean"], rtol=1e-12, atol=1e-12)
+
+
+def test_pca_by_scikit_learn_is_its_own_and_seeded_by_the_cohort() -> None:
+    """pca_solver sklearn: scikit-learn's PCA state exactly (randomized here: 600 rows of 120
+    columns, 6 components), its random state the cohort's seed unless pca_seed fixes one;
+    the exact solver draws nothing, so one fit serves every seed."""
+    from sklearn.decomposition import PCA
+
+    rng = np.random.default_rng(0)
+    X = torch.as_tensor(rng.normal(size=(600, 120)) @ rng.normal(size=(120, 120)))
+    y, a = torch.zeros(600, dtype=torch.long), torch.zeros(600, dtype=torch.long)
+    pre = Preprocessor("pca", seed=5, pca_dim=6, pca_solver="sklearn").fit(X, y, a)
+    want = PCA(n_components=6, random_state=5).fit(X.numpy())
+    assert want._fit_svd_solver == "randomized"
+    assert torch.equal(pre.state["proj"], torch.as_tensor(want.components_.T))
+    assert torch.equal(pre.state["mean"], torch.as_tensor(want.mean_))
+    other = Preprocessor("pca", seed=6, pca_dim=6, pca_solver="sklearn")
+    assert other.key() != pre.key() and not torch.equal(other.fit(X, y, a).state["proj"], pre.state["proj"])
+    fixed = [Preprocessor("pca", seed=s, pca_dim=6, pca_solver="sklearn", pca_seed=5) for s in (1, 2)]
+    assert fixed[0].key() == fixed[1].key() and torch.equal(fixed[0].fit(X, y, a).state["proj"], pre.state["proj"])
+    exact = [Preprocessor("pca", seed=s, pca_dim=6) for s in (1, 2)]
+    assert exact[0].key() == exact[1].key() and not exact[0].seeded()
+    with pytest.raises(UserError, match="`pca_solver` 'fast'"):
+        Preprocessor("pca", pca_solver="fast")
+
+
+def test_isr_mean_in_the_authors_coordinates() -> None:
+    """isr_form rotate: the rows rotated by the complete QR basis of the spurious direction,
+    that coordinate zeroed: the same rows as the projection form up to that rotation, and
+    the same whatever the sign the direction was found with."""
+    X, y, a = _train()
+    proj = Preprocessor("isr-mean", isr_class=0, isr_dims=1).fit(X, y, a)
+    rot = Preprocessor("isr-mean", isr_class=0, isr_dims=1, isr_form="rotate").fit(X, y, a)
+    Q, R = proj.state["spurious"], rot.state["rotation"]
+    U = torch.as_tensor(np.linalg.qr(Q.numpy(), mode="complete")[0])
+    assert R.shape == (6, 6) and torch.equal(R[:, 0], torch.zeros(6)) and set(rot.state) == {"rotation"}
+    torch.testing.assert_close(R[:, 1:], U[:, 1:], rtol=0, atol=0)
+    torch.testing.assert_close(torch.as_tensor(np.linalg.qr(-Q.numpy(), mode="complete")[0])[:, 1:], U[:, 1:])
+    torch.testing.assert_close(rot.transform(X) @ R.T, proj.transform(X))  # rotated back: the projection

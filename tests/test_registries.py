@@ -39,7 +39,7 @@ def test_preprocess_choices_knob_flags_and_estimator_parameters_come_from_the_ki
     for name, cls in KINDS.items():
         assert cls.help.split(" ")[0] == name and name in COMMON["preprocess"].help
     knobs = {k.name for cls in KINDS.values() for k in cls.knobs}
-    assert knobs == {"pca_dim", "isr_class", "isr_dims"}
+    assert knobs == {"pca_dim", "pca_solver", "pca_seed", "isr_class", "isr_dims", "isr_form"}
     flags = {o.name for o in setting_options()}
     assert knobs | {"hessian_method", "probes"} <= flags
     assert set(all_options()) <= set(inspect.signature(LinearHead).parameters)

@@ -21,7 +21,11 @@ def test_every_registered_method_fits_through_fit_grid(tmp_path: Path, name: str
     fs = read_features(write_feature_file(tmp_path / "toy.h5", toy_arrays(16, 5), prompts=True))
     rows = fit_grid(fs, [name], {}, None, steps=6, batch_size=16, eval_every=3)["rows"][name]
     assert len(rows) == len(REGISTRY[name].configs({}, 6))
-    assert all(r.method == name and r.status == "ok" and r.metrics["test"]["wga"] is not None for r in rows)
+    # on 16 rows a group, a strongly regularised grid point may collapse (cb-llr's weight decay 0.1 on
+    # half of validation predicts one class): a fate the run reports, not a failure to fit
+    assert all(r.method == name and r.status in ("ok", "collapsed") and r.metrics["test"]["wga"] is not None
+               for r in rows)
+    assert any(r.status == "ok" for r in rows)
     assert [r.run_id for r in rows] == [f"{name}-{i:04d}" for i in range(len(rows))]
 
 

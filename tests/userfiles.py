@@ -14,3 +14,13 @@ def snapshot(folder: Path) -> dict[str, str]:
 
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def previous_run(folder: Path) -> Path:
+    """``folder/run`` holding a previous run (its files' content is the user's), to be left
+    exactly as it was by a command that refuses; returns ``folder``."""
+    prev = folder / "run"
+    prev.mkdir()
+    (prev / "results.jsonl").write_text('{"previous": true}\n')
+    (prev / "summary.json").write_text('{"previous": true}\n')
+    return folder

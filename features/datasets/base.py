@@ -8,6 +8,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from features.featureset import check_split_codes, check_unique_names
+
 # An item is what the encoder consumes for one row: an image path, an in-memory
 # PIL image, a text, or a (premise, hypothesis) pair for NLI.
 Item = Any
@@ -39,7 +41,11 @@ class DatasetSpec:
         self.y = np.asarray(self.y, dtype=np.int64)
         self.a = np.asarray(self.a, dtype=np.int64)
         self.group = np.asarray(self.group, dtype=np.int64)
+        where = f"dataset {self.name!r}"
+        check_split_codes(self.split, where)  # before the cast to int8, which would wrap 256 to 0 (train)
         self.split = np.asarray(self.split, dtype=np.int8)
+        check_unique_names(self.class_names, "class_names", where)
+        check_unique_names(self.group_names, "group_names", where)
 
     def __len__(self) -> int:
         return len(self.ids)

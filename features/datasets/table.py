@@ -89,12 +89,14 @@ def labels(table: T.Table, cols: dict[str, Any], names: dict[str, list[str]] | N
         group_values, group = _categories(table.nonempty(group_col, hint="every row needs a group"),
                                           names.get(group_col))
         group_names = [_part(group_col, g) for g in group_values]
+        _distinct(table, group_names, [f"{group_col} value {g!r}" for g in group_values])
         group_rule = f"sorted distinct values of {group_col!r}"
     else:
         group = y * len(attr_names) + a
         named = label_col in names and attr_col in names
-        group_names = [f"{c}/{v}" if named else f"{_part(label_col, c)}/{_part(str(attr_col), v)}"
-                       for c in class_names for v in attr_names]
+        pairs = [(c, v) for c in class_names for v in attr_names]
+        group_names = [f"{c}/{v}" if named else f"{_part(label_col, c)}/{_part(str(attr_col), v)}" for c, v in pairs]
+        _distinct(table, group_names, [f"{label_col} {c!r} with {attr_col} {v!r}" for c, v in pairs])
         group_rule = f"class index * {len(attr_names)} + attribute index"
     return Labels(y=y, a=a, group=group, class_names=[str(c) for c in class_names], group_names=group_names,
                   attr_names=attr_names, source={
@@ -103,6 +105,17 @@ def labels(table: T.Table, cols: dict[str, Any], names: dict[str, list[str]] | N
                       "attribute": f"a = index of {attr_col!r} in attribute_values" if attr_col else
                                    "a = -1 (no attribute)",
                       "group": group_rule})
+
+
+def _distinct(table: T.Table, names: list[str], made_from: list[str]) -> None:
+    """Refuse group names that collide (labels `a`, `a/b` with attributes `b/c`, `c` both name
+    `a/b/c`): results are keyed by name, so the two groups would be merged."""
+    first: dict[str, int] = {}
+    for i, name in enumerate(names):
+        if name in first:
+            raise UserError(f"{table.path}: {made_from[first[name]]} and {made_from[i]} would both be the group "
+                            f"{name!r}; rename one of those values")
+        first[name] = i
 
 
 def _delimiter(path: Path) -> str:

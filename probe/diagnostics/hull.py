@@ -34,14 +34,18 @@ from typing import Any
 
 import numpy as np
 
+from base.device import available_memory
 from base.errors import UserError
 from features.store import SPLITS, FeatureSet
 from probe.records.fitset import FitSet
 
 #: the default relative-residual threshold of the verdict
 THRESHOLD = 0.2
-#: rows z-scored and accumulated at a time
+#: rows z-scored and accumulated at a time (fewer on wide features: a block of at most CHUNK_BYTES)
 CHUNK_ROWS = 8192
+CHUNK_BYTES = 64 * 1024**2
+#: fraction of the machine's available memory the check may plan to use (as `probe fit` plans)
+MEMORY_FRACTION = 0.5
 
 
 @dataclass
@@ -161,11 +165,26 @@ def _fit(target: _Moments, domains: list[_Moments], pooled: np.ndarray) -> tuple
     return w, residual, float(np.linalg.norm(v)), math.sqrt(noise2)
 
 
-def hull_check(fs: FitSet, splits: tuple[str, ...] = ("val", "test"),
-               threshold: float = THRESHOLD, chunk: int = CHUNK_ROWS) -> list[HullFit]:
+def memory_needed(fs: FitSet, train_dom: np.ndarray, splits: tuple[str, ...], chunk: int) -> int:
+    """Bytes the check holds at its peak: a d×d float64 second moment per training domain,
+    per evaluation group and per whole split, the stacked mixture problem (one d² row per
+    domain) with a few d² temporaries, and a block of rows."""
+    d = fs.features.shape[1]
+    K = len(np.unique(train_dom))
+    sets = K + 1 + sum(len(np.unique(fs.group[fs.split == SPLITS[name]])) + 1 for name in splits)
+    return 8 * d * d * (sets + K + 4) + 3 * 8 * min(chunk, len(fs.y)) * d
+
+
+def hull_check(fs: FitSet, splits: tuple[str, ...] = ("val", "test"), threshold: float = THRESHOLD,
+               chunk: int = CHUNK_ROWS, memory_bytes: int | None = None) -> list[HullFit]:
     """For each split in ``splits`` (the whole split, then each of its groups with rows), the
     mixture of the training domains (the FitSet's) nearest its mean and second moment,
-    and the verdict (module docstring)."""
+    and the verdict (module docstring). A split named twice is checked once. ``memory_bytes``:
+    what the check may use (default: half the available memory); a file that needs more is
+    refused before anything is allocated."""
+    splits = tuple(dict.fromkeys(splits))  # val,val is val: counted twice it would halve its noise
+    if not splits:
+        raise UserError("`splits`: no split given; choose from val, test")
     for name in splits:
         if name not in SPLITS or name == "train":
             raise UserError(f"`splits`: {name!r} is not an evaluation split; choose from val, test")
@@ -174,6 +193,14 @@ def hull_check(fs: FitSet, splits: tuple[str, ...] = ("val", "test"),
     train_dom = fs.train_domains()
     if len(train_dom) == 0:
         raise UserError(f"{fs.path}: the train split has no rows; the hull of the training domains is empty")
+    chunk = max(1, min(chunk, CHUNK_BYTES // (8 * fs.features.shape[1])))
+    need = memory_needed(fs, train_dom, splits, chunk)
+    budget = memory_bytes if memory_bytes is not None else int(MEMORY_FRACTION * available_memory("cpu"))
+    if need > budget:
+        raise UserError(f"{fs.path}: the hull check compares second moments (d×d each) over its "
+                        f"{fs.features.shape[1]} feature columns and needs about {need / 2**30:.1f} GiB, more than "
+                        f"the {budget / 2**30:.1f} GiB it may use here; run it where more memory is free, check "
+                        "fewer `splits`, or extract the features with a smaller encoder")
     dom_sets, grp_sets = _accumulate(fs, train_dom, splits, chunk)
     names = fs.domain_names
     ids = sorted(dom_sets)

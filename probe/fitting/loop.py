@@ -40,7 +40,7 @@ def fit_chunks(fs: FitSet, method: type[GradientMethod], configs: list[dict[str,
     splits = splits if splits is not None else SplitCache()
     for chunk in chunks:
         fit = (fitter or ChunkFit)(fs, method, [configs[i] for i in chunk.configs], chunk, settings,
-                                   splits.get(fs, chunk.preprocess, settings))
+                                   splits.get(fs, chunk.preprocess, settings, chunk.seed))
         rows = fit.run(on_step)
         for i, row in zip(chunk.configs, rows, strict=True):
             row.run_id = run_id(method.name, i)

@@ -13,12 +13,12 @@ in seed or learning rate) stay in one chunk, where they are solved once.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from base.device import available_memory
 from base.errors import UserError
 from features.store import SPLITS
 from probe.methods.base import GradientMethod, convex_methods
@@ -46,24 +46,6 @@ class Chunk:
 
     def __len__(self) -> int:
         return len(self.configs)
-
-
-def available_memory(device: torch.device) -> int:
-    """Free memory on ``device`` in bytes: CUDA's free memory, else MemAvailable."""
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free)
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-    except (ValueError, OSError, AttributeError):
-        return 4 * 1024**3
 
 
 def uses_solver(method: type[GradientMethod], settings: Settings) -> bool:
@@ -134,9 +116,12 @@ def plan(fs: FitSet, method: type[GradientMethod], configs: list[dict[str, Any]]
     """The chunks in the order they are fitted: one per cohort, or several when a
     cohort's heads do not fit in memory at once."""
     solver = uses_solver(method, settings)
+    # the solver's optimum ignores the seed, unless the preprocessing draws from it
+    seeded = {p: Preprocessor(str(p), **settings.options).seeded() for p in {c["preprocess"] for c in configs}}
     cohorts: dict[tuple, list[int]] = {}
     for i, cfg in enumerate(configs):
-        key = (cfg["preprocess"],) if solver else tuple(cfg[k] for k in COHORT_KEYS)
+        seedless = solver and not seeded[cfg["preprocess"]]
+        key = (cfg["preprocess"],) if seedless else tuple(cfg[k] for k in COHORT_KEYS)
         cohorts.setdefault(key, []).append(i)
     n_train = int((fs.split == SPLITS["train"]).sum())
     B = n_train if settings.batch_size <= 0 else min(settings.batch_size, n_train)

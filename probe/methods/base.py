@@ -34,7 +34,7 @@ import numpy as np
 
 from base.errors import UserError
 from probe.preprocessing import kind_names, preprocess_help
-from probe.records.grid import OfSteps, Param, expand, resolve
+from probe.records.grid import OfSteps, Param, expand, format_values, resolve
 from probe.train.settings import CE_WEIGHTINGS, user_settings
 
 if TYPE_CHECKING:
@@ -87,8 +87,9 @@ COMMON: dict[str, Param] = {p.name: p for p in (
           default=1e-4, search=("log", 1e-6, 1e-2)),
     Param("anneal", "Steps with the penalties off; the optimizer state of those heads is reset when they "
           "switch on, and only later checkpoints are kept.", kind=int, default=0),
-    Param("seed", "Seeds (minibatch order; dfr: its subsampling). Results are reported as mean ± std over "
-          "seeds.", kind=int, default=0),
+    # 63 bits: every generator seeded from it (torch's manual_seed, numpy's) takes that
+    Param("seed", "Seeds (minibatch order; dfr: its subsampling), whole numbers in [0, 2^63 - 1]. Results are "
+          "reported as mean ± std over seeds.", kind=int, default=0, maximum=2**63 - 1),
     # pca by evidence (issue 12, benchmarks/results/defaults.md): over three offline tasks it
     # had the best mean test WGA for ERM and CMA alike, and it is cheaper than the full width.
     Param("preprocess", preprocess_help(), kind=str, default="pca", choices_from=kind_names, chain=True),
@@ -134,6 +135,10 @@ class Method:
         seeded by ``search_seed`` and the method's name; each draw is fitted at every seed."""
         params = cls.hyperparameters()
         values = {n: list(grid[n]) if grid.get(n) else resolve(p.default_grid, steps) for n, p in params.items()}
+        late = [a for a in values.get("anneal", []) if a >= steps]
+        if late:  # such a head never meets its penalties: an ERM head reported under this method's name
+            raise UserError(f"`anneal` {format_values(late)} is not below `steps` {steps}: {cls.name}'s penalties "
+                            "would never switch on; give anneal values below steps")
         if search == "grid":
             return expand(values)
         n = int(search.split(":")[1])

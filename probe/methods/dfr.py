@@ -56,7 +56,8 @@ def _fit(X: np.ndarray, y: np.ndarray, c: float, seed: int) -> Any:
 
     # scikit-learn 1.8 deprecated `penalty`; an L1 fit is spelled l1_ratio=1 from then on.
     new = tuple(int(v) for v in sklearn.__version__.split(".")[:2]) >= (1, 8)
-    model = LogisticRegression(C=c, solver="liblinear", random_state=seed,
+    # scikit-learn seeds numpy's legacy RandomState, which takes 32 bits (seeds below that unchanged)
+    model = LogisticRegression(C=c, solver="liblinear", random_state=seed % 2**32,
                                **({"l1_ratio": 1.0} if new else {"penalty": "l1"}))
     return (model if len(np.unique(y)) <= 2 else OneVsRestClassifier(model)).fit(X, y)
 

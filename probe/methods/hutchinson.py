@@ -37,7 +37,8 @@ class Hutchinson(GradientMethod):
 
         Xt = batch.design
         G = fwd.domain_gradients(batch)
-        # The probes depend on (seed, step) only: the same for every head and chunk.
-        Z = rademacher((self.option(self.settings, "probes"), fwd.p.shape[-1], Xt.shape[1]), batch.seed * 1_000_003 + batch.step,
-                       Xt.dtype, Xt.device)
+        # The probes depend on (seed, step) only: the same for every head and chunk; modulo
+        # 2^64, the range torch seeds from, so that no 63-bit seed overflows it
+        Z = rademacher((self.option(self.settings, "probes"), fwd.p.shape[-1], Xt.shape[1]),
+                       (batch.seed * 1_000_003 + batch.step) % 2**64, Xt.dtype, Xt.device)
         return {"grad": domain_variance(G), "hdiag": domain_variance(hutchinson_diagonals(fwd.p, Xt, batch.W, Z))}

@@ -6,7 +6,11 @@ file. Anything the user sets explicitly overrides it, and the run records both.
 
 ``cma-paper``: the linear-probing comparison of the CMA paper (arXiv 2506.07378), as its
 authors' public code (``ISR/real_datasets/``) runs it: PCA to 100 dimensions fitted on
-train, then ISR-Mean removing one spurious direction of a reference class; a bias-free
+train by scikit-learn's ``PCA(n_components=100)``, their call (randomized at Waterbirds
+size), with each seed as its random state (their script seeds numpy's global generator
+with the run's seed right before it), then ISR-Mean removing one spurious direction of a
+reference class, in their coordinates (``isr_form`` rotate: the rows rotated into the
+spurious direction and its QR completion, the spurious coordinate zeroed); a bias-free
 head ``nn.Linear(d, C, bias=False)`` from its default initialisation, plain SGD (lr 1e-3,
 no momentum, no weight decay), shuffled batches of 500, the mean over environments (the
 spurious attribute) of each environment's mean CE, penalties off until the anneal step;
@@ -18,7 +22,7 @@ worst-group accuracy, ties to the smaller standard error.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -57,30 +61,39 @@ class Resolved:
     """A protocol made concrete for one feature file."""
 
     protocol: str
-    dataset: str
+    dataset: str  # the dataset whose choices were taken
     methods: list[str]
     settings: dict[str, Any]
     grids: dict[str, dict[str, list[Any]]]
     method_settings: dict[str, dict[str, Any]]
+    file_dataset: str = ""  # the feature file's own dataset (differs when the choices were named)
 
-    def describe(self, overrides: list[str] | None = None) -> str:
-        """One line for the start of a run (``overrides``: what the user set explicitly)."""
-        st = self.settings
-        sizes = ", ".join(f"{m} {_size(g)}" for m, g in self.grids.items())
-        return (f"protocol {self.protocol} for {self.dataset}: {st['steps']} steps of {st['batch_size']} "
-                f"({st['batches']}), {st['optimizer']} (momentum {st['momentum']}), bias {st['bias']}, init "
-                f"{st['init']}, domains {st['domain']}, preprocess pca+isr-mean (class {st['isr_class']}); "
-                f"configurations × seeds: {sizes}"
+    def restrict(self, methods: list[str]) -> Resolved:
+        """The protocol for the methods a fit runs (the user may choose fewer, or others)."""
+        return replace(self, methods=[m for m in self.methods if m in methods],
+                       grids={m: g for m, g in self.grids.items() if m in methods},
+                       method_settings={m: s for m, s in self.method_settings.items() if m in methods})
+
+    def describe(self, settings: dict[str, Any], sizes: dict[str, int], overrides: list[str] | None = None) -> str:
+        """One line for the start of a run, of what the fit will do: the effective ``settings``
+        (the protocol's with the user's overrides) and each method's configurations × seeds
+        (``sizes``); ``overrides``: what the user set explicitly."""
+        st = settings
+        isr = f" (class {st['isr_class']})" if st.get("isr_class") is not None else ""
+        named = f" ({self.dataset}'s choices)" if self.file_dataset != self.dataset else ""
+        return (f"protocol {self.protocol} for {self.file_dataset or self.dataset}{named}: {st['steps']} steps of "
+                f"{st['batch_size']} ({st['batches']}), {st['optimizer']} (momentum {st['momentum']}), bias "
+                f"{st['bias']}, init {st['init']}, domains {st['domain']}, evaluated every {st['eval_every']}, "
+                f"pca solver {st.get('pca_solver') or 'exact'}, isr-mean{isr} {st.get('isr_form') or 'project'}; "
+                "configurations × seeds: "
+                + ", ".join(f"{m} {n}" for m, n in sizes.items())
                 + (f"; overridden: {', '.join(sorted(overrides))}" if overrides else ""))
 
     def record(self, overrides: dict[str, Any]) -> dict[str, Any]:
         """What summary.json keeps: the protocol, its resolved choices, what the user changed."""
-        return {"name": self.protocol, "dataset": self.dataset, "methods": self.methods, "settings": self.settings,
-                "grids": self.grids, "method_settings": self.method_settings, "overrides": overrides}
-
-
-def _size(grid: dict[str, list[Any]]) -> int:
-    return math.prod(len(v) for v in grid.values())
+        return {"name": self.protocol, "dataset": self.dataset, "file_dataset": self.file_dataset,
+                "methods": self.methods, "settings": self.settings, "grids": self.grids,
+                "method_settings": self.method_settings, "overrides": overrides}
 
 
 PROTOCOLS: dict[str, Protocol] = {}
@@ -103,7 +116,9 @@ register(Protocol(
     # solver adam: every row, ERM's too, trained by the authors' SGD loop (not solved to its optimum)
     settings={"solver": "adam", "optimizer": "sgd", "momentum": 0.0, "batch_size": 500, "batches": "shuffled", "bias": False,
               "init": "torch-linear", "domain": "a", "ce_weighting": "domain", "normalize": "none",
-              "select": "val_wga", "select_checkpoint": "last", "ties": "sem", "pca_dim": 100, "isr_dims": 1},
+              "select": "val_wga", "select_checkpoint": "last", "ties": "sem", "pca_dim": 100, "isr_dims": 1,
+              # their PCA and ISR coordinates: the head's nn.Linear start is theirs only in these
+              "pca_solver": "sklearn", "isr_form": "rotate"},
     grids={
         "erm": {},
         "cma": {"alpha": _GRID_8, "beta": _GRID_8},
@@ -126,34 +141,50 @@ def protocol_names() -> list[str]:
     return sorted(PROTOCOLS)
 
 
-def resolve(name: str, dataset: str, n_train: int, num_classes: int) -> Resolved:
-    """The protocol ``name`` for a feature file of ``dataset`` with ``n_train`` training rows."""
-    if name not in PROTOCOLS:
-        raise UserError(f"`protocol` {name!r} is unknown; choose from {', '.join(protocol_names())}")
-    p = PROTOCOLS[name]
-    key = p.aliases.get(dataset, dataset)
+def resolve(name: str, dataset: str, n_train: int, num_classes: int, given: dict[str, Any] | None = None) -> Resolved:
+    """The protocol ``name`` for a feature file of ``dataset`` with ``n_train`` training rows.
+
+    ``name`` may name the dataset whose choices to take, for a file of any dataset
+    (``cma-paper:waterbirds``). ``given``: the settings the user sets explicitly; the
+    protocol's values that derive from them (the steps from the epochs and the batch size,
+    the evaluation interval from the steps, the anneal grid below the steps) are derived
+    from the effective values.
+    """
+    proto, _, named = name.partition(":")
+    if proto not in PROTOCOLS:
+        raise UserError(f"`protocol` {name!r} is unknown; choose from {', '.join(protocol_names())} (or "
+                        "PROTOCOL:DATASET for a dataset's choices)")
+    p = PROTOCOLS[proto]
+    known = ", ".join([*p.datasets, *p.aliases])
+    if named and p.aliases.get(named, named) not in p.datasets:
+        raise UserError(f"`protocol` {name}: {proto} has choices for {known}, not {named!r}")
+    key = p.aliases.get(named or dataset, named or dataset)
     if key not in p.datasets:
-        known = ", ".join([*p.datasets, *p.aliases])
-        raise UserError(f"`protocol` {name} has choices for {known}; this feature file is from dataset "
-                        f"{dataset!r}, so set the fit's flags yourself")
+        raise UserError(f"`protocol` {proto} has choices for {known}; this feature file is from dataset "
+                        f"{dataset!r}, so name the choices to take ({proto}:waterbirds) or set the fit's flags "
+                        "yourself")
     ds = p.datasets[key]
     if ds.isr_class >= num_classes:
         raise UserError(f"`protocol` {name} removes the spurious direction of class {ds.isr_class}, but the file "
                         f"has {num_classes} classes")
-    settings = {**p.settings, "isr_class": ds.isr_class,
-                "steps": ds.epochs * math.ceil(n_train / p.settings["batch_size"])}
-    settings["eval_every"] = max(1, settings["steps"] // 20)
+    given = given or {}
+    batch = given.get("batch_size", p.settings["batch_size"])
+    per_epoch = 1 if batch <= 0 else math.ceil(n_train / batch)  # batch 0: full batch
+    settings = {**p.settings, "isr_class": ds.isr_class, "steps": ds.epochs * per_epoch}
+    steps = given.get("steps", settings["steps"])
+    settings["eval_every"] = max(1, steps // 20)
     grids = {}
     for m in p.methods:
         grid = {"seed": list(p.seeds), "preprocess": ["pca+isr-mean"], "lr": [1e-3], "weight_decay": [0.0],
                 **p.grids.get(m, {})}
-        if m in p.annealed:
-            grid["anneal"] = [a for a in ds.anneal if a < settings["steps"]]
+        if m in p.annealed:  # the authors' anneal steps that fall within the fit
+            grid["anneal"] = [a for a in ds.anneal if a < steps]
         grids[m] = grid
-    return Resolved(name, dataset, list(p.methods), settings, grids, dict(p.method_settings))
+    return Resolved(proto, named or dataset, list(p.methods), settings, grids, dict(p.method_settings),
+                    file_dataset=dataset)
 
 
-def resolve_for(name: str, fs: Any) -> Resolved:
+def resolve_for(name: str, fs: Any, given: dict[str, Any] | None = None) -> Resolved:
     """``resolve`` for a FeatureSet."""
     return resolve(name, str(fs.attrs.get("dataset", "")) if hasattr(fs, "attrs") else "",
-                   int((fs.split == SPLITS["train"]).sum()), fs.num_classes)
+                   int((fs.split == SPLITS["train"]).sum()), fs.num_classes, given)

@@ -38,7 +38,7 @@ class Retrained(Method):
         for i, cfg in enumerate(configs):
             cohorts.setdefault((cfg["seed"], cfg["preprocess"]), []).append(i)
         for (seed, preprocess), idx in cohorts.items():
-            splits = cache.get(fs, preprocess, settings)
+            splits = cache.get(fs, preprocess, settings, int(seed))
             members = [configs[i] for i in idx]
             theta, tuned = cls.fit_cohort(fs, splits, members, int(seed), settings)
             rows = result_rows(fs, cls.name, members, splits, theta, settings, tuned)

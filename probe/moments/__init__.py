@@ -4,8 +4,10 @@ CMA penalties built from them (see docs/cma-math.md for the derivations).
 Functional API in the style of ``torch.nn.functional``:
 
 * ``theta`` is ``(C, d+1)`` for one head or ``(G, C, d+1)`` for a grid of G heads
-  (last column: bias); ``X`` is ``(N, d)`` without the ones column; ``y`` and
-  ``domains`` are int64 ``(N,)``, domains numbered ``0..K-1``.
+  (last column: bias), or ``(C, d)`` / ``(G, C, d)`` for heads without a bias, with
+  ``bias=False`` (every function takes it; derivatives are then w.r.t. the weights
+  alone and ``x̃ = x``); ``X`` is ``(N, d)`` without the ones column; ``y`` and
+  ``domains`` are int64 ``(N,)``, domain ids non-negative (``0..K-1`` with ``num_domains``).
 * Results for one head drop the leading G axis; a grid returns one value per head.
 * Only domains with rows in the batch count: ``K'`` is the number of *present*
   domains, ordered by id (``present_domains`` maps the K' columns back to ids).
@@ -75,22 +77,23 @@ paper's transfer bound, from the domain Gram matrices of the same kernels.
 Normalisation (``normalize``):
 
 * ``None`` (default): the definitions above.
-* ``"dC"``: the authors' linear-probing scaling. Their linear-probing code
-  (class ``HISRClassifier``, methods ``gradient``, ``hessian``, ``hessian_pen`` and
-  the memory-efficient ``hessian_pen_mem`` variants, built on the ISR code base;
-  read via the public code index, repository name not shown there) fits a head
-  ``nn.Linear(d, C, bias=False)`` and divides each per-domain gradient
-  ``(P-Y)ᵀX/n_e`` and each per-domain Hessian by ``d·C``, where ``d =
-  x.shape[1]`` is the number of feature columns and ``C`` the number of classes;
-  their penalties are then the same variances, so both penalties scale by
-  ``1/(d·C)²``. Here ``"dC"`` divides ``G_e`` and ``H_e`` by ``d·C`` with
-  ``d = X.shape[1]`` (the feature columns, *not* ``d+1``), so their published
-  α, β grids keep their meaning. Differences that remain: our head has a bias,
-  whose gradient row and Hessian block are included (the authors' head has none),
-  and we average over present domains (their gradient penalty divides by the
-  configured number of environments). Their full fine-tuning code uses other
-  factors (``C`` for the Hessian, ``√C`` or ``C`` for the gradient, per
-  docs/cma-math.md); those are not offered.
+* ``"dC"``: the authors' linear-probing scaling. Their linear-probing code (class
+  ``HISRClassifier`` of their ``real_datasets`` code, built on the ISR code base; read via
+  the public code index, repository name not shown there; its training loss
+  ``exact_hessian_loss`` calls ``grad_pen`` and ``hessian_pen``, built on ``gradient`` and
+  ``hessian``) fits a head ``nn.Linear(d, C, bias=False)``
+  and divides each per-domain gradient ``(P-Y)ᵀX/n_e`` and each per-domain Hessian by
+  ``d·C``, where ``d = x.shape[1]`` is the number of feature columns and ``C`` the number
+  of classes; their penalties are then the same variances, so both penalties scale by
+  ``1/(d·C)²``. (A memory-saving Hessian penalty, ``hessian_pen_mem``, sits in a separate
+  helper class, ``HessianPenModel``, and divides by ``C²`` alone; the training loss does
+  not call it.) Here ``"dC"`` divides ``G_e`` and ``H_e`` by ``d·C`` with ``d =
+  X.shape[1]`` (the feature columns, *not* ``d+1``), so their published α, β grids keep
+  their meaning. With ``bias=False`` the head is theirs; with a bias, its gradient row
+  and Hessian block are included. One difference remains: we average over present
+  domains (their gradient penalty divides by the configured number of environments).
+  Their full fine-tuning code uses other factors (``C`` for the Hessian, ``√C`` or ``C``
+  for the gradient, per docs/cma-math.md); those are not offered.
 """
 
 from probe.moments.basics import (

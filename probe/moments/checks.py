@@ -12,7 +12,8 @@ def _as_grid(theta: torch.Tensor) -> tuple[torch.Tensor, bool]:
         return theta.unsqueeze(0), True
     if theta.dim() == 3:
         return theta, False
-    raise ValueError(f"theta must have shape (C, d+1) or (G, C, d+1), got {tuple(theta.shape)}")
+    raise ValueError(f"theta must have shape (C, D) or (G, C, D), D = d+1 (or d without a bias), got "
+                     f"{tuple(theta.shape)}")
 
 
 def _all_finite(t: torch.Tensor) -> bool:
@@ -24,7 +25,7 @@ def _all_finite(t: torch.Tensor) -> bool:
         return bool(torch.isfinite(t).all())
 
 
-def _check_theta_x(theta: torch.Tensor, X: torch.Tensor, same_dtype: bool = True) -> None:
+def _check_theta_x(theta: torch.Tensor, X: torch.Tensor, same_dtype: bool = True, bias: bool = True) -> None:
     if not isinstance(theta, torch.Tensor) or not theta.is_floating_point():
         raise ValueError("theta must be a floating-point torch.Tensor")
     _as_grid(theta)
@@ -32,11 +33,10 @@ def _check_theta_x(theta: torch.Tensor, X: torch.Tensor, same_dtype: bool = True
         raise ValueError(f"theta has an empty dimension: shape {tuple(theta.shape)}")
     if not isinstance(X, torch.Tensor) or X.dim() != 2:
         raise ValueError(f"X must be a 2-D tensor (N, d), got {getattr(X, 'shape', type(X))}")
-    if X.shape[1] + 1 != theta.shape[-1]:
-        raise ValueError(
-            f"X has {X.shape[1]} feature columns but theta's last dimension is "
-            f"{theta.shape[-1]}; it must be d+1 = {X.shape[1] + 1} (bias last)"
-        )
+    if X.shape[1] + bias != theta.shape[-1]:
+        want = f"d+1 = {X.shape[1] + 1} (bias last)" if bias else f"d = {X.shape[1]} (no bias column: bias=False)"
+        raise ValueError(f"X has {X.shape[1]} feature columns but theta's last dimension is {theta.shape[-1]}; it "
+                         f"must be {want}")
     if not X.is_floating_point() or (same_dtype and X.dtype != theta.dtype):
         raise ValueError(f"X has dtype {X.dtype} but theta has {theta.dtype}; convert one of them")
     if X.device != theta.device:
@@ -84,8 +84,9 @@ def _check_square(name: str, m: torch.Tensor | None, X: torch.Tensor) -> None:
         raise ValueError(f"{name} contains NaN or infinite values")
 
 
-def _validate(theta, X, y=None, domains=None, num_domains=None, kernel=None, gram=None, same_dtype=True) -> None:
-    _check_theta_x(theta, X, same_dtype)
+def _validate(theta, X, y=None, domains=None, num_domains=None, kernel=None, gram=None, same_dtype=True,
+              bias=True) -> None:
+    _check_theta_x(theta, X, same_dtype, bias)
     n = X.shape[0]
     if y is not None:
         _check_labels("y", y, n, X.device)

@@ -159,9 +159,8 @@ def domain_discrepancies(theta: torch.Tensor, X: torch.Tensor, y: torch.Tensor, 
     ``bias=False``: the head is ``(C, d)`` with no bias column (``x̃ = x``). ``block_rows``:
     rows per block of the pairwise sums (None: BLOCK_ROWS, BLOCK_ROWS_CUDA on a GPU).
     """
-    if check:  # the checks speak of a bias column: a head without one is checked padded with it
-        _validate(theta if bias else torch.nn.functional.pad(theta, (0, 1)), X, y, domains, num_domains, gram=gram,
-                  same_dtype=False)
+    if check:
+        _validate(theta, X, y, domains, num_domains, gram=gram, same_dtype=False, bias=bias)
     if block_rows is None:
         block_rows = BLOCK_ROWS_CUDA if X.is_cuda else BLOCK_ROWS
     if isinstance(block_rows, bool) or not isinstance(block_rows, int) or block_rows < 1:

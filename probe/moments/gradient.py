@@ -14,7 +14,6 @@ from probe.moments.basics import (
     _scale,
     _weights,
     _zero,
-    augment,
     design,
     feature_gram,
 )
@@ -34,15 +33,17 @@ def _per_domain_grads(P: torch.Tensor, Y1: torch.Tensor, Xt: torch.Tensor, W: to
 
 
 def per_domain_gradients(theta: torch.Tensor, X: torch.Tensor, y: torch.Tensor, domains: torch.Tensor,
-                         num_domains: int | None = None, normalize: Normalize = None) -> torch.Tensor:
-    """(G, K', C, d+1) gradients of each present domain's mean CE (or (K', C, d+1))."""
+                         num_domains: int | None = None, normalize: Normalize = None, *,
+                         bias: bool = True) -> torch.Tensor:
+    """(G, K', C, D) gradients of each present domain's mean CE (or (K', C, D)); D = d+1, or d
+    for a head without a bias column (``bias=False``)."""
     _check_choice("normalize", normalize, NORMALIZE_OPTIONS)
-    _validate(theta, X, y, domains, num_domains)
+    _validate(theta, X, y, domains, num_domains, bias=bias)
     th, single = _as_grid(theta)
     W, _ = _weights(domains, th.dtype)
-    P = torch.softmax(_logits(th, X), dim=-1)
+    P = torch.softmax(_logits(th, X, bias), dim=-1)
     Y1 = torch.nn.functional.one_hot(y, th.shape[1]).to(th.dtype)
-    Gd = _per_domain_grads(P, Y1, augment(X), W) * _scale(normalize, X.shape[1], th.shape[1])
+    Gd = _per_domain_grads(P, Y1, design(X, bias), W) * _scale(normalize, X.shape[1], th.shape[1])
     return _finish(Gd, single)
 
 
@@ -52,12 +53,12 @@ def _losses(z: torch.Tensor, y: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
 
 
 def per_domain_losses(theta: torch.Tensor, X: torch.Tensor, y: torch.Tensor, domains: torch.Tensor,
-                      num_domains: int | None = None) -> torch.Tensor:
+                      num_domains: int | None = None, *, bias: bool = True) -> torch.Tensor:
     """(G, K') mean cross-entropy of each present domain (or (K',) for one head)."""
-    _validate(theta, X, y, domains, num_domains)
+    _validate(theta, X, y, domains, num_domains, bias=bias)
     th, single = _as_grid(theta)
     W, _ = _weights(domains, th.dtype)
-    return _finish(_losses(_logits(th, X), y, W), single)
+    return _finish(_losses(_logits(th, X, bias), y, W), single)
 
 
 def choose_gradient_method(G: int, N: int, d: int, C: int, K: int, *, gram_given: bool = False) -> str:
@@ -88,21 +89,22 @@ def _gradient_from_probs(P: torch.Tensor, Y1: torch.Tensor, X: torch.Tensor, W: 
 def gradient_variance(theta: torch.Tensor, X: torch.Tensor, y: torch.Tensor, domains: torch.Tensor,
                       normalize: Normalize = None, num_domains: int | None = None, *,
                       method: GradMethod = "auto", gram: torch.Tensor | None = None,
-                      check: bool = True) -> torch.Tensor:
+                      check: bool = True, bias: bool = True) -> torch.Tensor:
     """R_g = (1/K') Σ_e ‖G_e − Ḡ‖²_F over present domains; scalar, or (G,) for a grid.
 
-    ``gram``: a precomputed ``feature_gram(X)`` for the kernel form.
+    ``gram``: a precomputed ``feature_gram(X, bias)`` for the kernel form. ``bias=False``:
+    theta is ``(C, d)``, a head without a bias column (derivatives w.r.t. its weights alone).
     """
     _check_choice("method", method, GRAD_METHODS)
     _check_choice("normalize", normalize, NORMALIZE_OPTIONS)
     if check:
-        _validate(theta, X, y, domains, num_domains, gram=gram)
+        _validate(theta, X, y, domains, num_domains, gram=gram, bias=bias)
     th, single = _as_grid(theta)
     W, _ = _weights(domains, th.dtype)
     K = W.shape[1]
     if K < 2:
         return _finish(_zero(th), single)
-    P = torch.softmax(_logits(th, X), dim=-1)
+    P = torch.softmax(_logits(th, X, bias), dim=-1)
     Y1 = torch.nn.functional.one_hot(y, th.shape[1]).to(th.dtype)
-    out = _gradient_from_probs(P, Y1, X, W, method, gram) / K
+    out = _gradient_from_probs(P, Y1, X, W, method, gram, bias) / K
     return _finish(out * _scale(normalize, X.shape[1], th.shape[1]) ** 2, single)

@@ -219,17 +219,18 @@ def _hessian_from_probs(P: torch.Tensor, X: torch.Tensor, domains: torch.Tensor,
 
 def hessian_variance(theta: torch.Tensor, X: torch.Tensor, domains: torch.Tensor, method: Method = "auto",
                      normalize: Normalize = None, num_domains: int | None = None, *,
-                     kernel: torch.Tensor | None = None, check: bool = True) -> torch.Tensor:
+                     kernel: torch.Tensor | None = None, check: bool = True, bias: bool = True) -> torch.Tensor:
     """R_H = (1/K') Σ_e ‖H_e − H̄‖²_F over present domains; scalar, or (G,) for a grid.
 
-    ``kernel``: a precomputed ``feature_kernel(X)`` (used by the kernel method, also
-    by ``"auto"``'s cost estimate). ``check=False`` skips the input validation (it
+    ``kernel``: a precomputed ``feature_kernel(X, bias=bias)`` (used by the kernel method,
+    also by ``"auto"``'s cost estimate). ``check=False`` skips the input validation (it
     reads values back from the device) for callers that validated once already.
+    ``bias=False``: theta is ``(C, d)``, a head without a bias column.
     """
     _check_choice("method", method, METHODS)
     _check_choice("normalize", normalize, NORMALIZE_OPTIONS)
     if check:
-        _validate(theta, X, None, domains, num_domains, kernel=kernel)
+        _validate(theta, X, None, domains, num_domains, kernel=kernel, bias=bias)
     th, single = _as_grid(theta)
     C = th.shape[1]
     if method == "binary" and C != 2:
@@ -238,6 +239,6 @@ def hessian_variance(theta: torch.Tensor, X: torch.Tensor, domains: torch.Tensor
     K = W.shape[1]
     if K < 2:
         return _finish(_zero(th), single)
-    P = torch.softmax(_logits(th, X), dim=-1)
-    out = _hessian_from_probs(P, X, domains, W, method, kernel, None) / K
+    P = torch.softmax(_logits(th, X, bias), dim=-1)
+    out = _hessian_from_probs(P, X, domains, W, method, kernel, None, bias) / K
     return _finish(out * _scale(normalize, X.shape[1], C) ** 2, single)

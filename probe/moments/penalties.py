@@ -33,26 +33,27 @@ class Penalties(NamedTuple):
 def penalty_terms(theta: torch.Tensor, X: torch.Tensor, y: torch.Tensor, domains: torch.Tensor,
                   normalize: Normalize = None, num_domains: int | None = None, *,
                   method: Method = "auto", gram: torch.Tensor | None = None,
-                  check: bool = True) -> Penalties:
+                  check: bool = True, bias: bool = True) -> Penalties:
     """Per-domain mean CE losses, R_g and R_H from one logits pass.
 
     The Gram matrix ``X̃X̃ᵀ`` (computed here unless ``gram`` is given) serves both
     the gradient and the Hessian kernel forms. ``method`` applies to R_H; R_g uses
-    its kernel form whenever the Gram matrix is available anyway.
+    its kernel form whenever the Gram matrix is available anyway. ``bias=False``: theta
+    is ``(C, d)``, a head without a bias column (``gram`` then ``feature_gram(X, False)``).
     """
     _check_choice("method", method, METHODS)
     _check_choice("normalize", normalize, NORMALIZE_OPTIONS)
     if check:
-        _validate(theta, X, y, domains, num_domains, gram=gram)
+        _validate(theta, X, y, domains, num_domains, gram=gram, bias=bias)
     th, single = _as_grid(theta)
     G, C, _ = th.shape
     N, d = X.shape
     if method == "binary" and C != 2:
         raise ValueError(f"method='binary' needs C = 2 classes, theta has C = {C}")
     W, ids = _weights(domains, th.dtype)
-    z = _logits(th, X)
+    z = _logits(th, X, bias)
     losses = _losses(z, y, W)
-    rg, rh = variances_from_logits(z, X, y, domains, W, normalize=normalize, method=method, gram=gram)
+    rg, rh = variances_from_logits(z, X, y, domains, W, normalize=normalize, method=method, gram=gram, bias=bias)
     return Penalties(_finish(losses, single), _finish(rg, single), _finish(rh, single), ids)
 
 

@@ -189,21 +189,22 @@ def third_variance_from_logits(z: torch.Tensor, X: torch.Tensor, W: torch.Tensor
 def third_order_variance(theta: torch.Tensor, X: torch.Tensor, domains: torch.Tensor,
                          normalize: Normalize = None, num_domains: int | None = None, *,
                          method: ThirdMethod = "auto", gram: torch.Tensor | None = None,
-                         check: bool = True) -> torch.Tensor:
+                         check: bool = True, bias: bool = True) -> torch.Tensor:
     """R₃ = (1/K') Σ_e ‖D_e − D̄‖² over present domains, ``D_e = (1/n_e) Σ_{i∈e} κ₃(p_i) ⊗ x̃_i^{⊗3}``
     the third derivative of domain e's mean cross-entropy w.r.t. the flattened head;
     scalar, or (G,) for a grid. Conventions as ``hessian_variance`` (``normalize="dC"``
-    divides each ``D_e`` by d·C). ``gram``: a precomputed ``feature_gram(X)``.
+    divides each ``D_e`` by d·C, ``bias=False`` a head without a bias column). ``gram``: a
+    precomputed ``feature_gram(X, bias)``.
     """
     _check_choice("method", method, THIRD_METHODS)
     _check_choice("normalize", normalize, NORMALIZE_OPTIONS)
     if check:
-        _validate(theta, X, None, domains, num_domains, gram=gram)
+        _validate(theta, X, None, domains, num_domains, gram=gram, bias=bias)
     th, single = _as_grid(theta)
     W, _ = _weights(domains, th.dtype)
     K = W.shape[1]
     if K < 2:
         return _finish(_zero(th), single)
-    P = torch.softmax(_logits(th, X), dim=-1)
-    out = _third_from_probs(P, X, W, method, gram) / K
+    P = torch.softmax(_logits(th, X, bias), dim=-1)
+    out = _third_from_probs(P, X, W, method, gram, bias) / K
     return _finish(out * _scale(normalize, X.shape[1], th.shape[1]) ** 2, single)

@@ -69,6 +69,12 @@ class Kind:
         ``d`` columns and ``n_train`` training rows (rather than record one number and use
         another)."""
 
+    @classmethod
+    def seeded(cls, knobs: dict[str, Any]) -> bool:
+        """Whether ``fit`` with these knobs draws random numbers from the cohort's seed (given
+        to it as ``knobs["seed"]``): then each seed has its own fitted state."""
+        return False
+
 
 REGISTRY: dict[str, type[Kind]] = {}
 
@@ -131,19 +137,27 @@ class Preprocessor:
 
     ``Preprocessor("pca+isr-mean", pca_dim=4, isr_class=0)``; a head file's state is
     given as ``state`` to apply a chain fitted elsewhere. Knobs of kinds not in the chain
-    are ignored, so a fit's whole options can be passed (``**settings.options``).
+    are ignored, so a fit's whole options can be passed (``**settings.options``). ``seed``:
+    the cohort's seed, for a kind that draws random numbers (``Kind.seeded``).
     """
 
-    def __init__(self, kind: str, state: dict[str, Any] | None = None, **options: Any) -> None:
+    def __init__(self, kind: str, state: dict[str, Any] | None = None, seed: int | None = None,
+                 **options: Any) -> None:
         self.kind = kind
         self.steps = steps_of(kind)
         self.knobs = knob_values(self.steps, options)
         self.state: dict[str, Any] = dict(state or {})
+        self.seed = seed if self.seeded() else None  # a chain that draws nothing is one fit for every seed
+
+    def seeded(self) -> bool:
+        """Whether fitting this chain draws random numbers from the cohort's seed."""
+        return any(REGISTRY[step].seeded(self.knobs) for step in self.steps)
 
     def key(self) -> tuple:
-        """What decides the fitted state besides the rows: the chain and its knobs (the
-        split cache's key, derived from the declarations, so no knob can be forgotten)."""
-        return (self.kind, tuple(sorted(self.knobs.items())))
+        """What decides the fitted state besides the rows: the chain, its knobs (the split
+        cache's key, derived from the declarations, so no knob can be forgotten) and the
+        seed of a chain that draws from it."""
+        return (self.kind, tuple(sorted(self.knobs.items())), self.seed)
 
     def _key(self, i: int, name: str) -> str:
         return name if len(self.steps) == 1 else f"{i}.{name}"
@@ -155,7 +169,7 @@ class Preprocessor:
         """Fit on the training rows ``X`` (labels ``y``, spurious attribute ``a``)."""
         self.state = {}
         for i, step in enumerate(self.steps):
-            fitted = REGISTRY[step].fit(X, y, a, self.knobs)
+            fitted = REGISTRY[step].fit(X, y, a, {**self.knobs, "seed": self.seed})
             self.state.update({self._key(i, k): v for k, v in fitted.items()})
             X = REGISTRY[step].apply(X, fitted, owned=False)
         return self

@@ -7,13 +7,28 @@ environment means (the authors' choice of one reference class; their linear-prob
 code uses class 0 for Waterbirds and CelebA, 2 for MultiNLI); by default the union over
 classes of the mean differences. ``isr_dims`` defaults to all the directions the means
 span (E − 1 per class for E attribute values). No rescaling: chain
-``isr-mean+standardize`` to z-score afterwards."""
+``isr-mean+standardize`` to z-score afterwards.
+
+``isr_form`` says in which coordinates the rows come out: ``project`` (the default) keeps
+the feature coordinates, ``x − QQᵀx``; ``rotate`` is the authors' ``feature_transform``:
+``x ↦ Uᵀx`` with the spurious coordinates set to zero, U the orthogonal completion of Q by
+a complete QR factorisation (numpy's, as theirs; it depends on the subspace alone, not on
+the signs of Q's columns). Both remove the same directions and keep the width, so a head
+started at zero or trained to an optimum predicts the same; a head drawn as ``nn.Linear``
+draws it (``init`` torch-linear) starts elsewhere in each, and ``rotate`` is the start of
+the authors' heads.
+"""
 
 from __future__ import annotations
+
+import numpy as np
 
 from base.errors import UserError
 from probe.preprocessing.base import Kind, register, torch
 from probe.records.grid import Param
+
+#: the coordinates the rows come out in (module docstring)
+ISR_FORMS = ("project", "rotate")
 
 
 def spurious_basis(X: torch.Tensor, y: torch.Tensor, a: torch.Tensor, isr_class: int | None = None,
@@ -55,16 +70,28 @@ class ISRMean(Kind):
               kind=int, minimum=0),
         Param("isr_dims", "isr-mean preprocessing: spurious directions removed. Default: all the means span.",
               kind=int, minimum=1),
+        Param("isr_form", "isr-mean preprocessing: project (x minus its spurious part, in the feature "
+                          "coordinates) or rotate (the CMA authors' coordinates: the spurious directions first, "
+                          "set to zero, then their orthogonal completion).", kind=str, default="project",
+              choices=ISR_FORMS),
     )
-    state = ("spurious",)
+    #: ``spurious`` (d, r) for the project form, ``rotation`` (d, d) for the rotate form
+    state = ("spurious", "rotation")
     reads = frozenset({"train_groups"})  # the spurious attribute of the training rows
 
     @classmethod
     def fit(cls, X, y, a, knobs):
-        return {"spurious": spurious_basis(X, y, a, knobs.get("isr_class"), knobs.get("isr_dims"))}
+        Q = spurious_basis(X, y, a, knobs.get("isr_class"), knobs.get("isr_dims"))
+        if knobs.get("isr_form") != "rotate":
+            return {"spurious": Q}
+        U = np.linalg.qr(Q.detach().cpu().double().numpy(), mode="complete")[0]
+        U[:, :Q.shape[1]] = 0.0  # the authors' scale 0 on the spurious coordinates
+        return {"rotation": torch.as_tensor(U, dtype=X.dtype, device=X.device)}
 
     @classmethod
     def apply(cls, X, state, owned):
+        if "rotation" in state:
+            return X @ state["rotation"]
         Q = state["spurious"]
         return X.sub_((X @ Q) @ Q.T) if owned else X - (X @ Q) @ Q.T
 

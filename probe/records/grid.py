@@ -12,6 +12,7 @@ Errors name the parameter in backquotes (base.errors), so the CLI shows its flag
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 from collections.abc import Callable, Iterable, Sequence
@@ -116,14 +117,25 @@ class Param:
             return value
         if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
             raise UserError(f"`{self.name}`: {value!r} is not a number")
+        if self.kind is int and isinstance(value, (int, np.integer)):
+            # compared as integers: a float holds no integer past 2**53 exactly, so 2**63 would
+            # pass as 2**63 - 1 (a seed that overflows torch's 64-bit seeding)
+            return self._within(int(value))
         v = float(value)
-        if not math.isfinite(v) or v < self.minimum or (self.maximum is not None and v > self.maximum):
-            bound = f">= {self.minimum:g}" + ("" if self.maximum is None else f" and <= {self.maximum:g}")
-            raise UserError(f"`{self.name}`: {v:g} is not allowed; values must be finite and {bound}")
+        if not math.isfinite(v):
+            self._within(v)
         if self.kind is int:
             if abs(v - round(v)) > 1e-9 * max(1.0, abs(v)):
                 raise UserError(f"`{self.name}`: {v:g} is not a whole number")
-            return int(round(v))
+            return self._within(int(round(v)))
+        return self._within(v)
+
+    def _within(self, v: float | int) -> Any:
+        """``v`` when it is finite and within the bounds (compared exactly), else a UserError."""
+        if (isinstance(v, float) and not math.isfinite(v)) or v < self.minimum or (
+                self.maximum is not None and v > self.maximum):
+            bound = f">= {_shown(self.minimum)}" + ("" if self.maximum is None else f" and <= {_shown(self.maximum)}")
+            raise UserError(f"`{self.name}`: {_shown(v)} is not allowed; values must be finite and {bound}")
         return v
 
     def option(self, options: dict[str, Any]) -> Any:
@@ -162,7 +174,10 @@ class Param:
     def _syntax(self) -> str:
         return f"a comma list of {', '.join(self.allowed)}" if self.kind is str else RANGE_HELP
 
-    def _number(self, text: str) -> float:
+    def _number(self, text: str) -> float | int:
+        if self.kind is int:  # a whole number as text stays exact (no float on the way)
+            with contextlib.suppress(ValueError):
+                return int(text)
         try:
             return float(text)
         except ValueError:
@@ -172,7 +187,7 @@ class Param:
         parts = text.split(":")
         if len(parts) not in (3, 4) or (len(parts) == 4 and parts[3] != "log"):
             raise UserError(f"`{self.name}`: range {text!r} must be START:STOP:NUM or START:STOP:NUM:log")
-        start, stop, num = (self._number(p) for p in parts[:3])
+        start, stop, num = (float(self._number(p)) for p in parts[:3])  # spaced as floats
         if not (math.isfinite(num) and num >= 1 and num == int(num)):
             raise UserError(f"`{self.name}`: range {text!r} needs a whole NUM >= 1")
         if num > MAX_GRID_SIZE:
@@ -187,6 +202,11 @@ class Param:
         # 12 significant digits: 1e1:1e3:3:log gives 100.0, not 99.99999999999997,
         # so results and selected hyperparameters read as typed.
         return [float(f"{v:.12g}") for v in vals]
+
+
+def _shown(v: float | int) -> str:
+    """A bound or a value as typed: integers in full (2**63 - 1 is not 9.22337e+18)."""
+    return str(v) if isinstance(v, int) else f"{v:g}"
 
 
 def format_values(values: Iterable[Any]) -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from base.errors import UserError
-from base.io import json_default, write_text_atomic
+from base.io import json_text, write_text_atomic
 
 #: a configuration's fate: finished (for the full-batch solver: converged); finished but its
 #: head collapsed (one class predicted, or saturated at chance: probe.records.metrics.collapsed_heads);
@@ -142,7 +142,7 @@ def sort_results(results: Iterable[Result], methods: Sequence[str] | None = None
 
 
 def to_jsonl(results: Iterable[Result]) -> str:
-    return "".join(json.dumps(r.to_json(), default=json_default) + "\n" for r in results)
+    return "".join(json_text(r.to_json()) + "\n" for r in results)
 
 
 def write_results(path: str | Path, results: Iterable[Result]) -> None:

@@ -139,6 +139,12 @@ class RunSession:
     def _discard(self) -> None:
         shutil.rmtree(self.journal, ignore_errors=True)
 
+    def drop_if_empty(self) -> None:
+        """Remove the journal when it holds no finished chunk (a fit refused before its first
+        chunk finished leaves the folder as it found it)."""
+        if self._journal_fingerprint() is None:
+            self._discard()
+
     # ------------------------------------------------------------------ chunks
 
     def finished(self) -> dict[str, dict[int, Result]]:

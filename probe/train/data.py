@@ -130,10 +130,11 @@ class SplitCache:
     def __init__(self) -> None:
         self._store: dict[tuple, dict[str, Split]] = {}
 
-    def get(self, fs: FitSet, preprocess: str, settings: Settings) -> dict[str, Split]:
-        pre = Preprocessor(preprocess, **settings.options)
-        # the preprocessing's own key (its chain and every knob its kinds declare) and what
-        # else shapes a split: dtype, device, domains and the bias column
+    def get(self, fs: FitSet, preprocess: str, settings: Settings, seed: int | None = None) -> dict[str, Split]:
+        """The splits of a cohort of ``seed`` (which only a preprocessing that draws from it reads)."""
+        pre = Preprocessor(preprocess, seed=seed, **settings.options)
+        # the preprocessing's own key (its chain, every knob its kinds declare, the seed it
+        # draws from) and what else shapes a split: dtype, device, domains and the bias column
         key = (pre.key(), str(settings.dtype), str(settings.device), fs.domain_source, settings.bias)
         if key not in self._store:
             self._store[key] = prepare(fs, pre, settings)

@@ -41,10 +41,11 @@ CE_WEIGHTINGS = ("pooled", "domain")
 
 
 def setting(default: Any, help: str, *, choices: tuple[Any, ...] = (), minimum: int | None = None,
-            positive: bool = False) -> Any:
+            below: float | None = None, positive: bool = False) -> Any:
     """A Settings field with its help and allowed values (read by the CLI and the checks):
-    ``choices``, a ``minimum``, or ``positive`` (a finite number > 0)."""
-    return field(default=default, metadata={"help": help, "choices": choices, "minimum": minimum,
+    ``choices``, a ``minimum`` and an exclusive upper bound ``below``, or ``positive`` (> 0).
+    A number is always finite."""
+    return field(default=default, metadata={"help": help, "choices": choices, "minimum": minimum, "below": below,
                                             "positive": positive, "optional": default is None,
                                             "default": default})
 
@@ -74,7 +75,9 @@ class Settings:
     batch_size: int = setting(512, "Rows per domain-balanced minibatch, about B/K rows of each of the K domains "
                                    "(one value); 0 or ≥ the train rows: full batch.", minimum=0)
     optimizer: str = setting("adam", "adam, or sgd (with momentum).", choices=OPTIMIZERS)
-    momentum: float = setting(0.9, "sgd's momentum (0: plain SGD, which keeps no state).", minimum=0)
+    # below 1: at 1 or more the velocity never decays and the steps grow without bound
+    momentum: float = setting(0.9, "sgd's momentum, in [0, 1) (0: plain SGD, which keeps no state).", minimum=0,
+                              below=1)
     bias: bool = setting(True, "Fit a bias per class (the last column of each head); without it the head is "
                                "nn.Linear(d, C, bias=False), as in the CMA authors' linear probes.")
     init: str = setting("zeros", "The head's start: zeros, or torch-linear (drawn as torch.nn.Linear does, from "
@@ -179,13 +182,20 @@ def check_setting(name: str, value: Any, meta: Any) -> None:
         return
     if isinstance(value, bool) and (meta.get("positive") or minimum is not None):
         raise UserError(f"`{name}`: {value!r} is not allowed; give a number")
-    if meta.get("positive") and (not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0):
+    # NaN passes every comparison and infinity most; either would reach the results unseen
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UserError(f"`{name}`: {value!r} is not allowed; give a finite number")
+    if meta.get("positive") and (not isinstance(value, (int, float)) or value <= 0):
         raise UserError(f"`{name}`: {value!r} is not allowed; give a number > 0")
     if minimum is None:
         return
     whole = isinstance(meta.get("default"), int) or meta.get("optional")
-    if not isinstance(value, (int, float)) or (whole and not isinstance(value, int)) or value < minimum:
-        raise UserError(f"`{name}`: {value!r} is not allowed; give a {'whole ' if whole else ''}number >= {minimum}")
+    below = meta.get("below")
+    if (not isinstance(value, (int, float)) or (whole and not isinstance(value, int)) or value < minimum
+            or (below is not None and value >= below)):
+        upper = f" and < {below:g}" if below is not None else ""
+        raise UserError(f"`{name}`: {value!r} is not allowed; give a {'whole ' if whole else ''}number >= {minimum}"
+                        f"{upper}")
 
 
 

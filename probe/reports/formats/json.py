@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from base.io import json_default
+from base.io import json_text
 from probe.reports.model import MethodResult, Report, Stat
 from probe.reports.registry import register_format
 from probe.reports.tables import GRID_MODE, LEGEND
@@ -13,7 +12,7 @@ from probe.reports.tables import GRID_MODE, LEGEND
 
 @register_format("json", help="everything, fractions in [0, 1]")
 def render_json(report: Report) -> str:
-    return json.dumps(report_dict(report), indent=2, default=json_default) + "\n"
+    return json_text(report_dict(report), indent=2) + "\n"
 
 
 def report_dict(report: Report) -> dict[str, Any]:
