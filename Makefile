@@ -29,7 +29,7 @@ install-dev: $(VENV)/.installed-dev
 demo: install
 	mkdir -p $(DEMO_DIR)
 	$(BIN)/probe extract demo --out $(DEMO_DIR)/demo.h5
-	$(BIN)/probe fit $(DEMO_DIR)/demo.h5 --method erm,cma --out $(DEMO_DIR)/run --overwrite
+	$(BIN)/probe fit $(DEMO_DIR)/demo.h5 --method erm,reweight,cma --out $(DEMO_DIR)/run --overwrite
 	$(BIN)/probe report $(DEMO_DIR)/run --format markdown --out $(DEMO_DIR)/run/report.md --plots $(DEMO_DIR)/run
 	@echo "Demo outputs: $(DEMO_DIR)/run (report.md, *.png, results.jsonl, summary.json, heads/)"
 

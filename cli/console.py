@@ -22,6 +22,9 @@ from collections.abc import Iterable, Iterator
 from typing import Any, TextIO
 
 from rich.console import Console, RenderableType
+from rich.text import Text
+
+from cli.flags import declared_help
 
 # Wide enough for the comparison table's seven columns without wrapping.
 TEXT_WIDTH = 160
@@ -40,7 +43,15 @@ def show(rendered: str | Iterable[RenderableType]) -> None:
         return
     console = stdout_console()
     for item in rendered:
-        console.print(item)
+        console.print(_as_flags(item))
+
+
+def _as_flags(item: RenderableType) -> RenderableType:
+    """A line of text whose library wording names parameters in backquotes (a diagnostic's
+    advice), with each shown as its flag, as errors are."""
+    if isinstance(item, Text) and "`" in item.plain:
+        return Text(declared_help(item.plain), style=item.style)
+    return item
 
 
 def as_text(rendered: str | Iterable[RenderableType]) -> str:

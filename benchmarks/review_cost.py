@@ -1,0 +1,84 @@
+"""What the reviewer's figures cost (issue 27): intervals, budgets, diagnostics and every rule's
+choice, against the fit they describe, on a 3,480-head run of the CMA paper's protocol.
+
+The protocol at Waterbirds size (``benchmarks.paper_grid.synthetic``: 4,795 training rows,
+768-d, PCA to 100; all five rows, five seeds) is fitted for ``--steps`` steps; then, timed
+apart on the rows it returned: the selection with every rule's choice
+(``summarize_method``), the budgets and diagnostics (``annotate`` without the data), and the
+intervals (``annotate`` with it: 2,000 resamples per method, paired to the reference). The
+cost of the review does not grow with the steps (the history has ``steps / 20``
+evaluations whatever the steps), so its share of this short fit is an upper bound on its
+share of the whole protocol's fit (3,000 steps), which is also given against the whole
+run that benchmarks.paper_grid measured (results/paper_grid_waterbirds_full.json).
+
+    python -m benchmarks.review_cost              # about 6 minutes on 2 cores
+
+Results: benchmarks/results/review_cost.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+from benchmarks._common import RESULTS_DIR, write_results
+from benchmarks.paper_grid import synthetic
+
+FULL_RUN = RESULTS_DIR / "paper_grid_waterbirds_full.json"
+
+
+def _measured_full_run() -> float | None:
+    """The whole Waterbirds protocol's wall time as benchmarks.paper_grid measured it (None if not run)."""
+    import json
+
+    try:
+        rows = json.loads(FULL_RUN.read_text())["rows"]
+    except (OSError, ValueError, KeyError):
+        return None
+    return next((r["measured_s"] for r in rows if r.get("side", "").startswith("probe") and not r.get("extrapolated")),
+                None)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from probe.api import fit_grid
+    from probe.runs.folder import summarize_method
+    from probe.runs.review import annotate
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--name", default="review_cost")
+    args = parser.parse_args(argv)
+    fs = synthetic("waterbirds")
+    t0 = time.perf_counter()
+    run = fit_grid(fs, None, {}, None, protocol="cma-paper", steps=args.steps, device="cpu")
+    fit_s = time.perf_counter() - t0
+    rows_by_method = run["rows"]
+    heads = sum(len(r) for r in rows_by_method.values())
+    settings = {"select": "val_wga", "ties": "sem", "select_checkpoint": "last"}
+
+    def timed(fn: Any) -> tuple[Any, float]:
+        t = time.perf_counter()
+        out = fn()
+        return out, time.perf_counter() - t
+
+    summaries, select_s = timed(lambda: {m: summarize_method(r, "val_wga", "sem") for m, r in rows_by_method.items()})
+    _, checks_s = timed(lambda: annotate(summaries, rows_by_method, settings))
+    from probe.domains import resolve
+
+    fit_set = resolve(fs, "a")
+    _, intervals_s = timed(lambda: annotate(summaries, rows_by_method, settings, fit_set))
+    intervals_s -= checks_s  # annotate with the data does the checks again, then the intervals
+    review_s = select_s + checks_s + intervals_s
+    full_fit_s = _measured_full_run()
+    rows = [{"heads": heads, "steps": args.steps, "fit_s": fit_s, "selection_and_rules_s": select_s,
+             "budgets_and_diagnostics_s": checks_s, "intervals_s": intervals_s, "review_s": review_s,
+             "review_share_of_this_fit": review_s / fit_s, "full_protocol_fit_s": full_fit_s,
+             "review_share_of_full_fit": review_s / full_fit_s if full_fit_s else None}]
+    print(rows[0], flush=True)
+    write_results(args.name, rows, list(rows[0]), title="The review's cost on a 3,480-head protocol run")
+    print(f"wrote {RESULTS_DIR / args.name}.json and .md")
+
+
+if __name__ == "__main__":
+    main()
