@@ -30,6 +30,8 @@ from probe.train.settings import Settings, user_settings
 _SETTINGS = [f.name for f in user_settings()]
 _OPTIONS = {name: p.default for name, (_, p) in all_options().items()}
 _ESTIMATOR_DEFAULTS = {"device": "auto", "dtype": "float32"}
+#: settings whose default differs for one head: it returns no bound terms, so it measures none
+_OWN_DEFAULTS = {"bounds": False}
 
 
 def _estimator_signature() -> inspect.Signature:
@@ -41,7 +43,7 @@ def _estimator_signature() -> inspect.Signature:
     own = [n for n in all_params() if n not in COMMON]
     params += [P(n, P.KEYWORD_ONLY, default=None) for n in own]
     params += [P(n, P.KEYWORD_ONLY, default=p.default) for n, p in COMMON.items()]
-    defaults = {f.name: f.default for f in fields(Settings)}
+    defaults = {**{f.name: f.default for f in fields(Settings)}, **_OWN_DEFAULTS}
     params += [P(n, P.KEYWORD_ONLY, default=defaults[n]) for n in _SETTINGS]
     params += [P(n, P.KEYWORD_ONLY, default=v) for n, v in _OPTIONS.items()]
     params += [P(n, P.KEYWORD_ONLY, default=v) for n, v in _ESTIMATOR_DEFAULTS.items()]
@@ -94,8 +96,8 @@ class LinearHead(ClassifierMixin, BaseEstimator):
         cfg = {n: p.default if cfg[n] is None else cfg[n] for n, p in takes.items()}
         check_grid({k: [v] for k, v in cfg.items()})
         given = {n: getattr(self, n) for n in [*_SETTINGS, *_OPTIONS]}
-        if not has_val:  # evaluated only at the last step, on the training rows
-            given.update(eval_every=self.steps, patience=0)
+        if not has_val:  # no checkpoint to choose: the last step's head, evaluated nowhere
+            given.update(eval_every=self.steps, patience=0, select_checkpoint="last")
         st = make_settings(self.device, self.dtype, **given)
         row = fit_method(fs, cls, cls.configs({k: [v] for k, v in cfg.items()}, st.steps), st)[0]
         self.coef_ = row.theta
@@ -121,7 +123,7 @@ class LinearHead(ClassifierMixin, BaseEstimator):
 
 def _estimator_features(head: LinearHead, X: Any, y: Any, domains: Any, X_val: Any, y_val: Any,
                         groups_val: Any) -> tuple[FeatureSet, bool]:
-    """The arrays as a FeatureSet (train, and val: the given one or the training rows)."""
+    """The arrays as a FeatureSet: train, and val (the given one, or none)."""
     X = np.asarray(X, np.float32)
     head.classes_, y_idx = np.unique(np.asarray(y), return_inverse=True)
     _, dom_idx = np.unique(np.asarray(domains), return_inverse=True)
@@ -138,13 +140,13 @@ def _estimator_features(head: LinearHead, X: Any, y: Any, domains: Any, X_val: A
                                                       != np.asarray(y_val)):
             raise ValueError("y_val has labels that y does not have")
         gv = np.asarray(groups_val, np.int64)
-    else:
-        Xv, yv, gv = X, y_idx, dom_idx
+    else:  # an empty validation split: nothing is scored there, and X is not copied
+        Xv, yv, gv = X[:0], y_idx[:0], dom_idx[:0]
     n, nv = len(y_idx), len(yv)
     # groups numbered densely, each named by its value: a group id of 10^12 is one name, not 10^12
     values, group = np.unique(np.concatenate([dom_idx, gv]), return_inverse=True)
     fs = FeatureSet(
-        features=np.concatenate([X, Xv]), y=np.concatenate([y_idx, yv]).astype(np.int64),
+        features=np.concatenate([X, Xv]) if nv else X, y=np.concatenate([y_idx, yv]).astype(np.int64),
         a=np.full(n + nv, -1, np.int64), group=group.reshape(-1).astype(np.int64),
         split=np.concatenate([np.full(n, SPLITS["train"]), np.full(nv, SPLITS["val"])]).astype(np.int8),
         ids=np.arange(n + nv).astype(str).astype(object), class_names=[str(c) for c in head.classes_],

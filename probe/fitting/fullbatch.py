@@ -70,7 +70,7 @@ class SolverFit:
         fates = [_fate(sol, u) for u in which]
         # measured once per distinct optimum: configurations that share one share its figures
         unique_bounds = kept_bounds(self.fs, tr, theta, list(sol.iterations), st, X=X)
-        bounds = [dict(unique_bounds[u]) for u in which]
+        bounds = [dict(unique_bounds[u]) if unique_bounds[u] is not None else None for u in which]
         rows = head_rows(self.fs, self.method.name, self.configs, fixed, self.splits, theta,
                          [{**f, "bounds": b} for f, b in zip(fates, bounds, strict=True)], {"train": X}, which)
         for row in rows:  # validation is scored once, at the final point: the row's metrics

@@ -59,7 +59,7 @@ def checkpoint_scores(pred: torch.Tensor, va: Split, group_total: torch.Tensor, 
     nan = torch.full((pred.shape[0],), float("nan"), dtype=torch.float64, device=pred.device)
     return {"wga": (correct[:, present] / group_total[present]).min(-1).values if bool(present.any()) else nan,
             "acc": by_class.sum(-1) / class_total.sum(),
-            "worst_class": (by_class[:, has] / class_total[has]).min(-1).values}
+            "worst_class": (by_class[:, has] / class_total[has]).min(-1).values if bool(has.any()) else nan}
 
 
 def initial_heads(G: int, C: int, D: int, seed: int, settings: Settings) -> torch.Tensor:
@@ -165,7 +165,7 @@ class ChunkFit:
         self.val_X = va.X()  # evaluated every eval_every steps: preprocess once
         self.stream = Stream(tr, K, share, settings, chunk.seed, method.uses_gram)
         self.history: dict[str, list] = {k: [] for k in ("step", "loss", "val_wga", "val_acc", "val_worst_class")}
-        cap = settings.bounds_curve_rows
+        cap = settings.bounds_curve_rows if settings.bounds else 0
         self.curve = Curve(*bound_rows(tr, cap), bias=settings.bias) if cap else None
         self.free_thetas: list[torch.Tensor] = []  # the counterparts at every evaluation
 

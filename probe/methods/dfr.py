@@ -166,5 +166,5 @@ class DFR(Method):
         for i, cfg in enumerate(configs):
             row = fit_dfr(fs, seed=int(cfg["seed"]))
             row.run_id = run_id(cls.name, i)
-            row.bounds = dfr_bounds(fs, row, settings.bounds_rows)
+            row.bounds = dfr_bounds(fs, row, settings.bounds_rows) if settings.bounds else None
             results.append(row)

@@ -42,10 +42,12 @@ def bound_rows(tr: Split, cap: int, X: torch.Tensor | None = None) -> tuple[torc
 
 
 def kept_bounds(fs: FitSet, tr: Split, theta: torch.Tensor, steps: list[int], settings: Settings,
-                curve: Curve | None = None, X: torch.Tensor | None = None) -> list[dict[str, Any]]:
+                curve: Curve | None = None, X: torch.Tensor | None = None) -> list[dict[str, Any] | None]:
     """Each kept head's bound terms (``steps[g]``: its checkpoint), with its curve of the
     three distances when one was recorded along training (probe.diagnostics.bounds); ``X``: the
     training rows preprocessed, when they are at hand."""
+    if not settings.bounds:
+        return [None] * len(steps)
     X, y, dom = bound_rows(tr, settings.bounds_rows, X)
     figures = measure(theta, X, y, dom, fs.domain_names, settings.bias)
     return [record(fig, domain=fs.domain_source, rows=X.shape[0], train_rows=len(tr.rows), step=int(steps[g]),

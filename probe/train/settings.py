@@ -120,6 +120,8 @@ class Settings:
                                      "features of unit mean squared norm, so its weight means the same for any "
                                      "encoder) or dC (the CMA authors' linear-probing division by d·C).",
                              choices=NORMALIZATIONS)
+    bounds: bool = setting(True, "Measure each kept head's transfer-bound terms (and, along training, their "
+                                 "curve); LinearHead skips them unless asked, as it returns none.")
     # 2048: on Waterbirds-size features a stratified sample of 2,048 rows is within 1-3% of
     # every row's figures at a quarter of the cost (benchmarks/results/bounds_sample.md), and
     # at O(rows² d) a larger cap cost more than the ERM solver itself (issue 16)
