@@ -631,7 +631,8 @@ def main(argv: list[str] | None = None) -> int:
                              "budget_s": args.budget,
                              "note": "peak_gpu_mib: torch.cuda.max_memory_allocated, reset before each step "
                                      "(tensors; peak_gpu_reserved_mib in the JSON adds the caching allocator's "
-                                     "slack); seconds: the step's wall time, caps included"}
+                                     "slack); seconds: the step's whole wall time (data, models and reference fits included; "
+                                     "the protocols' fit alone is fit_s in the JSON)"}
     rows: list[dict[str, Any]] = [{"step": s.name, "what": s.what_now(ctx), "status": "not run"} for s in steps]
     for i, step in enumerate(steps):
         # Written before the step starts: if the process is killed from outside, this stays.
