@@ -536,8 +536,8 @@ def step_extraction(ctx: Context, details: dict[str, Any]) -> tuple[bool, str]:
         details.update(extract_img_s=round(e2e, 1), extract_images=len(paths), workers=workers,
                        rows_written=len(fs.y), finite=finite)
     ok = finite and len(fs.y) == len(paths) and rate > 0
-    return ok, (f"{enc.name} forward {rate:.0f} img/s over {sz.timed} batches of {sz.batch} ({enc.precision}); JPEGs to "
-                f"HDF5 {e2e:.0f} img/s ({len(paths)} images, {workers} workers, start-up included)"
+    return ok, (f"{enc.name} forward {rate:.0f} img/s over {sz.timed} batches of {sz.batch} ({enc.precision}); "
+                f"JPEGs to HDF5 {e2e:.0f} img/s ({len(paths)} images, {workers} workers, start-up included)"
                 + ("" if finite else "; NON-FINITE features"))
 
 
@@ -631,8 +631,8 @@ def main(argv: list[str] | None = None) -> int:
                              "budget_s": args.budget,
                              "note": "peak_gpu_mib: torch.cuda.max_memory_allocated, reset before each step "
                                      "(tensors; peak_gpu_reserved_mib in the JSON adds the caching allocator's "
-                                     "slack); seconds: the step's whole wall time (data, models and reference fits included; "
-                                     "the protocols' fit alone is fit_s in the JSON)"}
+                                     "slack); seconds: the step's whole wall time (data, models and reference "
+                                     "fits included; the protocols' fit alone is fit_s in the JSON)"}
     rows: list[dict[str, Any]] = [{"step": s.name, "what": s.what_now(ctx), "status": "not run"} for s in steps]
     for i, step in enumerate(steps):
         # Written before the step starts: if the process is killed from outside, this stays.

@@ -80,7 +80,8 @@ def test_a_step_is_stopped_at_its_cap_and_keeps_what_it_recorded() -> None:
     t0 = time.monotonic()
     row = gc.run_step(gc.Step("slow", "sleeps", slow, 0.2), _ctx())
     assert time.monotonic() - t0 < 3
-    assert row["status"] == "timeout" and row["result"] == "stopped at its 0 s cap, after 40% of its 10 steps x chunks in 0 s"
+    assert row["status"] == "timeout"
+    assert row["result"] == "stopped at its 0 s cap, after 40% of its 10 steps x chunks in 0 s"
 
 
 def test_an_interrupt_swallowed_by_the_step_still_counts_as_timeout() -> None:
@@ -101,7 +102,8 @@ def test_an_error_is_recorded_and_an_exhausted_budget_skips() -> None:
         raise RuntimeError("CUDA error: an illegal memory access\nwas encountered")
 
     row = gc.run_step(gc.Step("boom", "", boom, 10.0), _ctx())
-    assert row["status"] == "error" and row["result"] == "RuntimeError: CUDA error: an illegal memory access was encountered"
+    assert row["status"] == "error"
+    assert row["result"] == "RuntimeError: CUDA error: an illegal memory access was encountered"
     assert "Traceback" in row["traceback"]
     row = gc.run_step(gc.Step("late", "", boom, None), _ctx(budget=1.0))
     assert row["status"] == "skipped"
