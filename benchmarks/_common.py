@@ -99,12 +99,14 @@ def timed(fn, repeat: int = 3, warmup: int = 1) -> float:
 
 
 def write_results(name: str, rows: list[dict[str, Any]], columns: list[str], extra: dict[str, Any] | None = None,
-                  title: str | None = None) -> tuple[Path, Path]:
-    """Write ``results/<name>.json`` and ``results/<name>.md`` (a table of ``columns``)."""
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+                  title: str | None = None, out_dir: Path | None = None) -> tuple[Path, Path]:
+    """Write ``results/<name>.json`` and ``results/<name>.md`` (a table of ``columns``);
+    ``out_dir`` instead of ``results/`` keeps trial runs (dry runs, tests) out of it."""
+    out_dir = RESULTS_DIR if out_dir is None else Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     payload = {"benchmark": name, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine(),
                "rows": rows, **(extra or {})}
-    jpath = RESULTS_DIR / f"{name}.json"
+    jpath = out_dir / f"{name}.json"
     jpath.write_text(json.dumps(payload, indent=2, default=str) + "\n")
     m = payload["machine"]
     lines = [f"# {title or name}", "",
@@ -116,7 +118,7 @@ def write_results(name: str, rows: list[dict[str, Any]], columns: list[str], ext
     for k, v in (extra or {}).items():
         if isinstance(v, (str, int, float, bool)):
             lines.append(f"\n{k}: {v}")
-    mpath = RESULTS_DIR / f"{name}.md"
+    mpath = out_dir / f"{name}.md"
     mpath.write_text("\n".join(lines) + "\n")
     return jpath, mpath
 

@@ -45,17 +45,22 @@ SCALES = {"waterbirds": ((4795, 1199, 5794), (3498, 184, 56, 1057)),
 DIM = 768
 
 
-def synthetic(scale: str, seed: int = 0) -> FeatureSet:
+def synthetic(scale: str, seed: int = 0, fraction: float = 1.0, dim: int = DIM) -> FeatureSet:
     """Gaussian features with a weak core and a strong spurious direction, train groups in
-    the real dataset's proportions and balanced val/test groups."""
+    the real dataset's proportions and balanced val/test groups.
+
+    ``fraction`` < 1 keeps that share of every group (at least two rows each), for checks
+    that need the same shape of task on fewer rows (``benchmarks.gpu_check --dry-run``)."""
     rng = np.random.default_rng(seed)
     (n_tr, n_va, n_te), train_groups = SCALES[scale]
     parts = []
     for split, n in enumerate((n_tr, n_va, n_te)):
         sizes = np.array(train_groups) if split == 0 else np.full(4, n // 4)
+        if fraction < 1:
+            sizes = np.maximum(2, np.round(sizes * fraction)).astype(int)
         group = np.repeat(np.arange(4), sizes)
         y, a = group // 2, group % 2
-        X = rng.standard_normal((len(group), DIM)).astype(np.float32)
+        X = rng.standard_normal((len(group), dim)).astype(np.float32)
         X[:, 0] += 1.0 * (2 * y - 1)
         X[:, 1] += 2.5 * (2 * a - 1)
         parts.append((X, y, a, group, np.full(len(group), split)))

@@ -18,6 +18,21 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``cuda`` are skipped where CUDA is not available: one marker both
+    selects them (``pytest -m cuda``, benchmarks/gpu_check.sh) and keeps them off CPU machines."""
+    if not any(item.get_closest_marker("cuda") for item in items):
+        return
+    import torch  # only when a cuda test was collected: most runs need not load it here
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if item.get_closest_marker("cuda"):
+            item.add_marker(skip)
+
+
 @dataclass
 class CliResult:
     code: int

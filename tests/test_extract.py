@@ -115,6 +115,26 @@ def test_workers_do_not_change_numbers(tmp_path: Path, enc: Encoder, spec: Datas
     assert list(a.ids) == list(b.ids)
 
 
+@pytest.mark.cuda
+def test_cuda_extraction_with_workers_matches_cpu(tmp_path: Path, spec: DatasetSpec) -> None:
+    """The CUDA path of `probe extract` as a GPU user runs it: the model on the GPU under
+    float16 autocast, JPEGs decoded by worker processes forked after CUDA started."""
+    folder = make_tiny_clip(tmp_path / "clip")
+    cpu = load_encoder("open_clip:tiny", weights=f"local-dir:{folder}", device="cpu")
+    gpu = load_encoder("open_clip:tiny", weights=f"local-dir:{folder}", device="cuda")
+    assert gpu.precision == "amp-float16"
+    extract(spec, cpu, tmp_path / "cpu.h5", batch_size=8, workers=0)
+    res = extract(spec, gpu, tmp_path / "gpu.h5", batch_size=8, workers=2)
+    assert res.status == "written" and res.rows == len(spec)
+    a, b = read_features(tmp_path / "cpu.h5"), read_features(tmp_path / "gpu.h5")
+    assert list(a.ids) == list(b.ids) and b.features.dtype == np.float32
+    # float16 keeps 11 significant bits (relative rounding 5e-4 per operation); through
+    # one small transformer layer each row stays within a few times that of float32's.
+    cos = (a.features * b.features).sum(1) / (np.linalg.norm(a.features, axis=1) * np.linalg.norm(b.features, axis=1))
+    assert cos.min() > 0.999
+    np.testing.assert_allclose(b.features, a.features, rtol=0, atol=1e-2 * np.abs(a.features).max())
+
+
 def test_float16_storage(tmp_path: Path, enc: Encoder, spec: DatasetSpec) -> None:
     extract(spec, enc, tmp_path / "h.h5", batch_size=8, workers=0, dtype="float16")
     extract(spec, enc, tmp_path / "s.h5", batch_size=8, workers=0)

@@ -293,7 +293,7 @@ def test_auto_picks_by_cost_and_memory():
     assert M.choose_gradient_method(1, 50_000, 8, 2, 4) == "direct"
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 def test_cuda_matches_cpu():
     theta, X, y, dom = problem(N=30, d=4, C=7, K=3, G=2, seed=1)
     cpu = M.penalty_terms(theta, X, y, dom)

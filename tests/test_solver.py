@@ -117,7 +117,7 @@ def test_a_head_out_of_budget_is_reported_not_converged() -> None:
     assert _solve(X, y, sw, [1e-2]).status == ["diverged"]
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 def test_cuda_matches_cpu() -> None:
     X, y, sw = _data(500, 8, 3, seed=4)
     cpu = _solve(X, y, sw, [1e-2, 1e-3])

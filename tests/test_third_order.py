@@ -154,7 +154,7 @@ def test_bad_options_name_the_option():
         M.third_order_variance(theta, X, dom, gram=torch.zeros(2, 2, dtype=F64))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 def test_cuda_matches_cpu():
     theta, X, y, dom = problem(N=30, d=4, C=7, K=3, G=2, seed=1)
     dev = torch.device("cuda")
