@@ -195,3 +195,15 @@ def test_label_free_heads_and_inferred_domains_beat_erm_without_group_labels(tmp
     lines = (tmp_path / "cma" / "domains.csv").read_text().splitlines()
     assert lines[0] == "id,domain" and len(lines) == 1 + int((planted.split == 0).sum())
     assert {line.split(",")[1] for line in lines[1:]} == set(summary.domains["names"])
+
+
+def test_the_agreement_with_the_true_groups_is_scikit_learns_adjusted_rand_index() -> None:
+    from sklearn.metrics import adjusted_rand_score
+
+    from probe.pipeline import adjusted_rand_index
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        n = int(rng.integers(1, 60))
+        a, b = rng.integers(0, int(rng.integers(1, 5)), n), rng.integers(0, int(rng.integers(1, 6)), n) * 10**12
+        assert adjusted_rand_index(a, b) == pytest.approx(adjusted_rand_score(a, b), abs=1e-12)

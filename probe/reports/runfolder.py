@@ -17,6 +17,7 @@ from base.errors import UserError
 from base.outputs import STREAMS, looks_like_hdf5, same_file, special_kind
 from probe.records.results import Result, parse_results
 from probe.records.summary import Summary
+from probe.runs.layout import swapping
 
 # What a run folder holds (docs/results-format.md): what a report reads, and must never write over.
 SUMMARY, RESULTS, HEADS = "summary.json", "results.jsonl", "heads"
@@ -59,10 +60,6 @@ def load_run(path: str | Path, name: str = "") -> RunFolder:
         raise UserError(f"run folder {p} does not exist; pass a folder written by `probe fit --out`")
     if not p.is_dir():
         raise UserError(f"{p} is not a folder; pass a run folder written by `probe fit --out`")
-    from probe.runs.resume import (
-        swapping,  # imports torch (through probe.runs.folder): not when the CLI starts
-    )
-
     if swapping(p):
         raise UserError(f"{p} is being replaced by `probe fit` (or one stopped while moving its new run in); "
                         "wait for it, or rerun that `probe fit` to finish")

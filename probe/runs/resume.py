@@ -44,9 +44,8 @@ from probe.runs.folder import (
     run_state,
     write_run,
 )
+from probe.runs.layout import JOURNAL, LOCK
 
-JOURNAL = ".partial"
-LOCK = ".lock"
 _CHUNK = re.compile(r"^[A-Za-z0-9_]+-\d+-\d+$")
 
 
@@ -242,11 +241,6 @@ class RunSession:
         """Whether an interrupted fit may write its finished configurations as the run:
         only over no run or a partial one, never over a complete previous run."""
         return self.previous.kind != "complete"
-
-
-def swapping(out: Path) -> bool:
-    """Whether a new run is being moved into ``out`` (its files are then a mixture)."""
-    return (out / JOURNAL / "staging" / "READY").exists()
 
 
 def fit_no_space_message(exc: NoSpace, out: Path, kept: int) -> str:
