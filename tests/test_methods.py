@@ -182,3 +182,26 @@ def test_fishr_moving_average_of_the_domain_variances() -> None:
     (g_ours,) = torch.autograd.grad(second.sum(), th, retain_graph=True)
     (g_want,) = torch.autograd.grad(want.sum(), th)
     torch.testing.assert_close(g_ours, g_want)
+
+
+@pytest.mark.parametrize("name", ["cma", "hgp", "irm", "vrex", "coral", "hutchinson", "fishr"])
+def test_a_step_that_logs_nothing_computes_the_penalty_only_where_it_counts(name: str) -> None:
+    """Heads still annealing, or with every weight 0, are left out of the penalty's work on
+    the steps whose terms nobody reads: the loss and its gradient are those of the full work."""
+    theta, batch = problem(G=4, N=24, d=2, C=3)
+    cls = REGISTRY[name]
+    hp = {p.name: torch.full((4,), float(p.default or 1.0), dtype=F64) for p in cls.params}
+    for weight in {p.weight for p in cls.penalties.values()}:
+        hp[weight] = torch.tensor([1.0, 2.0, 0.0, 3.0], dtype=F64)  # head 2: no penalty at all
+    on = torch.tensor([True, False, True, True])  # head 1: annealing
+    results = []
+    for log in (True, False):
+        th = theta.clone().requires_grad_(True)
+        objective = cls(hp, Settings(dtype=F64))
+        loss, logs = objective.loss(forward(th, batch), batch, on, log=log)
+        (g,) = torch.autograd.grad(loss.sum(), th)
+        results.append((loss.detach(), g, logs))
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(results[1][1], results[0][1], rtol=1e-12, atol=1e-12)
+    assert set(results[0][2]) >= set(cls.penalties) - {"third"} and (cls.stateful or not results[1][2].keys()
+                                                                         - {"ce"})

@@ -177,8 +177,9 @@ class ChunkFit:
                 # Penalties switch on: restart those heads' optimizer state, as the
                 # IRM, Fishr and CMA reference implementations do.
                 self.opt.reset(self.anneal == step)
-            loss, logs = self.step(step)
-            if (step + 1) % self.settings.eval_every == 0 or step == steps - 1:
+            evaluated = (step + 1) % self.settings.eval_every == 0 or step == steps - 1
+            loss, logs = self.step(step, log=evaluated)
+            if evaluated:
                 self.evaluate(step, loss, logs)
             if on_step is not None:
                 on_step(1)
@@ -193,10 +194,12 @@ class ChunkFit:
             self.best_step = self.steps_run.clone()
         return self.results()
 
-    def step(self, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def step(self, step: int, log: bool = True) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One step of every head; ``log``: the penalty terms are wanted for every head (an
+        evaluation step logs them), not only for those they count for."""
         batch, gram = self.stream.next()
         th = self.theta.detach().requires_grad_(True)
-        loss, logs = self.objective.loss(forward(th, batch), batch, step >= self.anneal, gram=gram)
+        loss, logs = self.objective.loss(forward(th, batch), batch, step >= self.anneal, gram=gram, log=log)
         finite = torch.isfinite(loss)
         (grad,) = torch.autograd.grad(torch.where(finite, loss, torch.zeros_like(loss)).sum(), th)
         if not bool(finite.all()):

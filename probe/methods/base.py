@@ -186,6 +186,9 @@ class GradientMethod(Method):
     ce_default: ClassVar[str | None] = "pooled"
     #: uses the Gram matrix X̃X̃ᵀ of the batch (the trainer may supply it precomputed)
     uses_gram: ClassVar[bool] = False
+    #: whether penalty_terms keeps state across steps (Fishr's moving averages): then it is
+    #: computed for every head at every step, as its authors' code does, penalty on or off
+    stateful: ClassVar[bool] = False
     #: default anneal values of a penalised method: penalties on from the start, or after
     #: a share of the steps, so the head first fits the labels (the paper's annealing)
     anneal_grid: ClassVar[tuple[Any, ...]] = (OfSteps(0.0), OfSteps(0.5))
@@ -204,6 +207,13 @@ class GradientMethod(Method):
         if scale is None and settings.normalize != "none" and self.penalties:
             raise ValueError(f"normalize={settings.normalize!r} needs the cohort's FeatureScale")
         self.factors = {t: scale.factor(p, settings.normalize) if scale else 1.0 for t, p in self.penalties.items()}
+        #: (G,) heads with a non-zero penalty weight (the penalty-free counterparts have none);
+        #: None: not known (every head counts)
+        self._weighted: torch.Tensor | None = None
+        for p in self.penalties.values():
+            if p.weight in hp:
+                nonzero = hp[p.weight] != 0
+                self._weighted = nonzero if self._weighted is None else self._weighted | nonzero
 
     @classmethod
     def penalized(cls) -> bool:
@@ -237,17 +247,34 @@ class GradientMethod(Method):
         every head of the chunk may be left out (it is then neither added nor logged)."""
         return {}
 
-    def loss(self, fwd: Forward, batch: Batch, penalty_on: torch.Tensor,
-             gram: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Total loss ``(G,)`` and what to log; penalties count where ``penalty_on`` (G,) is True."""
+    def loss(self, fwd: Forward, batch: Batch, penalty_on: torch.Tensor, gram: torch.Tensor | None = None,
+             log: bool = True) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Total loss ``(G,)`` and, with ``log``, what to log; penalties count where
+        ``penalty_on`` (G,) is True. Without ``log`` (a step whose terms nobody reads), a
+        method whose penalty keeps no state computes it only for the heads it counts for:
+        heads still annealing, or whose every weight is 0, cost nothing beyond their
+        cross-entropy (half the penalty work of the CMA paper's annealed grids)."""
         total, logs = self.base_loss(fwd.losses, batch)
-        if self.penalties:
-            terms = self.penalty_terms(fwd, batch, gram)
-            terms = {t: v * self.factors[t] for t, v in terms.items()}
+        if not self.penalties:
+            return total, logs
+        counted = penalty_on if self._weighted is None else penalty_on & self._weighted
+        if log or self.stateful or bool(counted.all()):
+            terms = self._scaled(self.penalty_terms(fwd, batch, gram))
             penalty = sum(self.hp[p.weight] * terms[t] for t, p in self.penalties.items() if t in terms)
-            total = total + penalty_on.to(total.dtype) * penalty
             logs.update(terms)
-        return total, logs
+            return total + penalty_on.to(total.dtype) * penalty, logs
+        idx = counted.nonzero().squeeze(1)
+        if idx.numel() == 0:
+            return total, logs
+        from probe.train.data import Forward as Fwd
+
+        sub = Fwd(fwd.z[idx], fwd.p[idx], fwd.residual[idx], fwd.losses[idx])
+        terms = self._scaled(self.penalty_terms(sub, batch, gram))
+        penalty = sum(self.hp[p.weight][idx] * terms[t] for t, p in self.penalties.items() if t in terms)
+        return total.index_add(0, idx, penalty.to(total.dtype)), logs
+
+    def _scaled(self, terms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {t: v * self.factors[t] for t, v in terms.items()}
 
 
 # --------------------------------------------------------------------------- registry

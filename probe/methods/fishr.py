@@ -26,6 +26,7 @@ class Fishr(GradientMethod):
               Param("ema", "Fishr moving-average factor of the per-domain gradient variances (0: none).",
                     default=0.95, maximum=0.999, search=("uniform", 0.9, 0.99)))
     heatmap = ("lam", "ema")
+    stateful = True  # its moving averages move at every step, the penalty on or off (the authors' code)
     penalties = {"fishr": Penalty("lam", order=2)}  # variances of (p−y)x̃: x̃², squared
 
     @classmethod
@@ -40,14 +41,12 @@ class Fishr(GradientMethod):
     def domain_variances(fwd, batch):
         """(G, C, K', d̃) variance over each present domain's rows of the per-sample gradients."""
 
-        Xt = batch.design
-        r = fwd.residual
-        G, B, C = r.shape
-        K = batch.W.shape[1]
-        # Weighted sums over rows as matmuls: (G·C·K', B) @ (B, d̃); no (G, B, C, d̃) tensor.
-        rw = (r.permute(0, 2, 1).unsqueeze(2) * batch.W.T.unsqueeze(0).unsqueeze(0))  # (G, C, K', B)
-        mean_g = (rw.reshape(-1, B) @ Xt).view(G, C, K, -1)
-        mean_g2 = ((rw * r.permute(0, 2, 1).unsqueeze(2)).reshape(-1, B) @ (Xt * Xt)).view(G, C, K, -1)
+        from probe.moments import domain_sums
+
+        Xt, r = batch.design, fwd.residual
+        # Weighted sums over each domain's own rows as matmuls; no (G, B, C, d̃) tensor.
+        mean_g = domain_sums(r, Xt, batch.W).transpose(1, 2)  # (G, C, K', d̃)
+        mean_g2 = domain_sums(r * r, Xt * Xt, batch.W).transpose(1, 2)
         return mean_g2 - mean_g**2
 
     def moving_average(self, var, batch):

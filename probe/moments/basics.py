@@ -82,6 +82,20 @@ def domain_weights(domains: torch.Tensor, num_domains: int | None = None,
     return _weights(domains, torch.float64 if dtype is None else dtype)[0]
 
 
+def domain_sums(V: torch.Tensor, Xt: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+    """(G, K', C, d̃): ``Σ_n W[n,k] V[g,n,c] X̃[n,d]`` for domain weights ``W``
+    (``domain_weights``: one non-zero per row), domain by domain on its own rows: a
+    domain's rows are a K'-th of the batch, so this is K' times fewer multiply-adds than
+    contracting over every row with the dense ``W``."""
+    dom = W.argmax(dim=1)
+    VW = V * W.gather(1, dom.unsqueeze(1)).T.unsqueeze(-1)  # (G, N, C): each row's own weight
+    parts = []
+    for k in range(W.shape[1]):
+        rows = (dom == k).nonzero().squeeze(1)
+        parts.append(torch.einsum("gnc,nd->gcd", VW.index_select(1, rows), Xt.index_select(0, rows)))
+    return torch.stack(parts, dim=1)
+
+
 def _centred(W: torch.Tensor) -> torch.Tensor:
     """c_ie = W_ie - mean_f W_if: the weights of H_e - H̄ (and G_e - Ḡ)."""
     return W - W.mean(dim=1, keepdim=True)

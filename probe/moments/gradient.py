@@ -15,6 +15,7 @@ from probe.moments.basics import (
     _weights,
     _zero,
     design,
+    domain_sums,
     feature_gram,
 )
 from probe.moments.checks import _as_grid, _check_choice, _validate
@@ -27,9 +28,7 @@ GRAD_METHODS: tuple[str, ...] = ("auto", "direct", "kernel")
 
 def _per_domain_grads(P: torch.Tensor, Y1: torch.Tensor, Xt: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
     """(G, K, C, d̃): sum_n W[n,k] (P-Y)[g,n,c] x̃[n]."""
-    R = P - Y1
-    RW = R.unsqueeze(1) * W.T.unsqueeze(0).unsqueeze(-1)  # (G, K, N, C)
-    return torch.einsum("gknc,nd->gkcd", RW, Xt)
+    return domain_sums(P - Y1, Xt, W)
 
 
 def per_domain_gradients(theta: torch.Tensor, X: torch.Tensor, y: torch.Tensor, domains: torch.Tensor,
@@ -76,10 +75,10 @@ def _gradient_from_probs(P: torch.Tensor, Y1: torch.Tensor, X: torch.Tensor, W: 
     K = W.shape[1]
     if method == "auto":
         method = choose_gradient_method(G, N, X.shape[1], C, K, gram_given=gram is not None)
-    c = _centred(W)
     if method == "direct":
-        D = _per_domain_grads(P, Y1, design(X, bias), c)
-        return D.pow(2).sum(dim=(1, 2, 3))
+        g = _per_domain_grads(P, Y1, design(X, bias), W)
+        return (g - g.mean(dim=1, keepdim=True)).pow(2).sum(dim=(1, 2, 3))
+    c = _centred(W)
     Tg = (feature_gram(X, bias) if gram is None else gram) * (c @ c.T)
     R = P - Y1
     TR = (Tg @ R.permute(1, 0, 2).reshape(N, G * C)).reshape(N, G, C).permute(1, 0, 2)

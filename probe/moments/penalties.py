@@ -76,7 +76,9 @@ def variances_from_logits(z: torch.Tensor, X: torch.Tensor, y: torch.Tensor, dom
         hmethod = choose_hessian_method(G, N, d, C, K, kernel_given=gram is not None, itemsize=z.element_size())
     if gram is None and (hmethod == "kernel" or choose_gradient_method(G, N, d, C, K) == "kernel"):
         gram = feature_gram(X, bias)
-    gmethod = "kernel" if gram is not None else "direct"
+    # the Gram matrix at hand makes the kernel form cheaper, not always cheapest: with fewer
+    # columns than rows (PCA's 100 against a batch of 500) the direct form does a fifth of the work
+    gmethod = choose_gradient_method(G, N, d, C, K, gram_given=gram is not None)
     s2 = _scale(normalize, d, C) ** 2
     rg = _gradient_from_probs(P, Y1, X, W, gmethod, gram, bias) * (s2 / K)
     rh = _hessian_from_probs(P, X, domains, W, hmethod, None, gram, bias) * (s2 / K)

@@ -242,7 +242,7 @@ class Forward:
 
     def domain_gradients(self, batch: Batch) -> torch.Tensor:
         """(G, K', C, d̃): the gradient of each present domain's mean CE, Σ_i W_ie r_i x̃_iᵀ."""
-        return torch.einsum("nk,gnc,nd->gkcd", batch.W, self.residual, batch.design)
+        return moments.domain_sums(self.residual, batch.design, batch.W)
 
 
 def forward(theta: torch.Tensor, batch: Batch) -> Forward:
