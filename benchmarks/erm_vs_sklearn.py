@@ -4,6 +4,7 @@
     python -m benchmarks.erm_vs_sklearn --quick    # 1/10 of the rows, a smoke test; writes nothing
     python -m benchmarks.erm_vs_sklearn --cases "waterbirds-size, 2" --runs 5 --name erm_vs_sklearn_wb2
                                                    # one case, five times over: how much of a margin is the load?
+    python -m benchmarks.erm_vs_sklearn --isotropic-only   # only the estimator on isotropic data (a minute)
 
 Cases: 4,795 training rows × 512 (Waterbirds' size) and 162,770 × 768 (CelebA's), two
 classes and ten, on synthetic embeddings (:func:`embeddings`), plus the demo features
@@ -24,6 +25,12 @@ and after.
   scoring train/val/test), one head at λ; then a 4 weight decays × 4 seeds grid (the
   seeds do not change a full-batch optimum, so it is 4 problems, solved together),
   and, to show what 16 distinct optima cost, 16 weight decays.
+
+The isotropic cases (written to ``erm_vs_sklearn_isotropic``) time the estimator a user
+calls, ``LinearHead("erm", preprocess="none")``, against ``LogisticRegression`` on raw,
+well-conditioned features (4,795 × 512 and 60,000 × 768, two classes, a logistic model of
+N(0, I) rows; held-out test rows for the accuracy), where L-BFGS needs few iterations and
+any fixed cost of the estimator (preprocessing, scoring, bound terms) shows.
 """
 
 from __future__ import annotations
@@ -68,6 +75,42 @@ def embeddings(sizes: tuple[int, int, int], d: int, classes: int, seed: int = 0)
     names = [f"c{c}" for c in range(classes)]
     return FeatureSet(X, y, a, 2 * y + a, split, np.arange(n).astype(str).astype(object), names,
                       [f"{c}/a{v}" for c in names for v in (0, 1)], path=f"<synthetic {sizes[0]}x{d}>")
+
+
+def isotropic(n_train: int, d: int, seed: int = 1) -> tuple[np.ndarray, ...]:
+    """Train and held-out test rows of N(0, I) features with labels from a logistic model
+    (a unit-variance margin scaled by 2): the easiest case for L-BFGS."""
+    rng = np.random.default_rng(seed)
+    n_test = max(1000, n_train // 4)
+    X = rng.standard_normal((n_train + n_test, d), dtype=np.float32)
+    w = rng.standard_normal(d).astype(np.float32) * 2 / np.sqrt(d)
+    y = (rng.random(len(X)) < 1 / (1 + np.exp(-(X @ w)))).astype(np.int64)
+    return X[:n_train], y[:n_train], X[n_train:], y[n_train:]
+
+
+def run_isotropic(n_train: int, d: int, repeat: int = 5) -> dict[str, Any]:
+    from sklearn.linear_model import LogisticRegression
+
+    from probe.estimator import LinearHead
+
+    X, y, X_test, y_test = isotropic(n_train, d)
+    domains = np.zeros(len(y), dtype=np.int64)
+    C = 2.0 / (LAMBDA * n_train)
+    times: dict[str, list[float]] = {"sklearn": [], "probe": []}
+    for _ in range(repeat):  # interleaved, so the machine's load falls on both sides alike
+        t0 = time.perf_counter()
+        sk = LogisticRegression(C=C, tol=TOL, max_iter=10_000).fit(X, y)
+        times["sklearn"].append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        head = LinearHead("erm", preprocess="none", weight_decay=LAMBDA, tol=TOL, device="cpu").fit(X, y, domains)
+        times["probe"].append(time.perf_counter() - t0)
+    sk_acc, probe_acc = float((sk.predict(X_test) == y_test).mean()), float((head.predict(X_test) == y_test).mean())
+    sk_s, probe_s = min(times["sklearn"]), min(times["probe"])
+    return {"case": f"isotropic {n_train}x{d}, 2 classes", "n_train": n_train, "d": d,
+            "sklearn_s": sk_s, "sklearn_iter": int(np.max(sk.n_iter_)), "probe_s": probe_s,
+            "probe_iter": head.result_.steps_run, "ratio": probe_s / sk_s,
+            "sklearn_test_acc": sk_acc, "probe_test_acc": probe_acc, "diff_points": 100 * abs(sk_acc - probe_acc),
+            "met": bool(probe_s <= sk_s and 100 * abs(sk_acc - probe_acc) <= 0.1)}
 
 
 def sklearn_fit(Z: np.ndarray, fs: FeatureSet, lam: float, tol: float, repeat: int = 1) -> dict[str, Any]:
@@ -126,6 +169,7 @@ def main() -> None:
     ap.add_argument("--cases", default="", help="only the cases whose name contains this text")
     ap.add_argument("--runs", type=int, default=1, help="measure each case this many times, one row each")
     ap.add_argument("--name", default="erm_vs_sklearn", help="results file name under benchmarks/results/")
+    ap.add_argument("--isotropic-only", action="store_true", help="only the estimator's isotropic cases")
     args = ap.parse_args()
     from threadpoolctl import threadpool_limits
 
@@ -139,10 +183,13 @@ def main() -> None:
               for c in (2, 10)]
     if os.path.exists("demo_out/demo.h5"):
         cases.insert(0, ("demo features (demo_out/demo.h5)", lambda: read_features("demo_out/demo.h5")))
-    rows = []
+    rows, iso = [], []
     with threadpool_limits(args.threads):
         probe_fit(embeddings((200, 50, 50), 16, 2), {})  # warm-up: torch's kernels load once, not per case
-        for name, make in cases:
+        for n, d in ((4795 // shrink, 512), (60_000 // shrink, 768)):
+            iso.append(run_isotropic(n, d))
+            print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in iso[-1].items()}, flush=True)
+        for name, make in ([] if args.isotropic_only else cases):
             if args.cases not in name:
                 continue
             fs = make()
@@ -150,6 +197,18 @@ def main() -> None:
                 rows.append(run_case(name, fs))
                 print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in rows[-1].items()}, flush=True)
     if args.quick:
+        return
+    write_results("erm_vs_sklearn_isotropic", iso,
+                  ["case", "sklearn_s", "sklearn_iter", "probe_s", "probe_iter", "ratio", "sklearn_test_acc",
+                   "probe_test_acc", "diff_points", "met"],
+                  extra={"command": "python -m benchmarks.erm_vs_sklearn --isotropic-only", "threads": args.threads,
+                         "weight_decay": LAMBDA, "tol": TOL, "repeats": "best of 5, interleaved",
+                         "probe": 'LinearHead("erm", preprocess="none", weight_decay=1e-4, tol=1e-5)',
+                         "sklearn": "LogisticRegression(C=2/(weight_decay N), tol=1e-5)",
+                         "targets": "probe_s <= sklearn_s, diff_points <= 0.1",
+                         "load": "1/5/15-min load average {:.2f}/{:.2f}/{:.2f} at start".format(*load)},
+                  title="The estimator's ERM head vs scikit-learn on isotropic data (raw features)")
+    if args.isotropic_only:
         return
     command = "python -m benchmarks.erm_vs_sklearn" + "".join(
         f" --{k} {v!r}" if isinstance(v, str) else f" --{k} {v}" for k, v in

@@ -39,9 +39,14 @@ def fit_chunks(fs: FitSet, method: type[GradientMethod], configs: list[dict[str,
     ``run(on_step)`` returns the rows."""
     splits = splits if splits is not None else SplitCache()
     for chunk in chunks:
-        fit = (fitter or ChunkFit)(fs, method, [configs[i] for i in chunk.configs], chunk, settings,
+        # heads in the order that lets a step slice the penalised ones (penalty_order); heads
+        # never interact, so the order changes no result, and the rows return in the plan's order
+        order = method.penalty_order([configs[i] for i in chunk.configs]) if method.penalized() \
+            else list(range(len(chunk.configs)))
+        fit = (fitter or ChunkFit)(fs, method, [configs[chunk.configs[j]] for j in order], chunk, settings,
                                    splits.get(fs, chunk.preprocess, settings, chunk.seed))
-        rows = fit.run(on_step)
+        fitted = fit.run(on_step)
+        rows = [fitted[k] for k in sorted(range(len(order)), key=order.__getitem__)]
         for i, row in zip(chunk.configs, rows, strict=True):
             row.run_id = run_id(method.name, i)
         results.extend(rows)

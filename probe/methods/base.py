@@ -268,10 +268,33 @@ class GradientMethod(Method):
             return total, logs
         from probe.train.data import Forward as Fwd
 
-        sub = Fwd(fwd.z[idx], fwd.p[idx], fwd.residual[idx], fwd.losses[idx])
+        lo, hi = int(idx[0]), int(idx[-1]) + 1
+        # the trainer orders a chunk's heads so that those counted form one block (fit_chunks):
+        # a slice is a view, where an index copies the heads' logits and scatters them back
+        pick: slice | torch.Tensor = slice(lo, hi) if hi - lo == idx.numel() else idx
+        sub = Fwd(fwd.z[pick], fwd.p[pick], fwd.residual[pick], fwd.losses[pick])
         terms = self._scaled(self.penalty_terms(sub, batch, gram))
-        penalty = sum(self.hp[p.weight][idx] * terms[t] for t, p in self.penalties.items() if t in terms)
+        penalty = sum(self.hp[p.weight][pick] * terms[t] for t, p in self.penalties.items() if t in terms)
+        if isinstance(pick, slice):
+            from torch.nn.functional import pad
+
+            return total + pad(penalty.to(total.dtype), (lo, len(total) - hi)), logs
         return total.index_add(0, idx, penalty.to(total.dtype)), logs
+
+    @classmethod
+    def penalty_order(cls, configs: list[dict[str, Any]]) -> list[int]:
+        """Configurations reordered so that at every step the heads whose penalty counts
+        form one block (``loss`` then slices instead of copying): weighted heads first,
+        by the step their penalty switches on."""
+        weights = {p.weight for p in cls.penalties.values()}
+        params = cls.hyperparameters()
+
+        def key(i: int) -> tuple[bool, int]:
+            cfg = configs[i]
+            unweighted = all(float(cfg.get(w, params[w].default)) == 0 for w in weights)
+            return unweighted, int(cfg.get("anneal", 0))
+
+        return sorted(range(len(configs)), key=key)
 
     def _scaled(self, terms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {t: v * self.factors[t] for t, v in terms.items()}

@@ -63,8 +63,9 @@ class CMA(GradientMethod):
             gram = moments.feature_gram(batch.X, batch.bias)
         grad, hess = moments.variances_from_logits(
             fwd.z, batch.X, batch.y, batch.domains, batch.W, method=self.hessian_method, gram=gram,
-            bias=batch.bias)
+            bias=batch.bias, probs=fwd.p)
         terms = {"grad": grad, "hess": hess}
         if self.third:
-            terms["third"] = moments.third_variance_from_logits(fwd.z, batch.X, batch.W, gram=gram, bias=batch.bias)
+            terms["third"] = moments.third_variance_from_logits(fwd.z, batch.X, batch.W, gram=gram, bias=batch.bias,
+                                                                 probs=fwd.p)
         return terms

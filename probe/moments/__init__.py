@@ -101,6 +101,7 @@ from probe.moments.basics import (
     Normalize,
     augment,
     design,
+    domain_rows,
     domain_sums,
     domain_weights,
     feature_gram,
@@ -109,6 +110,7 @@ from probe.moments.basics import (
     logits,
     present_domains,
     probabilities,
+    softmax,
 )
 from probe.moments.cumulants import cumulant_kernels
 from probe.moments.discrepancy import DomainDiscrepancies, domain_discrepancies
@@ -143,8 +145,8 @@ __all__ = [
     "AUTO_MEMORY_BUDGET", "ELEMENTWISE_CHUNK_BYTES", "GRAD_METHODS", "METHODS", "NORMALIZE_OPTIONS",
     "THIRD_METHODS", "DomainDiscrepancies", "GradMethod", "Method", "Normalize", "Penalties", "ThirdMethod",
     "augment", "choose_gradient_method", "choose_hessian_method", "choose_third_method", "cumulant_kernels",
-    "design", "domain_discrepancies", "domain_sums", "domain_weights", "feature_gram", "feature_kernel", "gradient_variance",
+    "design", "domain_discrepancies", "domain_rows", "domain_sums", "domain_weights", "feature_gram", "feature_kernel", "gradient_variance",
     "hessian_costs", "hessian_variance", "log_softmax", "logits", "penalty_terms", "per_domain_gradients", "per_domain_losses",
-    "present_domains", "probabilities", "third_order_costs", "third_order_variance", "third_variance_from_logits",
+    "present_domains", "probabilities", "softmax", "third_order_costs", "third_order_variance", "third_variance_from_logits",
     "variances_from_logits",
 ]

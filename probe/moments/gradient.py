@@ -17,6 +17,8 @@ from probe.moments.basics import (
     design,
     domain_sums,
     feature_gram,
+    log_softmax,
+    softmax,
 )
 from probe.moments.checks import _as_grid, _check_choice, _validate
 
@@ -40,14 +42,14 @@ def per_domain_gradients(theta: torch.Tensor, X: torch.Tensor, y: torch.Tensor, 
     _validate(theta, X, y, domains, num_domains, bias=bias)
     th, single = _as_grid(theta)
     W, _ = _weights(domains, th.dtype)
-    P = torch.softmax(_logits(th, X, bias), dim=-1)
+    P = softmax(_logits(th, X, bias))
     Y1 = torch.nn.functional.one_hot(y, th.shape[1]).to(th.dtype)
     Gd = _per_domain_grads(P, Y1, design(X, bias), W) * _scale(normalize, X.shape[1], th.shape[1])
     return _finish(Gd, single)
 
 
 def _losses(z: torch.Tensor, y: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
-    nll = -torch.log_softmax(z, dim=-1).gather(-1, y.view(1, -1, 1).expand(z.shape[0], -1, 1)).squeeze(-1)
+    nll = -log_softmax(z).gather(-1, y.view(1, -1, 1).expand(z.shape[0], -1, 1)).squeeze(-1)
     return nll @ W
 
 
@@ -103,7 +105,7 @@ def gradient_variance(theta: torch.Tensor, X: torch.Tensor, y: torch.Tensor, dom
     K = W.shape[1]
     if K < 2:
         return _finish(_zero(th), single)
-    P = torch.softmax(_logits(th, X, bias), dim=-1)
+    P = softmax(_logits(th, X, bias))
     Y1 = torch.nn.functional.one_hot(y, th.shape[1]).to(th.dtype)
     out = _gradient_from_probs(P, Y1, X, W, method, gram, bias) / K
     return _finish(out * _scale(normalize, X.shape[1], th.shape[1]) ** 2, single)

@@ -17,7 +17,9 @@ from probe.moments.basics import (
     _weights,
     _zero,
     design,
+    domain_rows,
     feature_kernel,
+    softmax,
 )
 from probe.moments.checks import _as_grid, _check_choice, _validate
 
@@ -98,20 +100,13 @@ def _hess_direct(P: torch.Tensor, Xt: torch.Tensor, W: torch.Tensor) -> torch.Te
     return D.pow(2).sum(dim=tuple(range(1, D.dim())))
 
 
-def _split_rows(domains: torch.Tensor) -> list[torch.Tensor]:
-    """Row indices of each present domain, in id order (a loop over domains, not rows)."""
-    _, inverse, counts = torch.unique(domains, sorted=True, return_inverse=True, return_counts=True)
-    order = torch.argsort(inverse, stable=True)
-    return list(torch.split(order, counts.tolist()))
-
-
 def _hess_binary(P: torch.Tensor, Xt: torch.Tensor, domains: torch.Tensor) -> torch.Tensor:
     """K'·R_H for C = 2 from the d̃×d̃ moments M_e = (1/n_e) Σ_{i∈e} q_i x̃_i x̃_iᵀ."""
     q = P[..., 0] * P[..., 1]  # (G, N)
     Ms = []
-    for rows in _split_rows(domains):
-        Xe = Xt.index_select(0, rows)
-        qe = q.index_select(1, rows) / rows.numel()
+    for rows, n in domain_rows(domains):
+        Xe = Xt[rows]
+        qe = q[:, rows] / n
         Ms.append((qe.unsqueeze(-1) * Xe).transpose(1, 2) @ Xe)  # (G, d̃, d̃)
     M = torch.stack(Ms, dim=1)
     D = M - M.mean(dim=1, keepdim=True)
@@ -239,6 +234,6 @@ def hessian_variance(theta: torch.Tensor, X: torch.Tensor, domains: torch.Tensor
     K = W.shape[1]
     if K < 2:
         return _finish(_zero(th), single)
-    P = torch.softmax(_logits(th, X, bias), dim=-1)
+    P = softmax(_logits(th, X, bias))
     out = _hessian_from_probs(P, X, domains, W, method, kernel, None, bias) / K
     return _finish(out * _scale(normalize, X.shape[1], C) ** 2, single)

@@ -13,6 +13,7 @@ from probe.moments.basics import (
     _scale,
     _weights,
     feature_gram,
+    softmax,
 )
 from probe.moments.checks import _as_grid, _check_choice, _validate
 from probe.moments.gradient import _gradient_from_probs, _losses, choose_gradient_method
@@ -59,17 +60,19 @@ def penalty_terms(theta: torch.Tensor, X: torch.Tensor, y: torch.Tensor, domains
 
 def variances_from_logits(z: torch.Tensor, X: torch.Tensor, y: torch.Tensor, domains: torch.Tensor,
                           W: torch.Tensor, *, normalize: Normalize = None, method: Method = "auto",
-                          gram: torch.Tensor | None = None, bias: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                          gram: torch.Tensor | None = None, bias: bool = True,
+                          probs: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(R_g, R_H), each ``(G,)``, from a grid's logits ``z`` (G, N, C) on the rows ``X``
     with domain weights ``W = domain_weights(domains)``: for a trainer that already has
-    the logits. ``bias=False``: the head has no bias column (derivatives w.r.t. the
-    weights only). Inputs are not validated (``penalty_terms`` does that)."""
+    the logits (and perhaps their softmax, ``probs``). ``bias=False``: the head has no bias
+    column (derivatives w.r.t. the weights only). Inputs are not validated (``penalty_terms``
+    does that)."""
     G, N, C = z.shape
     d, K = X.shape[1], W.shape[1]
     if K < 2:
         zero = z.sum(dim=(1, 2)) * 0  # zero, still attached to theta's graph
         return zero, zero
-    P = torch.softmax(z, dim=-1)
+    P = softmax(z) if probs is None else probs
     Y1 = torch.nn.functional.one_hot(y, C).to(z.dtype)
     hmethod = method
     if hmethod == "auto":

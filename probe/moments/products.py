@@ -14,7 +14,7 @@ domain, ``(G, K', C, d̃)``. Inputs are not validated (callers did).
 from __future__ import annotations
 
 from base.lazy import lazy_import
-from probe.moments.hessian import _split_rows
+from probe.moments.basics import domain_rows
 
 torch = lazy_import("torch")
 
@@ -26,11 +26,11 @@ def hessian_vector_products(P: torch.Tensor, Xt: torch.Tensor, domains: torch.Te
                             V: torch.Tensor) -> torch.Tensor:
     """``H_e V_e`` for every present domain e, ``V`` ``(G, K', C, d̃)`` one matrix per domain."""
     out = []
-    for k, rows in enumerate(_split_rows(domains)):
-        Xe, Pe = Xt.index_select(0, rows), P.index_select(1, rows)
+    for k, (rows, n) in enumerate(domain_rows(domains)):
+        Xe, Pe = Xt[rows], P[:, rows]
         PU = Pe * torch.einsum("gcd,nd->gnc", V[:, k], Xe)  # p_i ∘ (V_e x̃_i)
         AU = PU - Pe * PU.sum(-1, keepdim=True)
-        out.append(torch.einsum("gnc,nd->gcd", AU, Xe) / rows.numel())
+        out.append(torch.einsum("gnc,nd->gcd", AU, Xe) / n)
     return torch.stack(out, dim=1)
 
 

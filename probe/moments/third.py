@@ -37,6 +37,7 @@ from probe.moments.basics import (
     _zero,
     design,
     feature_gram,
+    softmax,
 )
 from probe.moments.checks import _as_grid, _check_choice, _validate
 from probe.moments.cumulants import BINARY_NORM2, binary_factor, cumulant_kernels, third_cumulants
@@ -175,7 +176,7 @@ def _third_from_probs(P: torch.Tensor, X: torch.Tensor, W: torch.Tensor, method:
 
 def third_variance_from_logits(z: torch.Tensor, X: torch.Tensor, W: torch.Tensor, *,
                                method: ThirdMethod = "auto", gram: torch.Tensor | None = None,
-                               bias: bool = True) -> torch.Tensor:
+                               bias: bool = True, probs: torch.Tensor | None = None) -> torch.Tensor:
     """R₃ ``(G,)`` (unnormalised) from a grid's logits ``z`` (G, N, C) on the rows ``X`` with
     domain weights ``W = domain_weights(domains)``: for a trainer that has the logits (and
     perhaps ``gram = feature_gram(X, bias)``). ``bias=False``: the head has no bias column
@@ -183,7 +184,7 @@ def third_variance_from_logits(z: torch.Tensor, X: torch.Tensor, W: torch.Tensor
     K = W.shape[1]
     if K < 2:
         return z.sum(dim=(1, 2)) * 0  # zero, still attached to theta's graph
-    return _third_from_probs(torch.softmax(z, dim=-1), X, W, method, gram, bias) / K
+    return _third_from_probs(softmax(z) if probs is None else probs, X, W, method, gram, bias) / K
 
 
 def third_order_variance(theta: torch.Tensor, X: torch.Tensor, domains: torch.Tensor,
@@ -205,6 +206,6 @@ def third_order_variance(theta: torch.Tensor, X: torch.Tensor, domains: torch.Te
     K = W.shape[1]
     if K < 2:
         return _finish(_zero(th), single)
-    P = torch.softmax(_logits(th, X, bias), dim=-1)
+    P = softmax(_logits(th, X, bias))
     out = _third_from_probs(P, X, W, method, gram, bias) / K
     return _finish(out * _scale(normalize, X.shape[1], th.shape[1]) ** 2, single)

@@ -247,7 +247,7 @@ class Forward:
 
 def forward(theta: torch.Tensor, batch: Batch) -> Forward:
     z = moments.logits(theta, batch.X, batch.bias)
-    logp = torch.log_softmax(z, -1)
+    logp = moments.log_softmax(z)
     nll = -logp.gather(-1, batch.y.view(1, -1, 1).expand(z.shape[0], -1, 1)).squeeze(-1)
     p = logp.exp()
     residual = p.scatter_add(-1, batch.y.view(1, -1, 1).expand(z.shape[0], -1, 1),
@@ -300,6 +300,9 @@ class Stream:
             self.full[0].step = self.step
             return self.full
         idx = torch.as_tensor(self.sampler.next(), device=tr.rows.device)
+        # rows grouped by domain: per-domain sums then read slices of the batch, not copies
+        # (the order of rows within a batch changes no loss or penalty)
+        idx = idx[torch.argsort(tr.domain[idx], stable=True)]
         X = self.X_all.index_select(0, idx) if self.X_all is not None else tr.X(idx)
         batch = Batch(X, tr.y[idx], tr.domain[idx], self.K, self.share, seed=self.seed, step=self.step, bias=tr.bias)
         g = None
