@@ -173,6 +173,15 @@ class ChunkFit:
         cap = settings.bounds_curve_rows if settings.bounds else 0
         self.curve = Curve(*bound_rows(tr, cap), bias=settings.bias) if cap else None
         self.free_thetas: list[torch.Tensor] = []  # the counterparts at every evaluation
+        # Until its penalty switches on, a head whose method allows it (follows_penalty_free)
+        # is its penalty-free counterpart, step for step: such a head is not computed but copied
+        # from the counterpart (source), about half of an annealed grid's head-steps. Early
+        # stopping could stop the counterpart alone, so it keeps every head computed.
+        self.source = torch.full((G,), -1, dtype=torch.long, device=dev)
+        if method.follows_penalty_free() and settings.patience == 0:
+            for g, s in enumerate(self.shadow_of):
+                if int(self.anneal[g]) > 0:
+                    self.source[g] = self.n_configs + s
 
     def run(self, on_step: Callable[[int], None] | None) -> list[Result]:
         steps = self.settings.steps
@@ -203,15 +212,29 @@ class ChunkFit:
         """One step of every head; ``log``: the penalty terms are wanted for every head (an
         evaluation step logs them), not only for those they count for."""
         batch, gram = self.stream.next()
-        th = self.theta.detach().requires_grad_(True)
-        loss, logs = self.objective.loss(forward(th, batch), batch, step >= self.anneal, gram=gram, log=log)
+        dormant = (self.source >= 0) & (step < self.anneal)
+        # a step whose terms are logged computes every head (the history has each head's own)
+        idx = None if log or not bool(dormant.any()) else (~dormant).nonzero().squeeze(1)
+        th = (self.theta if idx is None else self.theta[idx]).detach().requires_grad_(True)
+        objective = self.objective if idx is None else self.objective.heads(idx)
+        on = step >= self.anneal
+        loss, logs = objective.loss(forward(th, batch), batch, on if idx is None else on[idx], gram=gram, log=log)
         finite = torch.isfinite(loss)
         (grad,) = torch.autograd.grad(torch.where(finite, loss, torch.zeros_like(loss)).sum(), th)
+        if idx is not None:
+            grad = torch.zeros_like(self.theta).index_copy_(0, idx, grad)
+            finite = torch.ones_like(self.active).index_copy_(0, idx, finite)
         if not bool(finite.all()):
             grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
             self.diverged |= self.active & ~finite
             self.active &= finite
-        self.opt.step(grad, self.active)
+        self.opt.step(grad, self.active & ~dormant)
+        if bool(dormant.any()):
+            heads = dormant.nonzero().squeeze(1)
+            src = self.source[heads]
+            self.theta[heads] = self.theta[src]
+            self.diverged[heads] |= self.diverged[src]
+            self.active[heads] &= self.active[src]
         self.steps_run += self.active.long()
         return loss, logs
 

@@ -25,6 +25,7 @@ Cross-entropy weighting (``ce_weighting``), the same for every gradient method b
 
 from __future__ import annotations
 
+import copy
 import json
 import zlib
 from dataclasses import dataclass, replace
@@ -280,6 +281,25 @@ class GradientMethod(Method):
 
             return total + pad(penalty.to(total.dtype), (lo, len(total) - hi)), logs
         return total.index_add(0, idx, penalty.to(total.dtype)), logs
+
+    @classmethod
+    def follows_penalty_free(cls) -> bool:
+        """Whether a head, until its penalty switches on, is its penalty-free counterpart:
+        no state carried across steps and no hyperparameter but penalty weights, so before
+        its anneal step it takes the counterpart's ERM steps exactly (the trainer then
+        copies the counterpart instead of computing the head again)."""
+        weights = {p.weight for p in cls.penalties.values()}
+        return cls.penalized() and not cls.stateful and all(p.name in weights for p in cls.params)
+
+    def heads(self, idx: torch.Tensor) -> GradientMethod:
+        """This objective on the heads ``idx`` alone (for a step that computes only some of
+        them); a method that carries state across steps cannot be split this way."""
+        if self.stateful:
+            raise ValueError(f"{self.name} carries state per head; it cannot be fitted on a subset")
+        sub = copy.copy(self)
+        sub.hp = {k: v[idx] for k, v in self.hp.items()}
+        sub._weighted = None if self._weighted is None else self._weighted[idx]
+        return sub
 
     @classmethod
     def penalty_order(cls, configs: list[dict[str, Any]]) -> list[int]:

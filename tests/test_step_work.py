@@ -1,6 +1,8 @@
-"""Rows sorted by domain (the trainer's batches) are read as slices, other orders by index:
-every per-domain quantity is the same either way, and the trainer's reordering of a
-chunk's heads (penalty_order) changes no head's result."""
+"""What a training step leaves out changes nothing: rows sorted by domain (the trainer's
+batches) are read as slices, other orders by index, with the same per-domain quantities;
+the trainer's order of a chunk's heads (penalty_order) puts the penalised ones in one
+block; a head copied from its penalty-free counterpart until it anneals is the head
+computed."""
 
 import numpy as np
 import pytest
@@ -55,3 +57,33 @@ def test_penalty_order_puts_counted_heads_in_one_block():
         counted = np.array([c["alpha"] + c["beta"] > 0 and step >= c["anneal"] for c in ordered])
         on = np.flatnonzero(counted)
         assert on.size == 0 or on[-1] - on[0] + 1 == on.size  # one block
+
+
+@pytest.mark.parametrize("method", ["cma", "hgp"])
+def test_a_head_copied_from_its_counterpart_until_it_anneals_is_the_head_computed(method, monkeypatch):
+    """Before its anneal step a head takes its penalty-free counterpart's ERM steps, and the
+    trainer copies the counterpart instead of computing it: the results are those of
+    computing every head (float64, momentum and an Adam-free SGD, the counterpart's
+    divergence and activity included)."""
+    from probe.api import fit_grid
+    from probe.methods import get_method
+    from tests.test_trainer import waterbirds_like
+
+    fs = waterbirds_like(n=(300, 100, 100), seed=3)
+    grid = {"alpha": [0.0, 1.0], "beta": [0.0, 10.0], "anneal": [0, 7, 20], "lr": [0.05, 0.2], "preprocess": ["none"]}
+    settings = dict(steps=30, batch_size=64, eval_every=10, momentum=0.9, device="cpu", dtype="float64",
+                    bounds=False)
+
+    def fit():
+        return {r.run_id: r for r in fit_grid(fs, [method], grid, **settings)["rows"][method]}
+
+    copied = fit()
+    cls = get_method(method)
+    assert cls.follows_penalty_free()
+    monkeypatch.setattr(cls, "follows_penalty_free", classmethod(lambda c: False))
+    computed = fit()
+    assert copied.keys() == computed.keys()
+    for key, row in copied.items():
+        torch.testing.assert_close(row.theta, computed[key].theta, rtol=1e-9, atol=1e-12)
+        assert row.best_step == computed[key].best_step and row.steps_run == computed[key].steps_run
+        assert row.metrics["test"]["wga"] == computed[key].metrics["test"]["wga"]
