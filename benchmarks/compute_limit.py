@@ -61,8 +61,11 @@ def step_flops(scale: str, samples: int = SAMPLES) -> dict[str, Any]:
         first = min(c.seed for c in p.chunks)
         total = 0
         for chunk in (c for c in p.chunks if c.seed == first):
-            fit = ChunkFit(fs, get_method(m), [p.configs[i] for i in chunk.configs], chunk, p.settings,
-                           cache.get(fs, chunk.preprocess, p.settings, chunk.seed))
+            cls = get_method(m)
+            configs = [p.configs[i] for i in chunk.configs]
+            if cls.penalized():  # the heads in the order fit_chunks trains them
+                configs = [configs[j] for j in cls.penalty_order(configs)]
+            fit = ChunkFit(fs, cls, configs, chunk, p.settings, cache.get(fs, chunk.preprocess, p.settings, chunk.seed))
             fit.step(0)  # the first batch, out of the count
             steps = p.settings.steps
             with FlopCounterMode(display=False) as counter:

@@ -159,10 +159,16 @@ def run_scale(scale: str, fraction: float, their_steps: int) -> list[dict[str, A
     if fraction >= 1:  # the whole protocol, once: nothing of ours is extrapolated
         whole = ours(fs, n_full)
         ours_full = whole["wall_s"]
+        # the same protocol's matmul work at this machine's measured matmul rate, same threads
+        from benchmarks.compute_limit import limit
+
+        bound = limit(scale)
         rows: list[dict[str, Any]] = [{
             "scale": scale, "side": "probe (batched)", "method": "all five rows", "heads": whole["heads"],
             "steps_measured": n_full, "steps_full": n_full, "measured_s": ours_full, "full_s": ours_full,
-            "extrapolated": False}]
+            "extrapolated": False, "training_tflop": bound["training_flops"] / 1e12,
+            "compute_limit_s": bound["limit_s_at_skinny"], "compute_limit_peak_s": bound["limit_s_at_peak"],
+            "ratio_to_limit": ours_full / bound["limit_s_at_skinny"], "compute_limit": bound}]
     else:
         # Two runs, s and 2s steps: the difference is the per-step cost, the rest is the fixed
         # cost (preprocessing, bound terms, reports), which must not be scaled with the steps.
@@ -217,11 +223,15 @@ def main(argv: list[str] | None = None) -> None:
         rows += run_scale(scale, fraction, args.their_steps)
     write_results(args.name, rows, ["scale", "side", "method", "heads", "steps_measured", "steps_full",
                                        "measured_s", "per_step_ms", "fixed_s", "full_s", "extrapolated",
-                                       "speedup"],
+                                       "speedup", "compute_limit_s", "ratio_to_limit"],
                   extra={"command": " ".join(["python -m benchmarks.paper_grid",
                                               *(sys.argv[1:] if argv is None else argv)]),
                          "note": "the authors' side is their training loop only (no evaluation); ours is "
-                                 "fit_grid end to end (preprocessing, evaluation, bound terms, scoring)"},
+                                 "fit_grid end to end (preprocessing, evaluation, bound terms, scoring). "
+                                 "compute_limit_s (whole runs only): the protocol's training matmul work "
+                                 "(benchmarks.compute_limit: FlopCounterMode, elementwise work not counted) "
+                                 "at the measured rate of the step's typical product; ratio_to_limit = "
+                                 "full_s / compute_limit_s"},
                   title="The CMA paper's protocol: probe's batched grid vs the authors' sequential loop")
 
 
