@@ -18,6 +18,26 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _threads_per_worker() -> None:
+    """Under pytest-xdist (`make test` runs ``-n auto``), each worker and every command it
+    starts gets its share of the cores as BLAS/OpenMP threads, unless the caller set them.
+
+    Two workers on two cores, each with torch's default of a thread per core, make four
+    spinning OpenMP threads on two cores: the same tests then take two to four times as
+    long (measured on test_trainer.py, whose heads are tiny). Set before torch or numpy
+    is imported (this module is loaded first); subprocesses inherit it through the
+    environment, as the study launcher's jobs do (probe.study.launch.slots)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
+    if workers < 1:
+        return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(var, str(max(1, cores // workers)))
+
+
+_threads_per_worker()
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests marked ``cuda`` are skipped where CUDA is not available: one marker both
     selects them (``pytest -m cuda``, benchmarks/gpu_check.sh) and keeps them off CPU machines."""
