@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +72,21 @@ def run_cli(*args: str | os.PathLike[str], cwd: Path | None = None, timeout: flo
         capture_output=True, text=True, cwd=cwd or REPO, env=env, timeout=timeout,
     )
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+def kept_chunks(run: Path) -> list[Path]:
+    """The chunks of heads a `probe fit` into ``run`` has kept so far (its journal)."""
+    folder = run / ".partial" / "chunks"
+    return [p for p in folder.iterdir() if not p.name.startswith(".")] if folder.is_dir() else []
+
+
+def wait_for_chunks(proc: subprocess.Popen, run: Path, n: int, timeout: float = 240) -> None:
+    """Until the fit ``proc`` (into ``run``) has kept ``n`` chunks; fails if it ends first."""
+    deadline = time.time() + timeout
+    while len(kept_chunks(run)) < n:
+        assert proc.poll() is None, f"the fit ended before {n} chunks were kept: {proc.communicate()}"
+        assert time.time() < deadline, "no chunk was finished in time (a very slow machine?)"
+        time.sleep(0.02)
 
 
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
