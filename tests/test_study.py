@@ -65,9 +65,9 @@ def _state(study_dir: Path, job: str) -> str | None:
         return None
 
 
-def _runs(study_dir: Path) -> dict[str, list[dict]]:
+def _runs(study_dir: Path, jobs: list[str] = JOBS) -> dict[str, list[dict]]:
     return {j: [json.loads(line) for line in (study_dir / "jobs" / j / "run" / "results.jsonl").read_text()
-                .splitlines()] for j in JOBS}
+                .splitlines()] for j in jobs}
 
 
 def _start(*args: str) -> subprocess.Popen:
@@ -128,17 +128,22 @@ def test_two_launches_at_once_run_each_job_once(tmp_path: Path) -> None:
 
 
 def test_submitit_path_gives_the_local_launcher_results(tmp_path: Path) -> None:
+    """One feature file's two method groups: a job array of two, as many as run at once
+    (the four-job study runs through a real Slurm in the test below, where there is one)."""
     pytest.importorskip("submitit")
     from probe.study.launch import launch_local, launch_slurm
     from probe.study.spec import load_study
 
-    local = load_study(make_study(tmp_path / "l"))
+    one_file = STUDY.replace('[[features]]\nname = "b"\nfile = "b.h5"\n', "")
+    jobs = ["fit-a-erm", "fit-a-cma"]
+    local = load_study(make_study(tmp_path / "l", one_file))
+    assert [j.id for j in local.jobs] == jobs
     assert set(launch_local(local, 2).values()) == {"done"}
-    debug = load_study(make_study(tmp_path / "d"))
+    debug = load_study(make_study(tmp_path / "d", one_file))
     assert set(launch_slurm(debug, {"time": 10, "mem": "1G", "cpus": 1, "parallelism": 2},
                             cluster="debug").values()) == {"done"}
-    assert _runs(debug.out) == _runs(local.out)
-    assert json.loads((debug.out / "jobs" / "fit-a-erm" / "slurm.json").read_text())["job_id"]
+    assert _runs(debug.out, jobs) == _runs(local.out, jobs)
+    assert all(json.loads((debug.out / "jobs" / j / "slurm.json").read_text())["job_id"] for j in jobs)
 
 
 def test_a_failed_job_is_listed_with_its_log_and_runs_again_once_the_study_is_fixed(tmp_path: Path) -> None:
