@@ -7,6 +7,7 @@ byte-identical afterwards. The full-disk cases run on a small tmpfs the test mou
 
 Most cases extract the bundled demo dataset (1797 in-memory digits) with a tiny
 random open_clip model saved as a local folder: a minute at most on a busy machine.
+The model and the uninterrupted reference extraction are built once per test run.
 """
 
 from __future__ import annotations
@@ -25,17 +26,17 @@ import numpy as np
 import pytest
 
 from features.store import read_features
-from tests.conftest import REPO, CliResult, assert_user_error, run_cli, small_tmpfs
+from tests.conftest import REPO, CliResult, assert_user_error, built_once, run_cli, small_tmpfs
 from tests.test_extract import make_tiny_clip
 from tests.userfiles import sha256, snapshot
 
 DEMO_ROWS = 1797
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # 512 features (2 KiB a row): the demo's file is ~4 MiB, enough to fill a small disk.
-    return make_tiny_clip(tmp_path_factory.mktemp("clip") / "tiny", embed_dim=512)
+    return built_once(tmp_path_factory, "tiny-clip-512", lambda folder: make_tiny_clip(folder, embed_dim=512))
 
 
 def demo_args(clip: Path, out: Path, *extra: str) -> list[str]:
@@ -43,13 +44,15 @@ def demo_args(clip: Path, out: Path, *extra: str) -> list[str]:
             "--batch-size", "64", "--out", str(out), "--quiet", *extra]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def reference(clip: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The demo extracted in one go: what every interrupted and resumed run must equal."""
-    out = tmp_path_factory.mktemp("ref") / "demo.h5"
-    res = run_cli(*demo_args(clip, out))
-    assert res.code == 0, res.stderr
-    return out
+    """The demo extracted in one go: what every interrupted and resumed run must equal
+    (once per test run; the tests read it or copy it)."""
+    def extract(folder: Path) -> None:
+        res = run_cli(*demo_args(clip, folder / "demo.h5"))
+        assert res.code == 0, res.stderr
+
+    return built_once(tmp_path_factory, "demo-tiny-clip-512", extract) / "demo.h5"
 
 
 def assert_same_features(a: Path, b: Path) -> None:
