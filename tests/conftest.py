@@ -41,8 +41,13 @@ _threads_per_worker()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests marked ``cuda`` are skipped where CUDA is not available: one marker both
-    selects them (``pytest -m cuda``, benchmarks/gpu_check.sh) and keeps them off CPU machines."""
+    """Under pytest-xdist, tests marked ``slow`` run first: handed out last, one of them
+    would keep a worker busy while the others have nothing left (every worker sorts
+    alike, as xdist requires). Tests marked ``cuda`` are skipped where CUDA is not
+    available: one marker both selects them (``pytest -m cuda``, benchmarks/gpu_check.sh)
+    and keeps them off CPU machines."""
+    if hasattr(config, "workerinput"):
+        items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: else as collected
     if not any(item.get_closest_marker("cuda") for item in items):
         return
     import torch  # only when a cuda test was collected: most runs need not load it here

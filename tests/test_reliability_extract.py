@@ -109,6 +109,7 @@ def assert_disk_full(res: CliResult, path: str) -> None:
     assert_user_error(res, path, "no space left")
 
 
+@pytest.mark.slow
 def test_full_disk_keeps_the_rows_and_a_rerun_resumes_bit_identical(clip: Path, reference: Path,
                                                                      small_disk: Path) -> None:
     out = small_disk / "demo.h5"
@@ -132,6 +133,7 @@ def test_full_disk_keeps_the_rows_and_a_rerun_resumes_bit_identical(clip: Path, 
     assert sorted(p.name for p in small_disk.iterdir()) == ["demo.h5"]
 
 
+@pytest.mark.slow
 def test_full_disk_leaves_the_previous_file_as_it_was(clip: Path, reference: Path, small_disk: Path) -> None:
     out = small_disk / "demo.h5"
     out.write_bytes(reference.read_bytes())
@@ -149,6 +151,7 @@ def test_full_disk_leaves_the_previous_file_as_it_was(clip: Path, reference: Pat
 # --------------------------------------------------------------------------- item 8: two at once
 
 
+@pytest.mark.slow
 def test_second_overwrite_at_once_is_refused(clip: Path, reference: Path, tmp_path: Path) -> None:
     out = tmp_path / "demo.h5"
     out.write_bytes(reference.read_bytes())
@@ -171,6 +174,7 @@ def test_second_overwrite_at_once_is_refused(clip: Path, reference: Path, tmp_pa
 # --------------------------------------------------------------------------- item 11: signals
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_signal_during_extraction_says_what_it_kept(clip: Path, tmp_path: Path, sig: signal.Signals) -> None:
     out = tmp_path / "demo.h5"
@@ -195,6 +199,7 @@ def test_signal_during_extraction_says_what_it_kept(clip: Path, tmp_path: Path, 
 # --------------------------------------------------------------------------- item 9: shards
 
 
+@pytest.mark.slow
 def test_more_shards_than_batches_still_merge(clip: Path, reference: Path, tmp_path: Path) -> None:
     """One batch of 2048 rows, two shards: shard 0 is empty, and the shards still tile the rows."""
     out = tmp_path / "demo.h5"
@@ -243,6 +248,7 @@ def gradient(seed: int = 0) -> np.ndarray:
     return np.clip(picture * 65535, 0, 65535).astype(np.uint16)
 
 
+@pytest.mark.slow
 def test_sixteen_bit_grayscale_is_scaled_not_clipped(clip: Path, tmp_path: Path) -> None:
     from PIL import Image
 
@@ -258,6 +264,7 @@ def test_sixteen_bit_grayscale_is_scaled_not_clipped(clip: Path, tmp_path: Path)
     assert cosine > 0.999, cosine
 
 
+@pytest.mark.slow
 def test_image_of_unknown_range_is_refused_naming_it(clip: Path, tmp_path: Path) -> None:
     from PIL import Image
 
@@ -280,6 +287,7 @@ def jpeg(seed: int) -> bytes:
     return buf.getvalue()
 
 
+@pytest.mark.slow
 def test_rerun_after_the_images_changed_is_refused(clip: Path, tmp_path: Path) -> None:
     """Item 13: a finished file whose images changed since is not reused as "already complete"."""
     meta = image_table(tmp_path / "imgs", {f"{i}.jpg": jpeg(i) for i in range(6)})

@@ -64,6 +64,7 @@ def _head(path: Path) -> tuple[dict, dict]:
         return {k: f.get_tensor(k) for k in f.keys()}, json.loads(meta["config"])
 
 
+@pytest.mark.slow
 def test_sigkill_mid_grid_then_the_same_command_finishes_it_as_if_uninterrupted(tmp_path: Path,
                                                                                 features: Path) -> None:
     run = tmp_path / "run"
@@ -96,6 +97,7 @@ def test_sigkill_mid_grid_then_the_same_command_finishes_it_as_if_uninterrupted(
     assert res.code == 0 and _digest(run) == before, res.stderr
 
 
+@pytest.mark.slow
 def test_a_rerun_with_other_settings_is_refused_unless_overwrite(tmp_path: Path, features: Path) -> None:
     run = tmp_path / "run"
     proc = _start(features, run, *GRID)
@@ -210,6 +212,7 @@ def _fill(disk: Path) -> Path:
     return filler
 
 
+@pytest.mark.slow
 def test_full_disk_during_overwrite_keeps_the_previous_run(small_disk: Path, features: Path) -> None:
     run = small_disk / "run"
     assert run_cli("fit", features, "--out", run, *FAST).code == 0

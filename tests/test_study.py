@@ -76,6 +76,7 @@ def _start(*args: str) -> subprocess.Popen:
                             env={**os.environ, "PYTHONPATH": str(REPO)})
 
 
+@pytest.mark.slow
 def test_local_study_killed_part_way_then_rerun(tmp_path: Path) -> None:
     toml = make_study(tmp_path)
     st = tmp_path / "st"
@@ -115,6 +116,7 @@ def test_local_study_killed_part_way_then_rerun(tmp_path: Path) -> None:
     assert _runs(st)["fit-a-cma"] == [json.loads(line) for line in (ref / "results.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_two_launches_at_once_run_each_job_once(tmp_path: Path) -> None:
     toml = make_study(tmp_path)
     st = tmp_path / "st"
@@ -127,6 +129,7 @@ def test_two_launches_at_once_run_each_job_once(tmp_path: Path) -> None:
         assert (st / "jobs" / j / "log.txt").read_text().count("$ probe fit") == 1, j
 
 
+@pytest.mark.slow
 def test_submitit_path_gives_the_local_launcher_results(tmp_path: Path) -> None:
     """One feature file's two method groups: a job array of two, as many as run at once
     (the four-job study runs through a real Slurm in the test below, where there is one)."""
@@ -146,6 +149,7 @@ def test_submitit_path_gives_the_local_launcher_results(tmp_path: Path) -> None:
     assert all(json.loads((debug.out / "jobs" / j / "slurm.json").read_text())["job_id"] for j in jobs)
 
 
+@pytest.mark.slow
 def test_a_failed_job_is_listed_with_its_log_and_runs_again_once_the_study_is_fixed(tmp_path: Path) -> None:
     """A file that is there but holds no features passes the study file's checks, and its
     jobs fail (with nothing written). Issue 26, item 16: once the study file names the right
@@ -187,6 +191,7 @@ def test_study_file_mistakes_are_one_line(tmp_path: Path, edit, fragment: str) -
     assert not (tmp_path / "st").exists()
 
 
+@pytest.mark.slow
 def test_sigterm_to_a_study_records_its_running_job_as_interrupted(tmp_path: Path) -> None:
     """Issue 26, item 16: stopped by SIGTERM, a job is interrupted (to be resumed), not failed."""
     # The stochastic trainer for a million steps: the job is surely still fitting when the
@@ -232,6 +237,7 @@ def test_expansion_of_extraction_specs(tmp_path: Path) -> None:
     assert study.jobs[3].deps == ("merge-wb",)
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("slurm_cluster")
 def test_slurm_launcher_on_a_real_single_node_slurm(tmp_path: Path) -> None:
     toml = make_study(tmp_path / "s")
@@ -253,6 +259,7 @@ def load_local_reference(folder: Path) -> Path:
     return folder / "st"
 
 
+@pytest.mark.slow
 def test_a_study_extracts_in_shards_merges_and_fits(tmp_path: Path) -> None:
     """The study layer does the sharding and the merge: the merged file is what one
     unsharded extraction writes, and the fit runs on it."""
