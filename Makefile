@@ -33,9 +33,13 @@ demo: install
 	$(BIN)/probe report $(DEMO_DIR)/run --format markdown --out $(DEMO_DIR)/run/report.md --plots $(DEMO_DIR)/run
 	@echo "Demo outputs: $(DEMO_DIR)/run (report.md, *.png, results.jsonl, summary.json, heads/)"
 
+# In parallel, one pytest-xdist worker per core (tests/conftest.py gives each its share of
+# the cores as threads); `$(BIN)/python -m pytest tests/x.py` alone runs in one process.
+PYTEST_WORKERS ?= auto
+
 test: install-dev
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS)
 
 lint: install-dev
 	$(BIN)/ruff check .

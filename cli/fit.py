@@ -129,7 +129,6 @@ def fit(
     as it was), and the command exits with code 130 (SIGINT) or 143 (SIGTERM).
     """
     from base.errors import UserError
-    from probe.pipeline import fit_grid
 
     params = all_params()
     grid = {name: params[name][0][1].parse(text) for name, text in grid_text.items()}
@@ -142,6 +141,7 @@ def fit(
         except OSError as exc:
             raise UserError(f"`out` defaults to {run_dir}, but the folder {run_dir.parent.resolve()} cannot be "
                             f"created here ({exc.strerror}); pass `out`") from exc
+    _check_feature_file(features)
     from rich.progress import (
         BarColumn,
         Progress,
@@ -149,6 +149,8 @@ def fit(
         TimeElapsedColumn,
         TimeRemainingColumn,
     )
+
+    from probe.pipeline import fit_grid
 
     bar = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
                    TimeElapsedColumn(), TimeRemainingColumn(), disable=quiet, transient=True)
@@ -166,6 +168,17 @@ def fit(
         print(f"probe fit: {_interrupted(exc, run_dir)}", file=sys.stderr)
         raise typer.Exit(exit_code(exc)) from None
     _report(run_dir, quiet)
+
+
+def _check_feature_file(features: Path) -> None:
+    """A path that is not a feature file at all (missing, a folder, unreadable, not HDF5,
+    damaged, another schema) is refused with the reader's own message before the fit's
+    imports (torch: two seconds of every mistyped command). Only the file's header is read
+    here; :func:`features.store.read_features` checks the rest (and all of this again)."""
+    from features.store import check_schema, malformed_is_user_error, open_feature_file
+
+    with open_feature_file(features) as h5, malformed_is_user_error(features):
+        check_schema(h5, features)
 
 
 def _interrupted(exc: KeyboardInterrupt, run_dir: Path) -> str:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,9 +20,34 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _threads_per_worker() -> None:
+    """Under pytest-xdist (`make test` runs ``-n auto``), each worker and every command it
+    starts gets its share of the cores as BLAS/OpenMP threads, unless the caller set them.
+
+    Two workers on two cores, each with torch's default of a thread per core, make four
+    spinning OpenMP threads on two cores: the same tests then take two to four times as
+    long (measured on test_trainer.py, whose heads are tiny). Set before torch or numpy
+    is imported (this module is loaded first); subprocesses inherit it through the
+    environment, as the study launcher's jobs do (probe.study.launch.slots)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
+    if workers < 1:
+        return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(var, str(max(1, cores // workers)))
+
+
+_threads_per_worker()
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests marked ``cuda`` are skipped where CUDA is not available: one marker both
-    selects them (``pytest -m cuda``, benchmarks/gpu_check.sh) and keeps them off CPU machines."""
+    """Under pytest-xdist, tests marked ``slow`` run first: handed out last, one of them
+    would keep a worker busy while the others have nothing left (every worker sorts
+    alike, as xdist requires). Tests marked ``cuda`` are skipped where CUDA is not
+    available: one marker both selects them (``pytest -m cuda``, benchmarks/gpu_check.sh)
+    and keeps them off CPU machines."""
+    if hasattr(config, "workerinput"):
+        items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: else as collected
     if not any(item.get_closest_marker("cuda") for item in items):
         return
     import torch  # only when a cuda test was collected: most runs need not load it here
@@ -31,6 +58,25 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.get_closest_marker("cuda"):
             item.add_marker(skip)
+
+
+def built_once(factory: pytest.TempPathFactory, name: str, build: Callable[[Path], object]) -> Path:
+    """A folder that ``build(folder)`` fills once per test run, shared by every test and, under
+    pytest-xdist, by every worker (the first to ask builds it while the others wait). Tests
+    read it; a test that changes a file copies it first."""
+    root = factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # above each worker's own basetemp: the whole run's
+    shared = root / "built-once"
+    shared.mkdir(exist_ok=True)
+    done = shared / name
+    with open(shared / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not done.exists():
+            work = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=shared))
+            build(work)
+            work.rename(done)
+    return done
 
 
 @dataclass
@@ -51,6 +97,21 @@ def run_cli(*args: str | os.PathLike[str], cwd: Path | None = None, timeout: flo
         capture_output=True, text=True, cwd=cwd or REPO, env=env, timeout=timeout,
     )
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+def kept_chunks(run: Path) -> list[Path]:
+    """The chunks of heads a `probe fit` into ``run`` has kept so far (its journal)."""
+    folder = run / ".partial" / "chunks"
+    return [p for p in folder.iterdir() if not p.name.startswith(".")] if folder.is_dir() else []
+
+
+def wait_for_chunks(proc: subprocess.Popen, run: Path, n: int, timeout: float = 240) -> None:
+    """Until the fit ``proc`` (into ``run``) has kept ``n`` chunks; fails if it ends first."""
+    deadline = time.time() + timeout
+    while len(kept_chunks(run)) < n:
+        assert proc.poll() is None, f"the fit ended before {n} chunks were kept: {proc.communicate()}"
+        assert time.time() < deadline, "no chunk was finished in time (a very slow machine?)"
+        time.sleep(0.02)
 
 
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0

@@ -271,9 +271,8 @@ def test_sigint_during_grid_fit_keeps_finished_configurations(tmp_path: Path) ->
     import signal
     import subprocess
     import sys
-    import time
 
-    from tests.conftest import REPO
+    from tests.conftest import REPO, wait_for_chunks
 
     write_feature_file(tmp_path / "good.h5", toy_arrays(40, 8))
     run = tmp_path / "run"
@@ -282,13 +281,9 @@ def test_sigint_during_grid_fit_keeps_finished_configurations(tmp_path: Path) ->
         [sys.executable, "-m", "cli", "fit", str(tmp_path / "good.h5"), "--method", "erm", "--out", str(run),
          "--seed", "0:1999:2000", "--steps", "200", "--batch-size", "16", "--solver", "adam", "--quiet"],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    # Wait until the run folder exists (the fit has started), then a little longer. The
-    # grid is far too long to finish in that time on any machine (2000 cohorts of 200
-    # steps), yet its first cohorts take well under a second each.
-    while not run.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.1)
-    time.sleep(15.0)  # enough for a first cohort even on a loaded machine
+    # Interrupted once its first cohort is kept in the journal: the grid (2000 cohorts of
+    # 200 steps) is far too long to finish by then on any machine.
+    wait_for_chunks(proc, run, 1)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, (proc.returncode, err)

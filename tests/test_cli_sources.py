@@ -18,6 +18,7 @@ def test_unknown_timm_model(tmp_path: Path) -> None:
     assert_user_error(res, "--encoder timm:no_such_net: unknown timm model")
 
 
+@pytest.mark.slow
 def test_timm_weights_that_do_not_fit(tmp_path: Path) -> None:
     import torch
     from safetensors.torch import save_file

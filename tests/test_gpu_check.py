@@ -22,6 +22,7 @@ STEP_KEYS = {"step", "what", "status", "seconds", "cap_s", "peak_gpu_mib", "peak
              "details"}
 
 
+@pytest.mark.slow
 def test_dry_run_writes_every_step(tmp_path: Path) -> None:
     out = tmp_path / "dry"
     env = {**{k: v for k, v in os.environ.items() if k != "GPU_CHECK_COMMAND"}, "PYTHONPATH": str(REPO),

@@ -7,6 +7,7 @@ byte-identical afterwards. The full-disk cases run on a small tmpfs the test mou
 
 Most cases extract the bundled demo dataset (1797 in-memory digits) with a tiny
 random open_clip model saved as a local folder: a minute at most on a busy machine.
+The model and the uninterrupted reference extraction are built once per test run.
 """
 
 from __future__ import annotations
@@ -25,17 +26,17 @@ import numpy as np
 import pytest
 
 from features.store import read_features
-from tests.conftest import REPO, CliResult, assert_user_error, run_cli, small_tmpfs
+from tests.conftest import REPO, CliResult, assert_user_error, built_once, run_cli, small_tmpfs
 from tests.test_extract import make_tiny_clip
 from tests.userfiles import sha256, snapshot
 
 DEMO_ROWS = 1797
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # 512 features (2 KiB a row): the demo's file is ~4 MiB, enough to fill a small disk.
-    return make_tiny_clip(tmp_path_factory.mktemp("clip") / "tiny", embed_dim=512)
+    return built_once(tmp_path_factory, "tiny-clip-512", lambda folder: make_tiny_clip(folder, embed_dim=512))
 
 
 def demo_args(clip: Path, out: Path, *extra: str) -> list[str]:
@@ -43,13 +44,15 @@ def demo_args(clip: Path, out: Path, *extra: str) -> list[str]:
             "--batch-size", "64", "--out", str(out), "--quiet", *extra]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def reference(clip: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The demo extracted in one go: what every interrupted and resumed run must equal."""
-    out = tmp_path_factory.mktemp("ref") / "demo.h5"
-    res = run_cli(*demo_args(clip, out))
-    assert res.code == 0, res.stderr
-    return out
+    """The demo extracted in one go: what every interrupted and resumed run must equal
+    (once per test run; the tests read it or copy it)."""
+    def extract(folder: Path) -> None:
+        res = run_cli(*demo_args(clip, folder / "demo.h5"))
+        assert res.code == 0, res.stderr
+
+    return built_once(tmp_path_factory, "demo-tiny-clip-512", extract) / "demo.h5"
 
 
 def assert_same_features(a: Path, b: Path) -> None:
@@ -106,6 +109,7 @@ def assert_disk_full(res: CliResult, path: str) -> None:
     assert_user_error(res, path, "no space left")
 
 
+@pytest.mark.slow
 def test_full_disk_keeps_the_rows_and_a_rerun_resumes_bit_identical(clip: Path, reference: Path,
                                                                      small_disk: Path) -> None:
     out = small_disk / "demo.h5"
@@ -129,6 +133,7 @@ def test_full_disk_keeps_the_rows_and_a_rerun_resumes_bit_identical(clip: Path, 
     assert sorted(p.name for p in small_disk.iterdir()) == ["demo.h5"]
 
 
+@pytest.mark.slow
 def test_full_disk_leaves_the_previous_file_as_it_was(clip: Path, reference: Path, small_disk: Path) -> None:
     out = small_disk / "demo.h5"
     out.write_bytes(reference.read_bytes())
@@ -146,6 +151,7 @@ def test_full_disk_leaves_the_previous_file_as_it_was(clip: Path, reference: Pat
 # --------------------------------------------------------------------------- item 8: two at once
 
 
+@pytest.mark.slow
 def test_second_overwrite_at_once_is_refused(clip: Path, reference: Path, tmp_path: Path) -> None:
     out = tmp_path / "demo.h5"
     out.write_bytes(reference.read_bytes())
@@ -168,6 +174,7 @@ def test_second_overwrite_at_once_is_refused(clip: Path, reference: Path, tmp_pa
 # --------------------------------------------------------------------------- item 11: signals
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_signal_during_extraction_says_what_it_kept(clip: Path, tmp_path: Path, sig: signal.Signals) -> None:
     out = tmp_path / "demo.h5"
@@ -192,6 +199,7 @@ def test_signal_during_extraction_says_what_it_kept(clip: Path, tmp_path: Path, 
 # --------------------------------------------------------------------------- item 9: shards
 
 
+@pytest.mark.slow
 def test_more_shards_than_batches_still_merge(clip: Path, reference: Path, tmp_path: Path) -> None:
     """One batch of 2048 rows, two shards: shard 0 is empty, and the shards still tile the rows."""
     out = tmp_path / "demo.h5"
@@ -240,6 +248,7 @@ def gradient(seed: int = 0) -> np.ndarray:
     return np.clip(picture * 65535, 0, 65535).astype(np.uint16)
 
 
+@pytest.mark.slow
 def test_sixteen_bit_grayscale_is_scaled_not_clipped(clip: Path, tmp_path: Path) -> None:
     from PIL import Image
 
@@ -255,6 +264,7 @@ def test_sixteen_bit_grayscale_is_scaled_not_clipped(clip: Path, tmp_path: Path)
     assert cosine > 0.999, cosine
 
 
+@pytest.mark.slow
 def test_image_of_unknown_range_is_refused_naming_it(clip: Path, tmp_path: Path) -> None:
     from PIL import Image
 
@@ -277,6 +287,7 @@ def jpeg(seed: int) -> bytes:
     return buf.getvalue()
 
 
+@pytest.mark.slow
 def test_rerun_after_the_images_changed_is_refused(clip: Path, tmp_path: Path) -> None:
     """Item 13: a finished file whose images changed since is not reused as "already complete"."""
     meta = image_table(tmp_path / "imgs", {f"{i}.jpg": jpeg(i) for i in range(6)})

@@ -119,6 +119,7 @@ def test_report_out_refuses_a_socket(tmp_path: Path) -> None:
         assert _node(path) == before
 
 
+@pytest.mark.slow
 def test_feature_files_and_figures_are_never_written_over_a_device_or_a_fifo(tmp_path: Path) -> None:
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)
@@ -157,6 +158,7 @@ def _close_stdout() -> None:
     os.close(1)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
 def test_a_full_or_closed_stdout_is_one_line_and_the_fit_still_writes_its_run(tmp_path: Path) -> None:
     run = two_runs(tmp_path)["a"]

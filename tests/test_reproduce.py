@@ -14,6 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from probe.reports import build_report, render
 from tests.conftest import REPO, CliResult, assert_user_error, run_cli
 from tests.runfolders import ERM_GRID, write_run_folder
@@ -46,6 +48,7 @@ def _methods(table: str) -> list[str]:
     return [ln.split("|")[1].strip() for ln in table.splitlines() if ln.startswith("| ")][1:]
 
 
+@pytest.mark.slow
 def test_reproduce_smoke_is_kept_apart_marked_resumed_and_never_the_real_table(tmp_path: Path) -> None:
     clip = make_tiny_clip(tmp_path / "clip")
     out = tmp_path / "out"

@@ -12,14 +12,20 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from safetensors import safe_open
 
-from tests.conftest import REPO, assert_user_error, run_cli, small_tmpfs
+from tests.conftest import (
+    REPO,
+    assert_user_error,
+    kept_chunks,
+    run_cli,
+    small_tmpfs,
+    wait_for_chunks,
+)
 from tests.h5craft import toy_arrays, write_feature_file
 
 #: twelve cohorts (one per seed), each a fraction of a second: a kill lands mid-grid (the
@@ -37,23 +43,10 @@ def _digest(folder: Path, skip: tuple[str, ...] = (".partial", ".lock")) -> dict
             for p in sorted(folder.rglob("*")) if p.is_file() and p.relative_to(folder).parts[0] not in skip}
 
 
-def _chunks(run: Path) -> list[Path]:
-    folder = run / ".partial" / "chunks"
-    return [p for p in folder.iterdir() if not p.name.startswith(".")] if folder.is_dir() else []
-
-
 def _start(features: Path, run: Path, *args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "cli", "fit", str(features), "--out", str(run), *args],
                             cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-
-
-def _wait_for_chunks(proc: subprocess.Popen, run: Path, n: int, timeout: float = 240) -> None:
-    deadline = time.time() + timeout
-    while len(_chunks(run)) < n:
-        assert proc.poll() is None, f"the fit ended before {n} chunks were kept: {proc.communicate()}"
-        assert time.time() < deadline, "no chunk was finished in time (a very slow machine?)"
-        time.sleep(0.02)
 
 
 @pytest.fixture
@@ -71,14 +64,15 @@ def _head(path: Path) -> tuple[dict, dict]:
         return {k: f.get_tensor(k) for k in f.keys()}, json.loads(meta["config"])
 
 
+@pytest.mark.slow
 def test_sigkill_mid_grid_then_the_same_command_finishes_it_as_if_uninterrupted(tmp_path: Path,
                                                                                 features: Path) -> None:
     run = tmp_path / "run"
     proc = _start(features, run, *GRID)
-    _wait_for_chunks(proc, run, 2)
+    wait_for_chunks(proc, run, 2)
     proc.kill()  # SIGKILL: no handler runs, nothing is written on the way out
     proc.wait(timeout=60)
-    kept = len(_chunks(run))
+    kept = len(kept_chunks(run))
     assert 2 <= kept < 12, kept
     assert not (run / "results.jsonl").exists()
 
@@ -103,16 +97,17 @@ def test_sigkill_mid_grid_then_the_same_command_finishes_it_as_if_uninterrupted(
     assert res.code == 0 and _digest(run) == before, res.stderr
 
 
+@pytest.mark.slow
 def test_a_rerun_with_other_settings_is_refused_unless_overwrite(tmp_path: Path, features: Path) -> None:
     run = tmp_path / "run"
     proc = _start(features, run, *GRID)
-    _wait_for_chunks(proc, run, 1)
+    wait_for_chunks(proc, run, 1)
     proc.kill()
     proc.wait(timeout=60)
-    journal = {p.name for p in _chunks(run)}
+    journal = {p.name for p in kept_chunks(run)}
     res = run_cli("fit", features, "--out", run, *GRID, "--lr", "0.5")
     assert_user_error(res, "unfinished fit of other data or settings", "--overwrite")
-    assert {p.name for p in _chunks(run)} == journal
+    assert {p.name for p in kept_chunks(run)} == journal
     other = write_feature_file(tmp_path / "other.h5", toy_arrays(40, 8, seed=3))
     assert_user_error(run_cli("fit", other, "--out", run, *GRID), "other data or settings")
 
@@ -127,7 +122,7 @@ def test_two_fits_into_one_folder_at_once(tmp_path: Path, features: Path) -> Non
     run = tmp_path / "run"
     proc = _start(features, run, *LONG)
     try:
-        _wait_for_chunks(proc, run, 1)
+        wait_for_chunks(proc, run, 1)
         assert_user_error(run_cli("fit", features, "--out", run, *LONG), "being written by another")
     finally:
         proc.kill()
@@ -145,7 +140,7 @@ def _stop(proc: subprocess.Popen, sig: int) -> tuple[int, str]:
 def test_sigterm_writes_the_finished_configurations_like_ctrl_c(tmp_path: Path, features: Path) -> None:
     run = tmp_path / "run"
     proc = _start(features, run, *LONG)
-    _wait_for_chunks(proc, run, 1)
+    wait_for_chunks(proc, run, 1)
     code, err = _stop(proc, signal.SIGTERM)
     assert code == 143, (code, err)
     assert "terminated" in err and str(run) in err
@@ -161,11 +156,11 @@ def test_overwrite_interrupted_keeps_the_previous_complete_run(tmp_path: Path, f
     assert run_cli("fit", features, "--out", run, *FAST).code == 0
     before = _digest(run)
     proc = _start(features, run, *LONG, "--overwrite")
-    _wait_for_chunks(proc, run, 1)
+    wait_for_chunks(proc, run, 1)
     code, err = _stop(proc, signal.SIGINT)
     assert code == 130 and "unchanged" in err, (code, err)
     assert _digest(run) == before
-    assert _chunks(run), "the finished configurations were not kept for a rerun"
+    assert kept_chunks(run), "the finished configurations were not kept for a rerun"
 
 
 def test_default_out_when_runs_is_a_file(tmp_path: Path, features: Path) -> None:
@@ -217,6 +212,7 @@ def _fill(disk: Path) -> Path:
     return filler
 
 
+@pytest.mark.slow
 def test_full_disk_during_overwrite_keeps_the_previous_run(small_disk: Path, features: Path) -> None:
     run = small_disk / "run"
     assert run_cli("fit", features, "--out", run, *FAST).code == 0

@@ -30,6 +30,7 @@ def _draw(rng: np.random.Generator, accuracy: np.ndarray) -> np.ndarray:
     return np.concatenate([rng.random(n) < p for n, p in zip(SIZES, accuracy, strict=True)])
 
 
+@pytest.mark.slow
 def test_bootstrap_intervals_cover_the_true_wga_and_difference_about_95_percent_of_the_time() -> None:
     groups = np.repeat(np.arange(len(SIZES)), SIZES)
     better = ACCURACY + np.array([0.0, 0.1, 0.0])  # a method 10 points better on the worst group
