@@ -142,6 +142,7 @@ def fit(
             raise UserError(f"`out` defaults to {run_dir}, but the folder {run_dir.parent.resolve()} cannot be "
                             f"created here ({exc.strerror}); pass `out`") from exc
     _check_feature_file(features)
+    _check_flags(method, settings, dtype)
     from rich.progress import (
         BarColumn,
         Progress,
@@ -179,6 +180,18 @@ def _check_feature_file(features: Path) -> None:
 
     with open_feature_file(features) as h5, malformed_is_user_error(features):
         check_schema(h5, features)
+
+
+def _check_flags(method: str | None, settings: dict[str, Any], dtype: str) -> None:
+    """Method names and setting values refused before the fit's imports, as the feature file
+    is: the fit checks them again, with the protocol's values and on the real device."""
+    from probe.methods import checked_settings, parse_methods
+    from probe.train.settings import check_dtype
+
+    check_dtype(dtype)
+    if method is not None:
+        parse_methods(method)
+    checked_settings(**settings)
 
 
 def _interrupted(exc: KeyboardInterrupt, run_dir: Path) -> str:

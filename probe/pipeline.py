@@ -10,7 +10,7 @@ keyword settings (fields and the options that methods and preprocessing kinds ow
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +28,9 @@ from probe.methods import (
     GradientMethod,
     Method,
     all_params,
-    check_options,
+    checked_settings,
     get_method,
-    method_names,
+    parse_methods,
 )
 from probe.methods.protocols import Resolved, resolve_for
 from probe.preprocessing import REGISTRY as PREPROCESSINGS
@@ -43,7 +43,7 @@ from probe.records.summary import Summary
 from probe.runs.folder import RunSpec, provenance
 from probe.runs.resume import RunSession, data_fingerprint, fit_fingerprint, fit_no_space_message
 from probe.train.data import SplitCache, validate_for_fit
-from probe.train.settings import DTYPES, Settings
+from probe.train.settings import Settings, check_dtype
 
 
 def check_grid(grid: dict[str, Any]) -> dict[str, list[Any]]:
@@ -57,29 +57,12 @@ def check_grid(grid: dict[str, Any]) -> dict[str, list[Any]]:
     return out
 
 
-def parse_methods(methods: list[str] | str) -> list[str]:
-    names = [m.strip() for m in methods.split(",")] if isinstance(methods, str) else list(methods)
-    names = [m for m in names if m]
-    if not names:
-        raise UserError("`method`: no method given; choose from " + ", ".join(method_names()))
-    for m in names:
-        get_method(m)
-    return list(dict.fromkeys(names))
-
-
 def make_settings(device: str = "auto", dtype: str = "float32", **settings: Any) -> Settings:
-    """Settings from keywords: Settings' own fields, and options that a method or a
-    preprocessing kind declares (``hessian_method``, ``pca_dim``, ...), each checked by its
-    declaration; the domain source is checked against its registry."""
-    if dtype not in DTYPES:
-        raise UserError(f"`dtype` {dtype!r} is not one of: {', '.join(DTYPES)}")
-    own = {f.name for f in fields(Settings)} - {"device", "dtype", "options"}
-    options = dict(settings.pop("options", None) or {})
-    options.update({k: settings.pop(k) for k in list(settings) if k not in own})
-    st = Settings(device=resolve_device(device), dtype=getattr(torch, dtype), options=check_options(options),
-                  **settings)
-    get_source(st.domain)
-    return st
+    """Settings from keywords (:func:`probe.methods.checked_settings`: Settings' own fields
+    and the options methods and preprocessing kinds declare, each checked), on the device
+    and in the dtype named."""
+    check_dtype(dtype)
+    return checked_settings(resolve_device(device), getattr(torch, dtype), **settings)
 
 
 @dataclass
@@ -256,8 +239,6 @@ def domains_record(fs: FitSet, raw: FeatureSet) -> dict[str, Any]:
     """summary.json's record of the fit's domains: their source and names, whether they were
     inferred and, when the file has the training rows' groups, how well they agree with
     them (the adjusted Rand index: read after the fit, to report, never by it)."""
-    from probe.domains import get_source
-
     inferred = get_source(fs.domain_source).inferred
     train = raw.split_mask("train")
     truth = raw.group[train]

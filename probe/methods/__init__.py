@@ -14,6 +14,7 @@ domain sources): every fit-wide option a method or a preprocessing kind owns
 from __future__ import annotations
 
 import re
+from dataclasses import fields
 from typing import Any
 
 from base.errors import UserError
@@ -30,11 +31,13 @@ from probe.methods.base import (
     register,
 )
 from probe.records.grid import Param
+from probe.train.settings import Settings
 
 import_modules(__name__, __path__, skip=("base", "protocols"))
 
 __all__ = ["COMMON", "REGISTRY", "GradientMethod", "Method", "all_options", "all_params", "check_options",
-           "convex_methods", "display_name", "fill_help", "get_method", "method_names", "register"]
+           "checked_settings", "convex_methods", "display_name", "fill_help", "get_method", "method_names",
+           "parse_methods", "register"]
 
 
 def display_name(method: str) -> str:
@@ -70,6 +73,35 @@ def check_options(options: dict[str, Any]) -> dict[str, Any]:
         if value is not None:
             out[name] = known[name][1].check(value)
     return out
+
+
+def checked_settings(device: Any = None, dtype: Any = None, **settings: Any) -> Settings:
+    """Settings from keywords: Settings' own fields, and options that a method, a domain
+    source or a preprocessing kind declares (``hessian_method``, ``pca_dim``, ...), each
+    checked by its declaration; the domain source checked against its registry.
+
+    ``device`` and ``dtype`` are stored as given: with None for both, nothing here loads
+    torch, so a command can refuse a mistyped flag before paying for that import
+    (:func:`probe.pipeline.make_settings` gives the real ones)."""
+    from probe.domains import get_source
+
+    own = {f.name for f in fields(Settings)} - {"device", "dtype", "options"}
+    options = dict(settings.pop("options", None) or {})
+    options.update({k: settings.pop(k) for k in list(settings) if k not in own})
+    st = Settings(device=device, dtype=dtype, options=check_options(options), **settings)
+    get_source(st.domain)
+    return st
+
+
+def parse_methods(methods: list[str] | str) -> list[str]:
+    """Registered method names from a comma list or a list, in order, each once."""
+    names = [m.strip() for m in methods.split(",")] if isinstance(methods, str) else list(methods)
+    names = [m for m in names if m]
+    if not names:
+        raise UserError("`method`: no method given; choose from " + ", ".join(method_names()))
+    for m in names:
+        get_method(m)
+    return list(dict.fromkeys(names))
 
 
 def _registry_lists() -> dict[str, str]:

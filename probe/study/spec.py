@@ -22,7 +22,7 @@ from features.extract import shard_output_path
 from features.schema import FEATURE_DTYPES
 from probe.methods import all_options, all_params, get_method
 from probe.methods.protocols import protocol_names
-from probe.train.settings import setting_kind, user_settings
+from probe.train.settings import check_dtype, setting_kind, user_settings
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -284,8 +284,9 @@ def _fit_keys() -> list[str]:
 def _check_fit(table: dict[str, Any], where: str) -> None:
     """Every key a `probe fit` flag, every value one the fit would take: grid values by
     their declarations' parsers, settings typed as their flags are and checked by
-    :func:`probe.pipeline.make_settings`, as `probe fit` checks its flags."""
-    from probe.pipeline import make_settings
+    :func:`probe.methods.checked_settings`, as `probe fit` checks its flags (without
+    loading torch: a study's launcher only reads and launches)."""
+    from probe.methods import checked_settings
 
     _only(table, _fit_keys(), where)
     params = all_params()
@@ -301,7 +302,8 @@ def _check_fit(table: dict[str, Any], where: str) -> None:
                 settings[key] = _typed(key, value, kinds[key])
         settings.pop("allow_incomplete", None)
         _check_device(str(table.get("device", "auto")))
-        make_settings("cpu", str(table.get("dtype", "float32")), **settings)
+        check_dtype(str(table.get("dtype", "float32")))
+        checked_settings(**settings)
     except UserError as exc:
         raise UserError(f"{where}: {exc}") from exc
     if "protocol" in table and table["protocol"] not in protocol_names():

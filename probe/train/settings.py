@@ -172,6 +172,12 @@ class Settings:
         return {**out, **self.options}
 
 
+def check_dtype(dtype: str) -> None:
+    """The fit's dtype, by name (the heads' and the moments' precision)."""
+    if dtype not in DTYPES:
+        raise UserError(f"`dtype` {dtype!r} is not one of: {', '.join(DTYPES)}")
+
+
 def check_setting(name: str, value: Any, meta: Any) -> None:
     choices, minimum = meta.get("choices") or (), meta.get("minimum")
     if value is None and meta.get("optional"):  # None means "the default", described in the help
