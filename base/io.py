@@ -11,13 +11,14 @@ import contextlib
 import json
 import math
 import os
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from base.errors import UserError
-from base.outputs import STREAMS, DiskFull, disk_full, no_space_message, special_kind
+from base.outputs import STREAMS, DiskFull, descriptor_of, disk_full, no_space_message, special_kind
 
 
 class NoSpace(DiskFull):
@@ -110,12 +111,20 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
 def write_output_text(path: str | os.PathLike[str], text: str) -> None:
     """Write a file the user named: atomically over a regular file or nothing; straight
     through a character device or a FIFO (``/dev/null``, ``/dev/stdout``, a named pipe,
-    the ``/dev/fd/N`` of a shell's ``>(...)``), which stay what they are."""
+    the ``/dev/fd/N`` of a shell's ``>(...)``), which stay what they are; through the
+    descriptor itself where the path names one of this command's (``/dev/stdout`` when
+    stdout is a file: the file is appended to at the shell's offset, never replaced)."""
     if special_kind(path) not in STREAMS:
         write_text_atomic(path, text)
         return
+    fd = descriptor_of(path)
+    if fd is not None:  # through the descriptor itself: its offset and append mode are the shell's
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                stream.flush()  # what the command printed before stays before
     try:
-        with no_space_names(path), open(path, "w", encoding="utf-8") as fh:
+        with no_space_names(path), (open(os.dup(fd), "w", encoding="utf-8") if fd is not None
+                                    else open(path, "w", encoding="utf-8")) as fh:
             fh.write(text)
     except NoSpace:
         raise

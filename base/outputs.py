@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -155,14 +156,48 @@ def _acquire(lock: Path, busy: str) -> int | None:
 
 _SPECIAL = ((stat.S_ISCHR, "a character device"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+#: what a path is when it names one of this command's own open descriptors (/dev/stdout,
+#: /dev/fd/N, /proc/self/fd/N): written through that descriptor, whatever it refers to
+DESCRIPTOR = "an open descriptor of this command"
 #: the kinds of node a text output may be written through (a stream: /dev/null, a pipe, /dev/stdout)
-STREAMS = ("a character device", "a FIFO (named pipe)")
+STREAMS = ("a character device", "a FIFO (named pipe)", DESCRIPTOR)
+_STANDARD = {"/dev/stdin": 0, "/dev/stdout": 1, "/dev/stderr": 2}
+_FD_PATH = re.compile(r"/(?:dev/fd|proc/self/fd|proc/thread-self/fd|proc/(\d+)/fd)/(\d+)")
+
+
+def descriptor_of(path: str | os.PathLike[str]) -> int | None:
+    """The open descriptor of this process that ``path`` names, directly or through links
+    (``/dev/stdout``, ``/dev/fd/N``, ``/proc/self/fd/N``), else None.
+
+    Such a path resolves to whatever the descriptor refers to, often a regular file the
+    shell opened (``> log.txt``, ``>> log.txt``): renaming a new file over it would replace
+    that file and lose what the shell had written there, and reopening it would truncate
+    it. Written through the descriptor instead, the output lands where the shell meant."""
+    p = os.path.abspath(os.fspath(path))
+    for _ in range(40):  # the kernel's own limit on a chain of links
+        m = _FD_PATH.fullmatch(p)
+        if p in _STANDARD or (m and (m[1] is None or int(m[1]) == os.getpid())):
+            fd = _STANDARD[p] if p in _STANDARD else int(m[2])  # type: ignore[index]
+            try:
+                os.fstat(fd)
+            except OSError:
+                return None
+            return fd
+        try:
+            link = os.readlink(p)
+        except (OSError, ValueError):
+            return None
+        p = os.path.normpath(os.path.join(os.path.dirname(p), link))
+    return None
 
 
 def special_kind(path: str | os.PathLike[str]) -> str | None:
     """What ``path`` is (through links) when it exists and is neither a regular file nor
     a folder: ``a character device``, ``a FIFO (named pipe)``, ``a block device`` or
-    ``a socket``; None otherwise (also when it does not exist)."""
+    ``a socket``, or :data:`DESCRIPTOR` when it names an open descriptor of this command;
+    None otherwise (also when it does not exist)."""
+    if descriptor_of(path) is not None:
+        return DESCRIPTOR
     try:
         mode = os.stat(path).st_mode
     except (OSError, ValueError):

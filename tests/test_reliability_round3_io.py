@@ -109,6 +109,26 @@ def test_report_out_writes_through_a_fifo_a_device_and_dev_fd_and_leaves_them_so
     assert "Traceback" not in err and text.startswith("label,method,run_dir")
 
 
+def test_report_out_dev_stdout_on_a_file_appends_where_the_shell_points(tmp_path: Path) -> None:
+    """``probe report RUN --out /dev/stdout >> log.txt``: /dev/stdout resolves to log.txt, which
+    a rename would replace (losing what it held) and a reopen would truncate. The report is
+    written through the descriptor itself, after what log.txt held; a feature file is never
+    written to a descriptor."""
+    run = two_runs(tmp_path)["a"]
+    log = tmp_path / "log.txt"
+    log.write_text("kept line\n")
+    for out in ("/dev/stdout", "/dev/fd/1", "/proc/self/fd/1"):
+        with open(log, "a") as fh:
+            res = _cli("report", run, "--format", "csv", "--out", out, stdout=fh)
+        assert res.code == 0 and "Traceback" not in res.stderr, res.stderr
+    lines = log.read_text().splitlines()
+    assert lines[0] == "kept line" and sum(ln.startswith("label,method,run_dir") for ln in lines) == 3, lines
+    with open(log, "a") as fh:
+        res = _cli("extract", "demo", "--out", "/dev/stdout", stdout=fh)
+    assert_user_error(res, "--out", "open descriptor")
+    assert log.read_text().splitlines() == lines
+
+
 def test_report_out_refuses_a_socket(tmp_path: Path) -> None:
     run = two_runs(tmp_path)["a"]
     path = tmp_path / "sock"
