@@ -300,7 +300,9 @@ def test_fit_grid_writes_run_folder_and_selects_by_val_wga(tmp_path: Path) -> No
     assert {r["method"] for r in rows} == {"erm", "cma"} and len(rows) == 2 + 4
     assert len({r["run_id"] for r in rows}) == len(rows)
     for r in rows:
-        penalised = {"penalty_free"} if r["method"] == "cma" else set()
+        # cma: the stochastic trainer (its penalty-free counterpart, every rule's own checkpoint);
+        # erm: solved to its optimum, one head for every rule
+        penalised = {"penalty_free", "rule_checkpoints"} if r["method"] == "cma" else set()
         assert set(r) == {"run_id", "method", "hparams", "status", "steps_run", "best_step", "metrics", "history",
                           "bounds", *penalised}
         assert set(r["metrics"]) == {"train", "val", "test"}

@@ -15,6 +15,7 @@ import torch
 
 from probe.diagnostics.bounds import Curve
 from probe.fitting.plan import Chunk
+from probe.fitting.rule_checkpoints import RuleCheckpoints
 from probe.methods.base import FeatureScale, GradientMethod
 from probe.records.fitset import FitSet
 from probe.records.metrics import correct_by_group, group_sizes
@@ -164,6 +165,7 @@ class ChunkFit:
         self.best_score = torch.full((G,), -1.0, dtype=torch.float64, device=dev)
         self.best_theta, self.best_step = self.theta.clone(), torch.zeros(G, dtype=torch.long, device=dev)
         self.since_best = torch.zeros(G, dtype=torch.long, device=dev)
+        self.rules = RuleCheckpoints(fs, settings, splits, self.theta[: self.n_configs])
         self.steps_run = torch.zeros(G, dtype=torch.long, device=dev)
         self.val_total = torch.as_tensor(group_sizes(va.group, fs.num_groups), device=dev)
         self.val_class_total = torch.as_tensor(group_sizes(va.y, C), device=dev)
@@ -206,6 +208,7 @@ class ChunkFit:
         self.best_theta[keep_last] = torch.nan_to_num(self.theta[keep_last])
         if self.settings.select_checkpoint == "last":
             self.best_step = self.steps_run.clone()
+        self.rules.finish(self.theta[: self.n_configs], self.steps_run[: self.n_configs])
         return self.results()
 
     def step(self, step: int, log: bool = True) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -257,6 +260,7 @@ class ChunkFit:
         self.best_theta[better] = self.theta[better]
         self.best_step[better] = step + 1
         self.since_best = torch.where(better, 0, self.since_best + eligible.long())
+        self._other_rules(step, scores, eligible)
         if self.settings.patience > 0:
             self.active &= ~(self.since_best >= self.settings.patience)
         hist = self.history
@@ -272,6 +276,17 @@ class ChunkFit:
         if self.shadow_of:
             self.free_thetas.append(self.theta[self.n_configs:].clone())
 
+    def _other_rules(self, step: int, scores: dict[str, torch.Tensor], eligible: torch.Tensor) -> None:
+        """The checkpoints the other selection rules would keep (probe.fitting.rule_checkpoints)."""
+        n = self.n_configs
+        by_split = {"val": {k: v[:n] for k, v in scores.items()}}
+        if self.rules.wants_test():
+            te = self.splits["test"]
+            pred = te.predict(torch.nan_to_num(self.theta[:n]))
+            by_split["test"] = checkpoint_scores(pred, te, self.rules.test_total, self.rules.test_class_total,
+                                                 self.fs.num_groups)
+        self.rules.update(by_split, self.theta[:n], eligible[:n], step)
+
     @torch.no_grad()
     def results(self) -> list[Result]:
         st, G = self.settings, self.n_configs
@@ -280,9 +295,10 @@ class ChunkFit:
         best = self.best_theta[:G]
         bounds = kept_bounds(self.fs, self.splits["train"], best, self.best_step[:G].tolist(), st, self.curve)
         free = self._penalty_free(best)
+        others = self.rules.records(self.fs, self.splits, G)
         fates = [{"status": "diverged" if bool(self.diverged[g]) else "ok", "steps_run": int(self.steps_run[g]),
                   "best_step": int(self.best_step[g]), "history": self._history_of(g), "bounds": bounds[g],
-                  "penalty_free": free[g]} for g in range(G)]
+                  "penalty_free": free[g], "rule_checkpoints": others[g]} for g in range(G)]
         return head_rows(self.fs, self.method.name, self.configs, fixed, self.splits, best, fates,
                          {"val": self.val_X})
 

@@ -74,6 +74,9 @@ class Result:
     #: the kept head against its penalty-free counterpart (probe.fitting.loop.ChunkFit): {"step",
     #: "disagreement" (share of validation rows predicted otherwise), "curve"}
     penalty_free: dict[str, Any] | None = None
+    #: the checkpoint each other selection rule would keep (probe.fitting.rule_checkpoints):
+    #: {rule: {"step", "score", "test": {"wga", "acc"}}}; None where checkpoints are not chosen
+    rule_checkpoints: dict[str, Any] | None = None
     # The head and its preprocessing, kept in memory for the run folder's heads/; not JSON.
     theta: Any = field(default=None, repr=False, compare=False)
     pre: dict[str, Any] | None = field(default=None, repr=False, compare=False)
@@ -109,6 +112,8 @@ class Result:
             out["bounds"] = self.bounds
         if self.penalty_free is not None:
             out["penalty_free"] = self.penalty_free
+        if self.rule_checkpoints is not None:
+            out["rule_checkpoints"] = self.rule_checkpoints
         return out
 
     @classmethod
@@ -132,7 +137,9 @@ class Result:
                    history=history if isinstance(history, dict) else empty_history(),
                    tuned=obj.get("tuned") if isinstance(obj.get("tuned"), dict) else None,
                    bounds=obj.get("bounds") if isinstance(obj.get("bounds"), dict) else None,
-                   penalty_free=obj.get("penalty_free") if isinstance(obj.get("penalty_free"), dict) else None)
+                   penalty_free=obj.get("penalty_free") if isinstance(obj.get("penalty_free"), dict) else None,
+                   rule_checkpoints=(obj.get("rule_checkpoints") if isinstance(obj.get("rule_checkpoints"), dict)
+                                     else None))
 
 
 def sort_results(results: Iterable[Result], methods: Sequence[str] | None = None) -> list[Result]:

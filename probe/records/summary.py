@@ -139,7 +139,7 @@ class MethodSummary:
     seeds: dict[str, SplitSeeds] = field(default_factory=dict)  # split -> spread over seeds
     head: str | None = None  # heads/<method>.safetensors
     counts: dict[str, int | None] = field(default_factory=dict)  # _COUNTS; None: not recorded
-    #: rule -> {"hparams", "test": {"wga", "acc"}, "ties"} (probe.runs.selection.by_rule), or None
+    #: rule -> {"hparams", "test": {"wga", "acc"}, "ties", "steps"} (probe.runs.selection.by_rule), or None
     by_rule: dict[str, Any] = field(default_factory=dict)
     #: {"configs", "checkpoints", "candidates"}: what the selection chose among (probe.runs.checks)
     budget: dict[str, int] | None = None

@@ -219,7 +219,9 @@ def rules_table(report: Report) -> Table | None:
         title="What each selection rule would have chosen: test WGA (test accuracy), percent",
         headers=["Method", *[f"{RULES[r].label}{' *' if r == headline else ''}" for r in names]],
         rows=rows,
-        caption="* the headline rule of this run. Rules that read labels the run's regime hides are left out. "
+        caption="* the headline rule of this run. Each rule chooses every head's checkpoint as well as the "
+                "configuration (where the fit kept best checkpoints). Rules that read labels the run's regime "
+                "hides are left out. "
                 "The oracle selects on the test split: an upper bound on what selection could do, never a "
                 "figure to report.",
     )

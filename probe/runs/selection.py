@@ -27,9 +27,22 @@ def select(rows: list[Result], select_by: str = "val_wga", ties: str = "acc") ->
     return ranked(rows, RULES[select_by], ties)[0]
 
 
+def own_checkpoint(row: Result, rule: Rule) -> dict[str, Any] | None:
+    """The checkpoint ``rule`` itself would keep of this head, when the fit recorded one
+    (``Result.rule_checkpoints``: the stochastic trainer, keeping best checkpoints, for a
+    rule other than the headline); None: the head's kept checkpoint is every rule's."""
+    return (row.rule_checkpoints or {}).get(rule.name)
+
+
+def _score(row: Result, rule: Rule) -> float | None:
+    own = own_checkpoint(row, rule)
+    return rule_score(rule, row.metrics) if own is None else own.get("score")
+
+
 def ranked(rows: list[Result], rule: Rule, ties: str = "acc") -> tuple[list[Result] | None, int]:
     """The selected configuration's rows under ``rule`` and how many configurations tie
-    with it on the score (1: it is alone at the top; 0: nothing selected)."""
+    with it on the score (1: it is alone at the top; 0: nothing selected); each head
+    scored at the rule's own checkpoint where the fit recorded one."""
     usable = [r for r in rows if r.status in SELECTABLE and r.split(rule.split)]
     if not usable:
         usable = [r for r in rows if r.status == "collapsed" and r.split(rule.split)]
@@ -38,7 +51,7 @@ def ranked(rows: list[Result], rule: Rule, ties: str = "acc") -> tuple[list[Resu
         groups.setdefault(r.config_key, []).append(r)
     best, best_key, scores = None, None, []
     for members in groups.values():
-        vals = [v for m in members if (v := rule_score(rule, m.metrics)) is not None]
+        vals = [v for m in members if (v := _score(m, rule)) is not None]
         if not vals:  # nothing to select it by
             continue
         score = round(sum(vals) / len(vals), 12)  # equal means that differ by rounding are ties
@@ -59,7 +72,10 @@ def _mean_val_acc(members: list[Result]) -> float:
 def by_rule(rows: list[Result], ties: str, regime: str) -> dict[str, Any]:
     """For every rule the regime allows (the oracle always: it reads only test labels), the
     configuration it selects and its test metrics (mean over seeds): ``{rule: {"hparams",
-    "test": {"wga", "acc"}, "ties"}}``; a rule that selects nothing maps to None."""
+    "test": {"wga", "acc"}, "ties", "steps"}}``; a rule that selects nothing maps to None.
+    Where the fit recorded each rule's own checkpoints, a rule chooses both the checkpoint
+    and the configuration (``steps``: its checkpoints, one per seed); otherwise it chooses
+    among configurations at their kept heads."""
     out: dict[str, Any] = {}
     for name, rule in RULES.items():
         if not rule.reads <= REGIMES[regime]:
@@ -68,8 +84,12 @@ def by_rule(rows: list[Result], ties: str, regime: str) -> dict[str, Any]:
         if members is None:
             out[name] = None
             continue
-        tests = [m.split("test") or {} for m in members]
+        owns = [own_checkpoint(m, rule) for m in members]
+        tests = [(m.split("test") or {}) if own is None else (own.get("test") or {})
+                 for m, own in zip(members, owns, strict=True)]
         out[name] = {"hparams": {k: v for k, v in members[0].hparams.items() if k != "seed"},
                      "test": {k: Stat.of(t.get(k) for t in tests).mean for k in ("wga", "acc")},
-                     "ties": tied}
+                     "ties": tied,
+                     "steps": [m.best_step if own is None else own.get("step") for m, own in zip(members, owns,
+                                                                                                strict=True)]}
     return out
