@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import subprocess
 from pathlib import Path
 
@@ -23,3 +24,23 @@ def git_commit() -> str | None:
 def code_version() -> dict[str, str | None]:
     """``{"probe_version", "git_commit"}`` for provenance records."""
     return {"probe_version": __version__, "git_commit": git_commit()}
+
+
+#: the source that decides a fit's numbers (reports and studies only read and launch)
+_FIT_SOURCE = ("base", "features", "probe")
+_NOT_FIT_SOURCE = ("probe/reports", "probe/study")
+
+
+@functools.cache
+def source_hash() -> str:
+    """A hash of the Python source that decides a fit's numbers: an interrupted fit resumed,
+    or a finished one reused, by other code would mix or pass off heads of another version
+    (the release number alone does not change between commits)."""
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.blake2b(digest_size=16)
+    for package in _FIT_SOURCE:
+        for path in sorted((root / package).rglob("*.py")):
+            rel = path.relative_to(root).as_posix()
+            if not rel.startswith(_NOT_FIT_SOURCE):
+                h.update(rel.encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()

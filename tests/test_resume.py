@@ -106,10 +106,10 @@ def test_a_rerun_with_other_settings_is_refused_unless_overwrite(tmp_path: Path,
     proc.wait(timeout=60)
     journal = {p.name for p in kept_chunks(run)}
     res = run_cli("fit", features, "--out", run, *GRID, "--lr", "0.5")
-    assert_user_error(res, "unfinished fit of other data or settings", "--overwrite")
+    assert_user_error(res, "unfinished fit of other data, settings or code", "--overwrite")
     assert {p.name for p in kept_chunks(run)} == journal
     other = write_feature_file(tmp_path / "other.h5", toy_arrays(40, 8, seed=3))
-    assert_user_error(run_cli("fit", other, "--out", run, *GRID), "other data or settings")
+    assert_user_error(run_cli("fit", other, "--out", run, *GRID), "other data, settings or code")
 
     assert run_cli("fit", features, "--out", run, *FAST, "--overwrite").code == 0
     assert not (run / ".partial").exists()
@@ -277,3 +277,15 @@ def test_a_report_refuses_a_run_folder_mid_swap(tmp_path: Path) -> None:
     (tmp_path / "run" / ".partial" / "staging" / "READY").write_text("{}")
     with pytest.raises(UserError, match="being replaced by `probe fit`"):
         build_report([tmp_path / "run"])
+
+
+def test_a_fit_by_other_code_is_another_fit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An interrupted fit resumed, or a finished one reused, by other code would mix or pass
+    off another version's heads: the fitting code's source is part of the fingerprint."""
+    from probe.runs import resume
+
+    plan = {"erm": {"configs": [{"seed": 0}]}}
+    before = resume.fit_fingerprint("data", plan)
+    assert resume.fit_fingerprint("data", plan) == before
+    monkeypatch.setattr(resume, "source_hash", lambda: "edited")
+    assert resume.fit_fingerprint("data", plan) != before

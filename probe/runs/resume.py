@@ -32,7 +32,7 @@ from base.errors import UserError
 from base.io import NoSpace, fsync_path, no_space_names, write_json_atomic
 from base.locks import exclusive
 from base.outputs import no_space_message
-from base.version import code_version
+from base.version import code_version, source_hash
 from probe.records.results import Result, parse_results, to_jsonl
 from probe.records.summary import Summary
 from probe.runs.folder import (
@@ -62,9 +62,10 @@ def data_fingerprint(fs: Any) -> str:
 
 def fit_fingerprint(data: str, plan: dict[str, Any]) -> str:
     """The data's fingerprint with everything that decides the results: per method its
-    settings and configurations (``plan``), and probe's version."""
-    text = json.dumps({"data": data, "plan": plan, "version": code_version().get("probe_version")},
-                      sort_keys=True, default=str)
+    settings and configurations (``plan``), probe's version and the source of its fitting
+    code (``base.version.source_hash``)."""
+    text = json.dumps({"data": data, "plan": plan, "version": code_version().get("probe_version"),
+                       "source": source_hash()}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
@@ -109,11 +110,12 @@ class RunSession:
         if not self.overwrite:
             if prev.kind != "none" and prev.fingerprint != self.fingerprint:
                 what = "the finished part of another fit" if prev.kind == "partial" else "a run"
-                raise UserError(f"`out` {self.out} already holds {what} (other data or settings); pass "
+                raise UserError(f"`out` {self.out} already holds {what} (other data, settings or code); pass "
                                 "`overwrite` to replace it or choose another folder")
             if found is not None and found != self.fingerprint:
-                raise UserError(f"`out` {self.out} holds an unfinished fit of other data or settings; rerun that "
-                                "command to finish it, pass `overwrite` to discard it, or choose another folder")
+                raise UserError(f"`out` {self.out} holds an unfinished fit of other data, settings or code; rerun "
+                                "that command (with that code) to finish it, pass `overwrite` to discard it, or "
+                                "choose another folder")
         if found != self.fingerprint:
             self._discard()
             try:
