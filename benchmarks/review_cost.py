@@ -11,6 +11,11 @@ evaluations whatever the steps), so its share of this short fit is an upper boun
 share of the whole protocol's fit (3,000 steps), which is also given against the whole
 run that benchmarks.paper_grid measured (results/paper_grid_waterbirds_full.json).
 
+The protocol keeps each head's last step, where every rule keeps the same head; with best
+checkpoints kept (the default), the trainer also keeps every other rule's checkpoints
+(probe.fitting.rule_checkpoints). Their cost is timed inside a fit of CMA's default grid,
+five seeds, on the same features.
+
     python -m benchmarks.review_cost              # about 6 minutes on 2 cores
 
 Results: benchmarks/results/review_cost.{json,md}.
@@ -38,6 +43,36 @@ def _measured_full_run() -> float | None:
         return None
     return next((r["measured_s"] for r in rows if r.get("side", "").startswith("probe") and not r.get("extrapolated")),
                 None)
+
+
+def _rule_checkpoints_cost(fs: Any, steps: int) -> tuple[float, float]:
+    """Seconds the trainer spends keeping every other rule's checkpoints (and scoring them),
+    within a fit of CMA's default grid on the same features with best checkpoints kept (the
+    protocol keeps the last step's head, where every rule keeps the same one), and that
+    fit's seconds."""
+    from probe.api import fit_grid
+    from probe.fitting import loop, rule_checkpoints
+
+    spent = [0.0]
+
+    def timing(fn: Any) -> Any:
+        def wrapped(*a: Any, **k: Any) -> Any:
+            t = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                spent[0] += time.perf_counter() - t
+        return wrapped
+
+    kept = loop.ChunkFit._other_rules, rule_checkpoints.RuleCheckpoints.records
+    loop.ChunkFit._other_rules = timing(kept[0])  # type: ignore[method-assign]
+    rule_checkpoints.RuleCheckpoints.records = timing(kept[1])  # type: ignore[method-assign]
+    try:
+        t0 = time.perf_counter()
+        fit_grid(fs, ["cma"], {"seed": [0, 1, 2, 3, 4]}, None, steps=steps, domain="a", device="cpu")
+        return spent[0], time.perf_counter() - t0
+    finally:
+        loop.ChunkFit._other_rules, rule_checkpoints.RuleCheckpoints.records = kept  # type: ignore[method-assign]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -71,10 +106,13 @@ def main(argv: list[str] | None = None) -> None:
     intervals_s -= checks_s  # annotate with the data does the checks again, then the intervals
     review_s = select_s + checks_s + intervals_s
     full_fit_s = _measured_full_run()
+    tracked_s, default_fit_s = _rule_checkpoints_cost(fs, args.steps)
     rows = [{"heads": heads, "steps": args.steps, "fit_s": fit_s, "selection_and_rules_s": select_s,
              "budgets_and_diagnostics_s": checks_s, "intervals_s": intervals_s, "review_s": review_s,
              "review_share_of_this_fit": review_s / fit_s, "full_protocol_fit_s": full_fit_s,
-             "review_share_of_full_fit": review_s / full_fit_s if full_fit_s else None}]
+             "review_share_of_full_fit": review_s / full_fit_s if full_fit_s else None,
+             "default_cma_fit_s": default_fit_s, "rule_checkpoints_s": tracked_s,
+             "rule_checkpoints_share": tracked_s / default_fit_s}]
     print(rows[0], flush=True)
     write_results(args.name, rows, list(rows[0]), title="The review's cost on a 3,480-head protocol run")
     print(f"wrote {RESULTS_DIR / args.name}.json and .md")
