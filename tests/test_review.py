@@ -94,8 +94,9 @@ def test_every_code_is_triggered_when_it_holds_and_not_otherwise() -> None:
     assert "penalty_inert" in _codes(inert, ["cma-0000"]) and "penalty_inert" not in _codes(grid, ["cma-0001"])
     dominant = [_row("cma-0000", {"alpha": 1e4, "anneal": 0}, 100, STEPS, ce, pen)]  # 1e3 / 0.4
     assert "penalty_dominant" in _codes(dominant, ["cma-0000"]) and "penalty_dominant" not in _codes(grid, ["cma-0001"])
-    ended_wrong = _row("cma-0003", {"alpha": 8.0, "anneal": 0}, 50, STEPS, [0.5, 0.6, 0.9, 2.5], pen)
-    assert "penalty_dominant" in _codes([*grid, ended_wrong], ["cma-0001"])  # ended above log 2 = 0.693
+    ended_wrong = _row("cma-0003", {"alpha": 8.0, "anneal": 0}, 50, STEPS, [0.5, 0.6, 0.9, 2.5], pen, status="collapsed")
+    ended_wrong.metrics["train"]["ce"] = 2.5  # scored on every training row: above log 2 = 0.693
+    assert "penalty_dominant" in _codes([*grid, ended_wrong], ["cma-0001"])
     assert _codes(first, ["cma-0000"], penalties={}) == {"first_checkpoint"}  # no penalty, no penalty codes
     solver = [Result("erm", {"solver": "lbfgs"}, {}, "ok", "erm-0000", 20, 20, {"step": list(range(1, 21))})]
     assert budget(solver, {}) == {"configs": 1, "checkpoints": 1, "candidates": 1}
@@ -186,7 +187,7 @@ def test_every_format_shows_intervals_budgets_rules_and_what_to_check(tmp_path: 
     codes = [d["code"] for m in report.methods for d in m.diagnostics]
     assert "budget_mismatch" in codes  # 1 ERM head against 3 × 4 checkpoints
     terminal = as_text(render(report, "terminal"))
-    for needle in ("Check these", "budget_mismatch", "WGA vs erm", "reference", "1×1", "3×4",
+    for needle in ("Check these", "budget_mismatch", "WGA vs erm", "reference", "1 (1×1)", "12 (3×4)",
                    "all group labels read", "oracle test WGA", "95% bootstrap interval"):
         assert needle in terminal, needle
     assert "Check these" in as_text(fit_summary(tmp_path / "run"))

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from base.errors import UserError
-from base.io import json_text, write_text_atomic
+from base.io import NONFINITE_KEY, json_text, write_text_atomic
 
 #: a configuration's fate: finished (for the full-batch solver: converged); finished but its
 #: head collapsed (one class predicted, or saturated at chance: probe.records.metrics.collapsed_heads);
@@ -77,6 +77,9 @@ class Result:
     #: the checkpoint each other selection rule would keep (probe.fitting.rule_checkpoints):
     #: {rule: {"step", "score", "test": {"wga", "acc"}}}; None where checkpoints are not chosen
     rule_checkpoints: dict[str, Any] | None = None
+    #: the paths of values that were NaN or infinite when the row was first written (base.io.json_text),
+    #: now null: kept through a re-read (the resume journal) so the rewritten row still says so
+    nonfinite: list[str] | None = None
     # The head and its preprocessing, kept in memory for the run folder's heads/; not JSON.
     theta: Any = field(default=None, repr=False, compare=False)
     pre: dict[str, Any] | None = field(default=None, repr=False, compare=False)
@@ -114,6 +117,8 @@ class Result:
             out["penalty_free"] = self.penalty_free
         if self.rule_checkpoints is not None:
             out["rule_checkpoints"] = self.rule_checkpoints
+        if self.nonfinite:
+            out[NONFINITE_KEY] = list(self.nonfinite)  # json_text adds the values not finite now
         return out
 
     @classmethod
@@ -139,7 +144,13 @@ class Result:
                    bounds=obj.get("bounds") if isinstance(obj.get("bounds"), dict) else None,
                    penalty_free=obj.get("penalty_free") if isinstance(obj.get("penalty_free"), dict) else None,
                    rule_checkpoints=(obj.get("rule_checkpoints") if isinstance(obj.get("rule_checkpoints"), dict)
-                                     else None))
+                                     else None),
+                   nonfinite=_paths(obj.get(NONFINITE_KEY)))
+
+
+def _paths(value: Any) -> list[str] | None:
+    """A row's ``nonfinite`` list as read (None when absent or not a list)."""
+    return [str(p) for p in value] if isinstance(value, list) and value else None
 
 
 def sort_results(results: Iterable[Result], methods: Sequence[str] | None = None) -> list[Result]:

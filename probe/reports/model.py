@@ -23,7 +23,9 @@ from probe.records.results import Result, canonical, config_key
 from probe.records.summary import MethodSummary, Stat, per_group_stats, seed_stats
 from probe.reports.runfolder import RunFolder, distinct_names, load_runs
 
+#: each headline rule (probe.records.rules) as tables name it: (short, long)
 SELECTION_NAMES = {"val_wga": ("validation WGA", "validation worst-group accuracy"),
+                   "val_worst_class": ("validation worst-class accuracy", "worst per-class validation accuracy"),
                    "val_acc": ("validation accuracy", "validation accuracy")}
 
 SPLITS = ("val", "test")  # the splits a report shows

@@ -188,13 +188,22 @@ def comparison_table(
 
 INTERVALS = ("[lo, hi]: 95% bootstrap interval, test rows resampled within groups (2,000 times, seed 0) and "
              "seeds resampled too; Δ: the paired difference to the reference on the same resamples.")
-BUDGET = ("Budget: configurations × checkpoints each could keep, what the selection chose among: a larger budget "
-          "has more chances to fit validation noise.")
+BUDGET = ("Budget: the candidate heads the selection chose among (configurations × the checkpoints each could "
+          "keep; ≤: some could keep fewer, their anneal not over), the count budget_mismatch compares: a larger "
+          "budget has more chances to fit validation noise.")
 
 
 def budget_text(m: MethodResult) -> str:
+    """``270 (18×≤20)``: the candidates, then configurations × the most checkpoints one could keep
+    (``≤`` when some could keep fewer)."""
     b = m.entry.budget or {}
-    return f"{b['configs']}×{b['checkpoints']}" if b.get("configs") else MISSING
+    if not b.get("configs"):
+        return MISSING
+    configs, checkpoints = b["configs"], b.get("checkpoints") or 1
+    candidates = b.get("candidates")
+    if not candidates:  # a summary written before candidates were counted
+        return f"{configs}×{checkpoints}"
+    return f"{candidates} ({configs}×{'' if candidates == configs * checkpoints else '≤'}{checkpoints})"
 
 
 def rules_table(report: Report) -> Table | None:

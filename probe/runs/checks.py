@@ -9,7 +9,9 @@ the codes (``CODES``) and when each fires:
   start; ``last_checkpoint``: it is the last step's (it may still improve): more steps.
   Only where checkpoints are selected (the stochastic trainer, ``select_checkpoint`` best).
 * ``grid_edge``: a selected value is the smallest or largest of three or more searched
-  values: the grid may not contain the best one.
+  values: the grid may not contain the best one. Not for a value at its parameter's declared
+  bound (``anneal`` 0: there is nothing beyond it), and not under ``search`` random:N (the
+  draws are spread at random, so the chosen one is often the smallest or largest by chance).
 * ``val_ties``: several configurations tie on the selection score; the tie-break chose.
 * ``small_val_group``: a validation group has fewer than ``SMALL_GROUP`` rows (or none):
   its accuracy moves in large steps and so does WGA.
@@ -19,11 +21,13 @@ the codes (``CODES``) and when each fires:
   the same batches beside it): the penalty changed nothing a reader would see.
 * ``penalty_dominant``: at the kept checkpoint the weighted penalty is more than
   ``DOMINANT`` times the cross-entropy (the labels barely steer the head: configurations
-  whose weights differ by a common factor train alike), or a configuration ended with a
-  training cross-entropy above the class prior's (worse than knowing nothing).
-* ``budget_mismatch``: the methods compared chose among candidate heads (configurations ×
-  checkpoints) that differ by ``MISMATCH``× or more: the larger budget has more chances to
-  fit validation noise.
+  whose weights differ by a common factor train alike), or a configuration's kept head has
+  a training cross-entropy (on every training row, as scored) above ``PRIOR_MARGIN`` times
+  the class prior's: confidently wrong, worse than knowing nothing (the rule that marks such
+  a head ``collapsed``, probe.records.metrics.confidently_wrong).
+* ``budget_mismatch``: a method chose among candidate heads (configurations × checkpoints)
+  ``MISMATCH``× more or fewer than some other compared method: the larger budget has more
+  chances to fit validation noise.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from probe.records.metrics import PRIOR_MARGIN
 from probe.records.results import SELECTABLE, Result
 
 CODES = ("first_checkpoint", "last_checkpoint", "grid_edge", "val_ties", "small_val_group", "penalty_inert",
@@ -85,16 +90,22 @@ def prior_ce(rows: Sequence[Result]) -> float | None:
     return None
 
 
+#: a hyperparameter's declared bounds (probe.records.grid.Param minimum, maximum: None for none)
+Bounds = dict[str, tuple[float, float | None]]
+
+
 def method_checks(rows: Sequence[Result], selected: Sequence[str], settings: dict[str, Any],
-                  penalties: dict[str, str], ties: int) -> list[dict[str, str]]:
+                  penalties: dict[str, str], ties: int, bounds: Bounds | None = None) -> list[dict[str, str]]:
     """The diagnostics of one method (all but ``budget_mismatch``, which compares methods).
     ``selected``: the run ids of its selected configuration; ``penalties``: its penalty terms
-    and the hyperparameter weighting each; ``ties``: how many configurations tie at the top."""
+    and the hyperparameter weighting each; ``ties``: how many configurations tie at the top;
+    ``bounds``: its hyperparameters' declared bounds (a value there is no grid edge)."""
     chosen = [r for r in rows if r.run_id in set(selected)]
     out: list[dict[str, str]] = []
     if chosen:
         out += _checkpoint_checks(chosen, settings)
-        out += _edge_checks(rows, chosen[0])
+        if str(settings.get("search") or "grid") == "grid":
+            out += _edge_checks(rows, chosen[0], bounds or {})
         out += _penalty_checks(rows, chosen, penalties, prior_ce(rows))
         out += _small_groups(chosen[0])
     if ties > 1:
@@ -123,7 +134,7 @@ def _checkpoint_checks(chosen: Sequence[Result], settings: dict[str, Any]) -> li
     return out
 
 
-def _edge_checks(rows: Sequence[Result], head: Result) -> list[dict[str, str]]:
+def _edge_checks(rows: Sequence[Result], head: Result, bounds: Bounds) -> list[dict[str, str]]:
     values: dict[str, set] = {}
     for r in rows:
         for k, v in r.hparams.items():
@@ -132,7 +143,8 @@ def _edge_checks(rows: Sequence[Result], head: Result) -> list[dict[str, str]]:
     edges = []
     for k, vals in values.items():
         v = head.hparams.get(k)
-        if len(vals) >= 3 and isinstance(v, (int, float)) and float(v) in (min(vals), max(vals)):
+        if (len(vals) >= 3 and isinstance(v, (int, float)) and float(v) in (min(vals), max(vals))
+                and float(v) not in bounds.get(k, ())):  # at a declared bound: nothing lies beyond
             edges.append(f"{k}={v:g} ({'smallest' if float(v) == min(vals) else 'largest'} of {len(vals)})")
     if not edges:
         return []
@@ -185,12 +197,14 @@ def _penalty_checks(rows: Sequence[Result], chosen: Sequence[Result], penalties:
         out.append(diagnostic("penalty_dominant", f"at the kept checkpoint the weighted penalty is "
                                                   f"{min(at_kept):.3g}× the cross-entropy: the labels barely "
                                                   "steer the head; lower the weights or `normalize` unit"))
-    worse = [r for r in rows if prior_ce is not None and _final_ce(r) is not None and _final_ce(r) > prior_ce]
+    if prior_ce is None:
+        return out
+    worse = {r.config_key for r in rows if (ce := _train_ce(r)) is not None and ce > PRIOR_MARGIN * prior_ce}
     if worse:
-        out.append(diagnostic("penalty_dominant", f"{len(worse)} of {len(rows)} configurations ended with a "
-                                                  f"training cross-entropy above the class prior's ({prior_ce:.3g}): "
-                                                  "worse than knowing nothing, the penalty won; their kept "
-                                                  "checkpoints predate it"))
+        out.append(diagnostic("penalty_dominant", f"{len(worse)} of {len({r.config_key for r in rows})} "
+                                                  "configurations kept a head whose training cross-entropy is "
+                                                  f"above {PRIOR_MARGIN:g}× the class prior's ({prior_ce:.3g}): "
+                                                  "confidently wrong, worse than knowing nothing; the penalty won"))
     return out
 
 
@@ -203,9 +217,12 @@ def _at_kept(row: Result, penalties: dict[str, str]) -> float | None:
     return pen / float(ce) if pen is not None and ce else None
 
 
-def _final_ce(row: Result) -> float | None:
-    ce = [c for c in row.history.get("ce") or [] if c is not None]
-    return float(ce[-1]) if ce and math.isfinite(float(ce[-1])) and row.status in (*SELECTABLE, "collapsed") else None
+def _train_ce(row: Result) -> float | None:
+    """The kept head's mean cross-entropy on every training row, as scoring recorded it
+    (pooled, whatever weighting the method trained with; None when not recorded)."""
+    ce = (row.split("train") or {}).get("ce")
+    ok = isinstance(ce, (int, float)) and math.isfinite(float(ce)) and row.status in (*SELECTABLE, "collapsed")
+    return float(ce) if ok else None
 
 
 def _small_groups(head: Result) -> list[dict[str, str]]:
@@ -223,19 +240,16 @@ def _small_groups(head: Result) -> list[dict[str, str]]:
 
 def budget_checks(budgets: dict[str, dict[str, int]]) -> dict[str, list[dict[str, str]]]:
     """``budget_mismatch`` for each method whose candidate heads number ``MISMATCH``× fewer
-    (or more) than another compared method's."""
+    (or more) than some other compared method's, naming those methods (a method within
+    ``MISMATCH``× of every other is not flagged, however far apart the others are)."""
     counts = {m: b["candidates"] for m, b in budgets.items() if b.get("candidates")}
-    if len(counts) < 2:
-        return {}
-    low, high = min(counts.values()), max(counts.values())
-    if high < MISMATCH * low:
-        return {}
-    big = max(counts, key=lambda m: counts[m])
     out = {}
     for m, n in counts.items():
-        other = big if m != big else min(counts, key=lambda k: counts[k])
-        out[m] = [diagnostic("budget_mismatch", f"{m} chose among {n} candidate heads, {other} among "
-                                                f"{counts[other]}: compare at equal budgets (`search` random:N, "
-                                                "and the stochastic trainer with checkpoints for a convex "
-                                                "baseline: `solver` adam)")]
+        far = [o for o, k in counts.items() if o != m and max(n, k) >= MISMATCH * min(n, k)]
+        if not far:
+            continue
+        others = ", ".join(f"{o} among {counts[o]}" for o in far)
+        out[m] = [diagnostic("budget_mismatch", f"{m} chose among {n} candidate heads, {others}: compare at "
+                                                "equal budgets (`search` random:N, and the stochastic trainer "
+                                                "with checkpoints for a convex baseline: `solver` adam)")]
     return out

@@ -47,11 +47,15 @@ def test_correctness(fs: FitSet, row: Result) -> np.ndarray:
 
 
 def bootstrap(correct: dict[str, np.ndarray], groups: np.ndarray, reference: str | None = None,
-              resamples: int = RESAMPLES, seed: int = SEED) -> dict[str, dict[str, Any]]:
+              resamples: int = RESAMPLES, seed: int = SEED,
+              points: dict[str, dict[str, float | None]] | None = None) -> dict[str, dict[str, Any]]:
     """``correct``: per method, (seeds, n) booleans on the same n test rows, whose groups are
     ``groups`` (n,). Returns per method ``{"ci95": {"wga": [lo, hi], "acc": [lo, hi]}}`` and,
     for every method but the reference, ``"vs_reference": {"method", "diff", "ci95"}`` with
-    ``diff`` the point difference of WGA (and ``diff_acc``, ``ci95_acc`` for accuracy)."""
+    ``diff`` the point difference of WGA (and ``diff_acc``, ``ci95_acc`` for accuracy).
+    ``points``: per method, the ``wga`` and ``acc`` the differences are taken between (the
+    figures the run reports, scored when the head was fitted); by default those of
+    ``correct``, which a head re-scored in another precision may move by a row."""
     rng = np.random.default_rng(seed)
     names = list(correct)
     stacked = np.concatenate([np.atleast_2d(correct[m]) for m in names]).astype(np.float64)
@@ -69,7 +73,9 @@ def bootstrap(correct: dict[str, np.ndarray], groups: np.ndarray, reference: str
     wga = (hits[:, :, real] / sizes[real]).min(-1) if real.any() else np.full(hits.shape[:2], np.nan)
     acc = hits.sum(-1) / sizes.sum()
     draws = {m: _seed_means(rng, wga, acc, owner == i) for i, m in enumerate(names)}
-    point = {m: _point(stacked[owner == i], groups) for i, m in enumerate(names)}
+    point = {m: {**_point(stacked[owner == i], groups),
+                 **{k: float(v) for k, v in ((points or {}).get(m) or {}).items() if isinstance(v, (int, float))}}
+             for i, m in enumerate(names)}
     out = {m: {"ci95": {k: _interval(draws[m][k]) for k in ("wga", "acc")}} for m in names}
     if reference in draws:
         for m in names:
@@ -103,10 +109,12 @@ def _interval(values: np.ndarray) -> list[float] | None:
 
 
 def selected_intervals(fs: FitSet, chosen: dict[str, Sequence[Result]], reference: str | None,
-                       resamples: int = RESAMPLES) -> dict[str, dict[str, Any]]:
-    """:func:`bootstrap` for the selected rows of each method (each with its head at hand)."""
+                       resamples: int = RESAMPLES, points: dict[str, dict[str, float | None]] | None = None
+                       ) -> dict[str, dict[str, Any]]:
+    """:func:`bootstrap` for the selected rows of each method (each with its head at hand);
+    ``points``: the figures the differences are taken between (:func:`bootstrap`)."""
     usable = {m: rows for m, rows in chosen.items() if rows and all(r.theta is not None for r in rows)}
     if not usable or not fs.split_mask("test").any():
         return {}
     correct = {m: np.stack([test_correctness(fs, r) for r in rows]) for m, rows in usable.items()}
-    return bootstrap(correct, fs.group[fs.split_mask("test")], reference, resamples)
+    return bootstrap(correct, fs.group[fs.split_mask("test")], reference, resamples, points=points)

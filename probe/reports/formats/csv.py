@@ -22,7 +22,7 @@ def render_csv(report: Report) -> str:
 
     groups = report.group_names
     header = ["label", "method", "run_dir", "group_labels", "run_complete", "n_seeds", "selected_hparams",
-              "budget_configs", "budget_checkpoints"]
+              "budget_configs", "budget_checkpoints", "budget_candidates"]
     for split in SPLITS:
         for key in METRIC_KEYS:
             header += [f"{split}_{key}_mean", f"{split}_{key}_std"]
@@ -37,7 +37,7 @@ def render_csv(report: Report) -> str:
         budget = m.entry.budget or {}
         row: list[Any] = [m.label, m.method, str(m.run.path), m.run.summary.group_labels,
                           str(m.run.summary.complete).lower(), m.n_seeds, json.dumps(m.selected, sort_keys=True),
-                          budget.get("configs", ""), budget.get("checkpoints", "")]
+                          budget.get("configs", ""), budget.get("checkpoints", ""), budget.get("candidates", "")]
         for split in SPLITS:
             for key in METRIC_KEYS:
                 s = m.get(split, key)

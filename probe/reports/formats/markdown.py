@@ -26,9 +26,7 @@ def render_markdown(report: Report) -> str:
     out.append("")
     tables = main_tables(report)
     out += _md_table(tables[0], "##")
-    checks = check_lines(report)
-    if checks:
-        out += [f"## {CHECKS_TITLE}", "", *(f"- {_md_escape(line)}" for line in checks), ""]
+    out += _md_checks(report)
     for t in tables[1:]:
         out += _md_table(t, "##")
     out += ["## Grid around each selection", "", GRID_DESCRIPTION, ""]
@@ -43,7 +41,14 @@ def render_markdown(report: Report) -> str:
 
 @register_format("markdown", layout="paper")
 def render_markdown_paper(report: Report) -> str:
-    return "\n".join([*_md_warnings(report), *_md_table(paper_table(report), "##")]).rstrip() + "\n"
+    return "\n".join([*_md_warnings(report), *_md_table(paper_table(report), "##"),
+                      *_md_checks(report)]).rstrip() + "\n"
+
+
+def _md_checks(report: Report) -> list[str]:
+    """The "Check these" block under the table (nothing when there is nothing to check)."""
+    checks = check_lines(report)
+    return [f"## {CHECKS_TITLE}", "", *(f"- {_md_escape(line)}" for line in checks), ""] if checks else []
 
 
 def _md_warnings(report: Report) -> list[str]:

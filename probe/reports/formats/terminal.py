@@ -44,7 +44,7 @@ def render_terminal(report: Report) -> list[RichTable | Text]:
 
 @register_format("terminal", layout="paper")
 def render_terminal_paper(report: Report) -> list[RichTable | Text]:
-    return [*warning_texts(report), rich_table(paper_table(report))]
+    return [*warning_texts(report), rich_table(paper_table(report)), *checks_block(report)]
 
 
 def warning_texts(report: Report) -> list[Text]:
