@@ -206,3 +206,14 @@ def test_every_format_shows_intervals_budgets_rules_and_what_to_check(tmp_path: 
     assert entry["ci95"]["wga"] == [lo, hi] and entry["vs_reference"]["method"] == "erm"
     assert set(entry["by_rule"]) == {"val_wga", "val_worst_class", "val_acc", "oracle_test_wga"}
     assert js["runs"][0]["group_labels"] == "all"
+
+
+def test_a_methods_interval_does_not_depend_on_the_other_methods() -> None:
+    """Each method's seeds are resampled by a generator of its own: adding a method to a run,
+    or listing the methods in another order, leaves every other method's interval as it was."""
+    groups = np.repeat([0, 1], [150, 150])
+    rng = np.random.default_rng(5)
+    runs = {m: np.stack([rng.random(300) < p for p in (0.7, 0.8, 0.6)]) for m in ("a", "b", "c")}
+    alone = bootstrap({"a": runs["a"]}, groups, resamples=500)["a"]["ci95"]
+    with_others = bootstrap({"c": runs["c"], "b": runs["b"], "a": runs["a"]}, groups, resamples=500)["a"]["ci95"]
+    assert alone == with_others

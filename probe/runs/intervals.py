@@ -14,6 +14,7 @@ unknown (-1) count for the accuracy and form their own stratum, in no group.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -72,7 +73,10 @@ def bootstrap(correct: dict[str, np.ndarray], groups: np.ndarray, reference: str
     sizes = np.array([len(s) for s in strata], np.float64)
     wga = (hits[:, :, real] / sizes[real]).min(-1) if real.any() else np.full(hits.shape[:2], np.nan)
     acc = hits.sum(-1) / sizes.sum()
-    draws = {m: _seed_means(rng, wga, acc, owner == i) for i, m in enumerate(names)}
+    # each method's seeds resampled by a generator of its own: a method's interval does not
+    # depend on which other methods the run has, or their order
+    draws = {m: _seed_means(np.random.default_rng([seed, zlib.crc32(m.encode())]), wga, acc, owner == i)
+             for i, m in enumerate(names)}
     point = {m: {**_point(stacked[owner == i], groups),
                  **{k: float(v) for k, v in ((points or {}).get(m) or {}).items() if isinstance(v, (int, float))}}
              for i, m in enumerate(names)}
