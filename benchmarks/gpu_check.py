@@ -3,7 +3,8 @@
 Steps, in the order they run:
 
   cuda_tests   ``pytest -m cuda``: the tests that run only with CUDA (moments, solver,
-               third order, metrics on the device, extraction with worker processes)
+               third order, metrics on the device, extraction with worker processes, the
+               label-free heads AFR, JTT and CB-LLR against the CPU)
   cpu_equal    a small grid (ERM, CMA 2 x 2 x 2 anneal, GroupDRO) fitted in float32 on the
                device and on the CPU: the selected configurations, every row's test metrics
                and every head compared; the CPU's float64 fit of the same grid gives the scale

@@ -126,10 +126,10 @@ def _estimator_features(head: LinearHead, X: Any, y: Any, domains: Any, X_val: A
     """The arrays as a FeatureSet: train, and val (the given one, or none)."""
     X = np.asarray(X, np.float32)
     head.classes_, y_idx = np.unique(np.asarray(y), return_inverse=True)
-    _, dom_idx = np.unique(np.asarray(domains), return_inverse=True)
-    if X.ndim != 2 or len(X) != len(y_idx) or len(dom_idx) != len(y_idx):
+    dom = np.asarray(domains).reshape(-1)
+    if X.ndim != 2 or len(X) != len(y_idx) or len(dom) != len(y_idx):
         raise ValueError(f"X (N, d), y and domains must have the same N; got {X.shape}, {len(y_idx)}, "
-                         f"{len(dom_idx)}")
+                         f"{len(dom)}")
     has_val = X_val is not None
     if has_val:
         if y_val is None or groups_val is None:
@@ -139,12 +139,15 @@ def _estimator_features(head: LinearHead, X: Any, y: Any, domains: Any, X_val: A
         if np.any(yv >= len(head.classes_)) or np.any(head.classes_[np.minimum(yv, len(head.classes_) - 1)]
                                                       != np.asarray(y_val)):
             raise ValueError("y_val has labels that y does not have")
-        gv = np.asarray(groups_val, np.int64)
+        gv = np.asarray(groups_val).reshape(-1)
     else:  # an empty validation split: nothing is scored there, and X is not copied
-        Xv, yv, gv = X[:0], y_idx[:0], dom_idx[:0]
+        Xv, yv, gv = X[:0], y_idx[:0], dom[:0]
     n, nv = len(y_idx), len(yv)
-    # groups numbered densely, each named by its value: a group id of 10^12 is one name, not 10^12
-    values, group = np.unique(np.concatenate([dom_idx, gv]), return_inverse=True)
+    # groups numbered densely from the values of both, each named by its value: a training
+    # domain and a validation group of one value are one group (and an id of 10^12 is one name)
+    numeric = all(v.dtype.kind in "biuf" for v in (dom, gv))
+    values, group = np.unique(np.concatenate([dom, gv] if numeric else [dom.astype(str), gv.astype(str)]),
+                              return_inverse=True)
     fs = FeatureSet(
         features=np.concatenate([X, Xv]) if nv else X, y=np.concatenate([y_idx, yv]).astype(np.int64),
         a=np.full(n + nv, -1, np.int64), group=group.reshape(-1).astype(np.int64),

@@ -22,23 +22,18 @@ from base.errors import UserError
 from base.io import NoSpace
 from features.store import FeatureSet, read_features
 from probe.domains import get_source, resolve, restrict
-from probe.fitting.dispatch import fit_method, plan_method, progress_units, remaining
+from probe.fitting.dispatch import check_regime, fit_method, plan_method, progress_units, remaining
 from probe.fitting.plan import uses_solver
 from probe.methods import (
     GradientMethod,
-    Method,
     all_params,
     checked_settings,
     get_method,
     parse_methods,
 )
 from probe.methods.protocols import Resolved, resolve_for
-from probe.preprocessing import REGISTRY as PREPROCESSINGS
-from probe.preprocessing import steps_of
 from probe.records.fitset import FitSet
-from probe.records.regimes import check_reads
 from probe.records.results import Result, parse_results, sort_results
-from probe.records.rules import RULES
 from probe.records.summary import Summary
 from probe.runs.folder import RunSpec, provenance
 from probe.runs.resume import RunSession, data_fingerprint, fit_fingerprint, fit_no_space_message
@@ -95,8 +90,7 @@ def plan_fit(fs: FeatureSet, names: list[str], grid: dict[str, list[Any]], setti
         own = get_method(m).hyperparameters()
         values = {**(protocol.grids.get(m, {}) if protocol else {}), **{k: v for k, v in grid.items() if k in own}}
         configs = get_method(m).configs(values, st.steps, st.search, st.search_seed)
-        for kind in {k for c in configs if "preprocess" in c for k in steps_of(c["preprocess"])}:
-            check_reads(f"`preprocess` {kind}", PREPROCESSINGS[kind].reads, st.group_labels)
+        check_regime(get_method(m), st, configs)
         plans[m] = MethodPlan(st, configs, plan_method(fit_set, m, configs, st))
     assert fit_set is not None  # names is never empty (parse_methods)
     reference = plans[names[0]].settings.reference
@@ -263,11 +257,6 @@ def adjusted_rand_index(a: np.ndarray, b: np.ndarray) -> float:
     top = (rows + cols) / 2
     return 1.0 if top == expected else (index - expected) / (top - expected)
 
-
-def check_regime(method: type[Method], st: Settings) -> None:
-    """Refuse, before any work, a method or a selection rule that reads labels the regime hides."""
-    check_reads(f"`method` {method.name}", method.reads, st.group_labels)
-    check_reads(f"`select` {st.select}", RULES[st.select].reads, st.group_labels)
 
 
 def check_method_settings(fs: FeatureSet, plans: dict[str, MethodPlan]) -> None:

@@ -207,3 +207,44 @@ def test_the_agreement_with_the_true_groups_is_scikit_learns_adjusted_rand_index
         n = int(rng.integers(1, 60))
         a, b = rng.integers(0, int(rng.integers(1, 5)), n), rng.integers(0, int(rng.integers(1, 6)), n) * 10**12
         assert adjusted_rand_index(a, b) == pytest.approx(adjusted_rand_score(a, b), abs=1e-12)
+
+
+# ------------------------------------------------------------------ the regime where a fit starts
+
+
+def test_fit_method_refuses_what_the_settings_regime_forbids(planted) -> None:
+    from probe.api import make_settings
+    from probe.domains import resolve
+    from probe.fitting.dispatch import fit_method
+    from probe.methods import get_method
+
+    def fit(fs, method, **settings):
+        st = make_settings("cpu", "float64", **settings)
+        return fit_method(fs, method, get_method(method).configs({}, st.steps)[:1], st)
+
+    with pytest.raises(UserError, match=r"`method` dfr reads .*`group_labels` none"):
+        fit(planted, "dfr", group_labels="none")
+    with pytest.raises(UserError, match=r"`select` val_wga reads .*`group_labels` none"):
+        fit(planted, "erm", group_labels="none", select="val_wga")
+    everything = resolve(planted, "group", make_settings("cpu", group_labels="all"))
+    with pytest.raises(UserError, match=r"`domain` group reads .*`group_labels` val"):
+        fit(everything, "erm", group_labels="val", domain="group")
+    # a file resolved under `all` and fitted under none: the fit reads no group label
+    inferred = resolve(planted, "infer:errors", make_settings("cpu", group_labels="all"))
+    assert fit(inferred, "erm", group_labels="all", domain="infer:errors")[0].metrics["val"]["wga"] is not None
+    row = fit(inferred, "erm", group_labels="none", domain="infer:errors")[0]
+    assert row.metrics["val"]["wga"] is None and row.metrics["train"]["wga"] is None
+    # ... and one resolved under none stays so under a looser regime
+    hidden = resolve(planted, "infer:errors", make_settings("cpu", group_labels="none"))
+    with pytest.raises(UserError, match=r"`method` dfr reads .*`group_labels` none"):
+        fit(hidden, "dfr", group_labels="all", domain="infer:errors")
+
+
+def test_linear_head_refuses_a_selection_rule_its_regime_forbids() -> None:
+    from probe.api import LinearHead
+
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(40, 3)), np.arange(40) % 2
+    head = LinearHead("erm", steps=5, group_labels="none", select="val_wga")
+    with pytest.raises(UserError, match=r"`select` val_wga reads .*`group_labels` none"):
+        head.fit(X, y, y, X_val=X, y_val=y, groups_val=y)

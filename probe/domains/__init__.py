@@ -12,6 +12,7 @@ from probe.domains.base import (
     REGISTRY,
     DomainSource,
     get_source,
+    narrow,
     register,
     resolve,
     restrict,
@@ -20,7 +21,7 @@ from probe.domains.base import (
 
 import_modules(__name__, __path__)
 
-__all__ = ["LABELS", "REGISTRY", "DomainSource", "get_source", "register", "resolve", "restrict", "source_names"]
+__all__ = ["LABELS", "REGISTRY", "DomainSource", "get_source", "narrow", "register", "resolve", "restrict", "source_names"]
 
 
 def sources_help() -> str:

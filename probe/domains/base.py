@@ -17,7 +17,8 @@ import numpy as np
 from base.errors import UserError
 from probe.records.fitset import FitSet
 from probe.records.grid import Param
-from probe.records.regimes import LABELS, REGIMES, check_reads
+from probe.records.metrics import group_sizes
+from probe.records.regimes import LABELS, REGIMES, check_reads, stricter
 
 if TYPE_CHECKING:
     from features.store import FeatureSet
@@ -88,10 +89,17 @@ def resolve(fs: FeatureSet, name: str, settings: Any = None) -> FitSet:
     """``fs`` with the domains of the source ``name`` (read with the fit's ``settings``),
     numbered densely over the training rows in order of their codes (so a code of 10¹²
     costs nothing), named by the source. With ``settings``, the labels its regime hides are
-    hidden first (:func:`restrict`), and a source that reads them is refused."""
+    hidden first (:func:`restrict`), and a source that reads them is refused. The result
+    records its regime (the stricter one when ``fs`` is a FitSet already) and the file's
+    training rows per group, which only the test metrics' report reads."""
     source = get_source(name)
     regime = getattr(settings, "group_labels", "all")
+    if isinstance(fs, FitSet):  # resolved again: what it hid already stays hidden
+        regime = stricter(regime, fs.group_labels)
     check_reads(f"`domain` {name}", source.reads, regime)
+    counted = getattr(fs, "report_train_groups", None)  # a FitSet's, resolved again
+    if counted is None:  # before they are hidden: only the test metrics' report reads them
+        counted = group_sizes(fs.group[fs.split_mask("train")], fs.num_groups)
     fs = restrict(fs, regime)
     train = fs.split_mask("train")
     codes, names = source.domains(fs, settings)
@@ -101,4 +109,17 @@ def resolve(fs: FeatureSet, name: str, settings: Any = None) -> FitSet:
     values, dense = np.unique(codes, return_inverse=True)
     domain = np.full(len(fs.y), -1, np.int64)
     domain[train] = dense
-    return FitSet.of(fs, domain, [str(names[int(v)]) for v in values], source.name)
+    return FitSet.of(fs, domain, [str(names[int(v)]) for v in values], source.name, group_labels=regime,
+                     report_train_groups=counted)
+
+
+def narrow(fs: FitSet, regime: str) -> FitSet:
+    """``fs``, resolved already, as a fit under ``regime`` may read it: its source refused when
+    it reads what the regime hides, and the labels the regime hides that ``fs``'s did not,
+    hidden now (its domains stay: their source reads nothing this regime hides). A regime
+    looser than ``fs``'s uncovers nothing: the result's ``group_labels`` is the stricter one."""
+    regime = stricter(regime, fs.group_labels)
+    check_reads(f"`domain` {fs.domain_source}", get_source(fs.domain_source).reads, regime)
+    if regime == fs.group_labels:
+        return fs
+    return dataclasses.replace(restrict(fs, regime), group_labels=regime)

@@ -4,18 +4,22 @@ trainer for the other gradient methods, the method's own ``fit`` for closed-form
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from features.store import FeatureSet
-from probe.domains import resolve
+from probe.domains import narrow, resolve
 from probe.fitting.fullbatch import SolverFit
 from probe.fitting.loop import ChunkFit, fit_chunks
 from probe.fitting.plan import Chunk, plan, uses_solver
 from probe.methods import get_method
 from probe.methods.base import GradientMethod, Method
+from probe.preprocessing import REGISTRY as PREPROCESSINGS
+from probe.preprocessing import steps_of
 from probe.records.fitset import FitSet
+from probe.records.regimes import check_reads
 from probe.records.results import Result
+from probe.records.rules import RULES
 from probe.train.data import SplitCache
 from probe.train.settings import Settings
 
@@ -25,10 +29,22 @@ def method_class(method: str | type[Method]) -> type[Method]:
 
 
 def fit_set(fs: FeatureSet, settings: Settings) -> FitSet:
-    """``fs`` with the domains of ``settings.domain`` (as it is, when they are resolved already)."""
+    """``fs`` with the domains of ``settings.domain`` under the settings' regime (``fs`` with
+    what that regime hides hidden, when its domains are resolved already)."""
     if isinstance(fs, FitSet) and fs.domain_source == settings.domain:
-        return fs
+        return narrow(fs, settings.group_labels)
     return resolve(fs, settings.domain, settings)
+
+
+def check_regime(method: type[Method], st: Settings, configs: Sequence[dict[str, Any]] = (),
+                 regime: str | None = None) -> None:
+    """Refuse, before any work, a method, a selection rule or a preprocessing kind of
+    ``configs`` that reads labels the regime (``regime``, by default the settings') hides."""
+    regime = regime or st.group_labels
+    check_reads(f"`method` {method.name}", method.reads, regime)
+    check_reads(f"`select` {st.select}", RULES[st.select].reads, regime)
+    for kind in sorted({k for c in configs if "preprocess" in c for k in steps_of(c["preprocess"])}):
+        check_reads(f"`preprocess` {kind}", PREPROCESSINGS[kind].reads, regime)
 
 
 def plan_method(fs: FeatureSet, method: str | type[Method], configs: list[dict[str, Any]],
@@ -71,7 +87,9 @@ def fit_method(fs: FeatureSet, method: str | type[Method], configs: list[dict[st
     ``on_chunk`` receives each chunk's rows once they are (to keep them durably).
     """
     cls = method_class(method)
+    check_regime(cls, settings, configs)
     fs = fit_set(fs, settings)
+    check_regime(cls, settings, configs, fs.group_labels)  # a file resolved under a stricter regime stays so
     out = results if results is not None else []
     start = len(out)
     if issubclass(cls, GradientMethod):

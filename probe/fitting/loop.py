@@ -19,7 +19,7 @@ from probe.fitting.rule_checkpoints import RuleCheckpoints
 from probe.methods.base import FeatureScale, GradientMethod
 from probe.records.fitset import FitSet
 from probe.records.metrics import correct_by_group, group_sizes
-from probe.records.results import HISTORY_KEYS, SELECTABLE, Result, run_id
+from probe.records.results import HISTORY_KEYS, Result, final_status, run_id
 from probe.records.rules import RULES
 from probe.train.data import Split, SplitCache, Stream, forward
 from probe.train.optim import BatchedOptimizer
@@ -99,8 +99,7 @@ def head_rows(fs: FitSet, method: str, configs: list[dict[str, Any]], fixed: dic
     rows, scored = [], set()
     for g, (cfg, h) in enumerate(zip(configs, heads, strict=True)):
         fate = dict(fates[g])
-        if fate["status"] in SELECTABLE and bool(collapsed[h]):
-            fate["status"] = "collapsed"
+        fate["status"] = final_status(fate["status"], bool(collapsed[h]))
         # a head's later configurations get copies: every row owns its figures
         figures = copy.deepcopy(metrics[h]) if h in scored else metrics[h]
         scored.add(h)

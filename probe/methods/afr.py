@@ -7,13 +7,14 @@ head, with no group label read (the authors' ``train_embeddings.py`` and
   configuration's weight decay: the base model's last layer);
 * each held-out row gets w_i ∝ exp(−γ · p_θ⁰(y_i | x_i)), multiplied by N/N_c of its class
   (class rebalancing, on by default in their code), normalised to sum to 1;
-* the new head starts at θ⁰ and minimises Σ_i w_i CE_i + λ ‖θ − θ⁰‖² (weights and bias)
-  by their optimiser: full-batch gradient descent, no momentum, the gradient's norm
+* the new head starts at θ⁰ and minimises Σ_i w_i CE_i + λ ‖θ − θ⁰‖² (weights and bias;
+  heads without a bias column when the fit's ``bias`` is off) by their optimiser: full-batch gradient descent, no momentum, the gradient's norm
   clipped to 1, ``lr`` (their 1e-2 on Waterbirds) for ``epochs`` steps (their 500).
 
 Default grid: their Waterbirds grid, γ ∈ linspace(4, 20, 33) × λ ∈ {0, 0.1, 0.2, 0.3}.
 Every (γ, λ) of a seed is one batched descent. The kept head is the last step's; the run
-selects among configurations by its headline rule (val_worst_class reads no group).
+selects among configurations by its headline rule (val_worst_class reads no group). A head
+carries its ERM head's solver verdict, or ``diverged`` when the descent left the finite numbers.
 """
 
 from __future__ import annotations
@@ -66,21 +67,28 @@ class AFR(Retrained):
 
         tr = splits["train"]
         X, y = tr.X().to(torch.float64), tr.y
-        first, held = permutation_split(np.arange(len(y)), ERM_SHARE, seed)
+        f64 = dict(dtype=torch.float64, device=X.device)
+        parts = permutation_split(np.arange(len(y)), ERM_SHARE, seed)
+        first, held = (torch.as_tensor(p, device=X.device) for p in parts)
         decays = sorted({c["weight_decay"] for c in configs})  # the ERM head depends on it alone
-        erm = dict(zip(decays, solve(X[first], y[first], torch.ones(len(first), dtype=torch.float64), decays,
-                                     fs.num_classes, settings), strict=True))
+        sol = solve(X[first], y[first], torch.ones(len(first), **f64), decays, fs.num_classes, settings)
+        erm = dict(zip(decays, sol.theta, strict=True))
+        verdict = dict(zip(decays, sol.status, strict=True))
         Xh, yh = X[held], y[held]
-        p_true = {wd: torch.softmax(logits(head, Xh), -1).gather(1, yh.view(-1, 1)).squeeze(1).numpy()
-                  for wd, head in erm.items()}
-        w = torch.as_tensor(np.stack([afr_weights(p_true[c["weight_decay"]], yh.numpy(), c["gamma"], fs.num_classes)
-                                      for c in configs]))
+        y_np = yh.cpu().numpy()
+        p_true = {wd: torch.softmax(logits(head, Xh, settings.bias), -1).gather(1, yh.view(-1, 1)).squeeze(1)
+                  .cpu().numpy() for wd, head in erm.items()}
+        w = torch.as_tensor(np.stack([afr_weights(p_true[c["weight_decay"]], y_np, c["gamma"], fs.num_classes)
+                                      for c in configs]), **f64)
         theta0 = torch.stack([erm[c["weight_decay"]] for c in configs])
         out = torch.empty_like(theta0)
         for steps in sorted({int(c["epochs"]) for c in configs}):  # one descent per step count
             g = [i for i, c in enumerate(configs) if int(c["epochs"]) == steps]
             out[g] = descend(Xh, yh, w[g], steps, num_classes=fs.num_classes, theta0=theta0[g],
-                             pull=torch.tensor([float(configs[i]["lam"]) for i in g], dtype=torch.float64),
-                             lr=torch.tensor([float(configs[i]["lr"]) for i in g], dtype=torch.float64), clip=CLIP)
+                             pull=torch.tensor([float(configs[i]["lam"]) for i in g], **f64),
+                             lr=torch.tensor([float(configs[i]["lr"]) for i in g], **f64), clip=CLIP,
+                             bias=settings.bias)
+        finite = torch.isfinite(out).flatten(1).all(1).tolist()
+        status = [verdict[c["weight_decay"]] if ok else "diverged" for c, ok in zip(configs, finite, strict=True)]
         tuned = [{"erm_rows": len(first), "reweighted_rows": len(held)} for _ in configs]
-        return out, tuned
+        return out, tuned, status

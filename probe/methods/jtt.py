@@ -23,14 +23,15 @@ from probe.records.grid import Param
 torch = lazy_import("torch")
 
 
-def error_set(X: torch.Tensor, y: torch.Tensor, steps: int, num_classes: int) -> torch.Tensor:
-    """(n,) bool: the rows an ERM head after ``steps`` full-batch steps from zero misclassifies."""
+def error_set(X: torch.Tensor, y: torch.Tensor, steps: int, num_classes: int, bias: bool = True) -> torch.Tensor:
+    """(n,) bool, on X's device: the rows an ERM head (with a bias column, or without) after
+    ``steps`` full-batch steps from zero misclassifies."""
     from probe.moments.basics import logits
     from probe.train.gd import descend
 
-    w = torch.full((1, len(y)), 1.0 / len(y), dtype=torch.float64)
-    head = descend(X, y, w, steps, num_classes=num_classes)[0]
-    return logits(head, X.to(torch.float64)).argmax(1) != y
+    w = torch.full((1, len(y)), 1.0 / len(y), dtype=torch.float64, device=X.device)
+    head = descend(X, y, w, steps, num_classes=num_classes, bias=bias)[0]
+    return logits(head, X.to(torch.float64), bias).argmax(1) != y.to(X.device)
 
 
 @register
@@ -50,13 +51,19 @@ class JTT(Retrained):
     def fit_cohort(cls, fs, splits, configs, seed, settings):
         tr = splits["train"]
         X, y = tr.X().to(torch.float64), tr.y
-        errors = {T: error_set(X, y, T, fs.num_classes) for T in sorted({int(c["first_steps"]) for c in configs})}
-        out = torch.empty(len(configs), fs.num_classes, X.shape[1] + 1, dtype=torch.float64)
+        errors = {T: error_set(X, y, T, fs.num_classes, settings.bias)
+                  for T in sorted({int(c["first_steps"]) for c in configs})}
+        out = torch.empty(len(configs), fs.num_classes, X.shape[1] + int(settings.bias), dtype=torch.float64,
+                          device=X.device)
+        status = [""] * len(configs)
         problems: dict[tuple, list[int]] = {}  # configurations with the same row weights share one solve
         for i, c in enumerate(configs):
             problems.setdefault((int(c["first_steps"]), float(c["upweight"])), []).append(i)
         for (T, up), idx in problems.items():
             w = torch.where(errors[T], up, 1.0).to(torch.float64)
-            out[idx] = solve(X, y, w, [configs[i]["weight_decay"] for i in idx], fs.num_classes, settings)
+            sol = solve(X, y, w, [configs[i]["weight_decay"] for i in idx], fs.num_classes, settings)
+            out[idx] = sol.theta
+            for i, verdict in zip(idx, sol.status, strict=True):
+                status[i] = verdict
         tuned = [{"error_set": int(errors[int(c["first_steps"])].sum()), "train_rows": len(y)} for c in configs]
-        return out, tuned
+        return out, tuned, status

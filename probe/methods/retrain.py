@@ -14,11 +14,12 @@ import numpy as np
 from base.lazy import lazy_import
 from probe.methods.base import Method
 from probe.records.fitset import FitSet
-from probe.records.results import Result, empty_history, run_id
+from probe.records.results import Result, empty_history, final_status, run_id
 
 if TYPE_CHECKING:  # the trainer's modules import torch: only when a fit runs (the CLI lists methods at start)
     from probe.train.data import Split
     from probe.train.settings import Settings
+    from probe.train.solver import Solution
 
 torch = lazy_import("torch")
 
@@ -40,8 +41,9 @@ class Retrained(Method):
         for (seed, preprocess), idx in cohorts.items():
             splits = cache.get(fs, preprocess, settings, int(seed))
             members = [configs[i] for i in idx]
-            theta, tuned = cls.fit_cohort(fs, splits, members, int(seed), settings)
-            rows = result_rows(fs, cls.name, members, splits, theta, settings, tuned)
+            theta, tuned, status = cls.fit_cohort(fs, splits, members, int(seed), settings)
+            rows = result_rows(fs, cls.name, members, splits, theta, settings, tuned, status,
+                               cls.selection_rows(splits, int(seed)))
             for i, row in zip(idx, rows, strict=True):
                 row.run_id = run_id(cls.name, i)
             cls.rescore(fs, splits, members, rows, int(seed))
@@ -49,10 +51,18 @@ class Retrained(Method):
 
     @classmethod
     def fit_cohort(cls, fs: FitSet, splits: dict[str, Split], configs: list[dict[str, Any]], seed: int,
-                   settings: Settings) -> tuple[torch.Tensor, list[dict[str, Any]]]:
-        """(G, C, d+1) heads for ``configs`` (one per configuration, in order) and what each
-        chose or found inside its fit (its ``tuned`` record)."""
+                   settings: Settings) -> tuple[torch.Tensor, list[dict[str, Any]], list[str]]:
+        """(G, C, D) heads for ``configs`` (one per configuration, in order; D = d + 1 with the
+        fit's ``bias``, d without), on the splits' device, what each chose or found inside its
+        fit (its ``tuned`` record) and its fit's status (``probe.records.results.STATUSES``:
+        the solver's verdict)."""
         raise NotImplementedError
+
+    @classmethod
+    def selection_rows(cls, splits: dict[str, Split], seed: int) -> np.ndarray | None:
+        """The positions of the validation rows the heads are judged on (their collapse) and
+        selected by, when not all of them (by default all: None)."""
+        return None
 
     @classmethod
     def rescore(cls, fs: FitSet, splits: dict[str, Split], configs: list[dict[str, Any]], rows: list[Result],
@@ -61,15 +71,17 @@ class Retrained(Method):
 
 
 def solve(X: torch.Tensor, y: torch.Tensor, w: torch.Tensor, weight_decay: Iterable[float],
-          num_classes: int, settings: Settings) -> torch.Tensor:
-    """(G, C, d+1) float64: the optimum of Σ_i w_i CE_i + λ_g/2 ‖W‖² for each λ_g (the
+          num_classes: int, settings: Settings) -> Solution:
+    """The optimum of Σ_i w_i CE_i + λ_g/2 ‖W‖² for each λ_g: ``.theta`` (G, C, D) float64
+    (a bias column as the fit's ``bias`` says), ``.status`` each head's verdict (the
     full-batch solver, ``probe.train.solver``, stopping by the fit's ``tol`` and
-    ``max_iter``); ``w`` is normalised to sum to 1."""
+    ``max_iter``); ``w`` is normalised to sum to 1. On X's device, wherever ``y`` and ``w`` are."""
     from probe.train.solver import Problem, lbfgs
 
     lam = torch.as_tensor(list(weight_decay), dtype=torch.float64, device=X.device)
-    pb = Problem(X, y, (w / w.sum()).to(X.dtype), num_classes)
-    return lbfgs(pb, lam, settings.tol, settings.max_iter).theta
+    w = w.to(device=X.device, dtype=X.dtype)
+    pb = Problem(X, y.to(X.device), w / w.sum(), num_classes, bias=settings.bias)
+    return lbfgs(pb, lam, settings.tol, settings.max_iter)
 
 
 def class_balanced(y: np.ndarray, num_classes: int) -> np.ndarray:
@@ -80,17 +92,19 @@ def class_balanced(y: np.ndarray, num_classes: int) -> np.ndarray:
 
 
 def result_rows(fs: FitSet, method: str, configs: list[dict[str, Any]], splits: dict[str, Split],
-                theta: torch.Tensor, settings: Settings, tuned: list[dict[str, Any]]) -> list[Result]:
+                theta: torch.Tensor, settings: Settings, tuned: list[dict[str, Any]], status: list[str],
+                judge: np.ndarray | None = None) -> list[Result]:
     """The result rows of heads fitted in one piece: scored on every split, their bound
-    terms measured, status ``collapsed`` when validation shows it."""
+    terms measured, each with its fit's ``status``, or ``collapsed`` when the validation
+    rows ``judge`` (positions; default all) show it (``final_status``, as every fitter)."""
     from probe.train.scoring import kept_bounds, score_heads
 
     theta = theta.to(settings.dtype)
-    metrics, collapsed = score_heads(fs, splits, theta)
+    metrics, collapsed = score_heads(fs, splits, theta, val_rows=judge)
     bounds = kept_bounds(fs, splits["train"], theta, [0] * len(configs), settings)
     pre = {k: v.detach().cpu() for k, v in splits["train"].pre.state.items()}
     return [Result(method=method, hparams=dict(cfg), metrics=metrics[g],
-                   status="collapsed" if bool(collapsed[g]) else "ok",
+                   status=final_status(status[g], bool(collapsed[g])),
                    history=empty_history(), tuned=tuned[g] or None, bounds=bounds[g],
                    theta=theta[g].detach().cpu(), pre=pre)
             for g, cfg in enumerate(configs)]

@@ -173,12 +173,22 @@ def split_metrics(
     return metrics_from_counts(correct, group_sizes(g_t, num_groups), train_total, group_names, classes)
 
 
+def train_group_totals(fs: FeatureSet, split: str) -> np.ndarray:
+    """The training rows per group that weight ``split``'s ``acc_train_weighted``: for the test
+    split the file's own counts, whatever the regime hid from the fit (a test metric is only
+    reported, which every regime allows, and the same head reports the same test figures
+    under each); for the others, the groups the fit may read (none when they are hidden)."""
+    kept = getattr(fs, "report_train_groups", None)  # a FitSet's, when its regime hid them
+    if split == "test" and kept is not None:
+        return kept
+    return group_sizes(fs.group[fs.split == SPLITS["train"]], fs.num_groups)
+
+
 def metrics_by_head(fs: FeatureSet, predictions: dict[str, torch.Tensor],
                     ce: dict[str, torch.Tensor] | None = None) -> list[dict[str, dict[str, Any]]]:
     """Per head, every split's metric dictionary, from predicted classes ``(G, n_split)``
     per split (rows in file order) and, when given, each head's mean cross-entropy (G,)
     per split: the one scoring path of every method's results."""
-    train_total = group_sizes(fs.group[fs.split == SPLITS["train"]], fs.num_groups)
     C = fs.num_classes
     per_split = {}
     for name, pred in predictions.items():
@@ -189,7 +199,8 @@ def metrics_by_head(fs: FeatureSet, predictions: dict[str, torch.Tensor],
         per_split[name] = (correct, group_sizes(g, fs.num_groups), by_class, group_sizes(y, C))
     heads = next(iter(per_split.values()))[0].shape[0] if per_split else 0
     ces = {name: v.detach().cpu().tolist() for name, v in (ce or {}).items()}
-    return [{name: metrics_from_counts(correct[h], total, train_total, fs.group_names,
+    train_total = {name: train_group_totals(fs, name) for name in per_split}
+    return [{name: metrics_from_counts(correct[h], total, train_total[name], fs.group_names,
                                        (by_class[h], class_total, fs.class_names),
                                        _finite(ces[name][h]) if name in ces else None)
              for name, (correct, total, by_class, class_total) in per_split.items()} for h in range(heads)]

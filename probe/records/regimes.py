@@ -28,6 +28,11 @@ REGIMES = {
 }
 
 
+def stricter(a: str, b: str) -> str:
+    """The regime of the two that allows less (they are nested: all, val, none)."""
+    return a if REGIMES[a] <= REGIMES[b] else b
+
+
 def check_reads(what: str, reads: Iterable[str], regime: str) -> None:
     """Refuse ``what`` (e.g. "`method` dfr") when it reads labels the regime hides; one line
     naming both."""

@@ -27,6 +27,13 @@ STATUSES = ("ok", "collapsed", "not_converged", "diverged", "interrupted")
 #: the statuses whose heads take part in model selection: a head that did not converge is
 #: still a trained head (the stochastic trainer's heads are never tested for convergence)
 SELECTABLE = ("ok", "not_converged")
+
+
+def final_status(status: str, collapsed: bool) -> str:
+    """The status a head is recorded with: its fit's (the solver's statuses are spelled as
+    ``STATUSES``), or "collapsed" for a head that finished (``SELECTABLE``) but collapsed on
+    validation; every fitter records its rows' fate through this one rule."""
+    return "collapsed" if collapsed and status in SELECTABLE else status
 SPLIT_NAMES = ("train", "val", "test")
 #: history series every gradient-trained row has (penalties go under "penalty")
 HISTORY_KEYS = ("step", "loss", "ce", "val_wga", "val_acc", "val_worst_class")

@@ -8,6 +8,8 @@ clipping). Head g minimises
 
     f_g(θ) = Σ_i w_gi CE(θ x̃_i, y_i) + pull_g ‖θ − θ⁰_g‖²        (the bias included in the pull)
 
+(x̃ = [x, 1]; with ``bias`` false the heads have no bias column and x̃ = x).
+
 by ``steps`` steps θ ← θ − η_g ∇f_g(θ) from ``theta0``. Without a given step size, η_g =
 1/L_g with L_g = ½ λ_max(Σ_i w_gi x̃_i x̃_iᵀ) + 2 pull_g, an upper bound on the largest
 eigenvalue of f_g's Hessian (the softmax Hessian is at most ½ I): then ``steps`` counts
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from probe.moments.basics import augment, log_softmax
+from probe.moments.basics import design, log_softmax
 
 
 def smoothness(Xt: torch.Tensor, w: torch.Tensor, pull: torch.Tensor) -> torch.Tensor:
@@ -30,22 +32,23 @@ def smoothness(Xt: torch.Tensor, w: torch.Tensor, pull: torch.Tensor) -> torch.T
 
 def descend(X: torch.Tensor, y: torch.Tensor, w: torch.Tensor, steps: int, *, num_classes: int,
             theta0: torch.Tensor | None = None, pull: torch.Tensor | None = None, lr: torch.Tensor | None = None,
-            clip: float | None = None) -> torch.Tensor:
-    """(G, C, d+1) heads after ``steps`` full-batch steps (module docstring).
+            clip: float | None = None, bias: bool = True) -> torch.Tensor:
+    """(G, C, d+1) heads ((G, C, d) without ``bias``) after ``steps`` full-batch steps
+    (module docstring), on X's device whatever the device of the other arguments.
 
     ``w`` (G, N) row weights (each row of a head's weights usually sums to 1); ``theta0``
-    (G, C, d+1) the start and the pull's centre (default zeros); ``pull`` (G,) the pull's
+    (G, C, D) the start and the pull's centre (default zeros); ``pull`` (G,) the pull's
     strength (default 0); ``lr`` (G,) the step sizes (default 1/L_g); ``clip``: each head's
     gradient is scaled to at most this Frobenius norm (torch's clip_grad_norm_)."""
-    Xt = augment(X.to(torch.float64))
-    w = w.to(torch.float64)
+    Xt = design(X.to(torch.float64), bias)
+    f64 = dict(dtype=torch.float64, device=Xt.device)
+    w = w.to(**f64)
     G, D = w.shape[0], Xt.shape[1]
-    theta = (torch.zeros(G, num_classes, D, dtype=torch.float64, device=Xt.device) if theta0 is None
-             else theta0.to(torch.float64).clone())
+    theta = torch.zeros(G, num_classes, D, **f64) if theta0 is None else theta0.to(**f64).clone()
     centre = theta.clone()
-    pull = torch.zeros(G, dtype=torch.float64, device=Xt.device) if pull is None else pull.to(torch.float64)
-    step = (1.0 / smoothness(Xt, w, pull)) if lr is None else lr.to(torch.float64)
-    onehot = torch.nn.functional.one_hot(y.long(), num_classes).to(torch.float64)
+    pull = torch.zeros(G, **f64) if pull is None else pull.to(**f64)
+    step = (1.0 / smoothness(Xt, w, pull)) if lr is None else lr.to(**f64)
+    onehot = torch.nn.functional.one_hot(y.to(Xt.device).long(), num_classes).to(torch.float64)
     for _ in range(steps):
         p = log_softmax(torch.einsum("nd,gcd->gnc", Xt, theta)).exp_()
         grad = torch.einsum("gn,gnc,nd->gcd", w, p - onehot, Xt) + 2 * pull.view(G, 1, 1) * (theta - centre)

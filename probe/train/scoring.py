@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 
 from probe.diagnostics.bounds import Curve, measure, record, sample_rows
@@ -20,16 +21,21 @@ from probe.train.settings import Settings
 
 
 def score_heads(fs: FitSet, splits: dict[str, Split], theta: torch.Tensor,
-                features: dict[str, torch.Tensor] | None = None) -> tuple[list[dict[str, Any]], torch.Tensor]:
+                features: dict[str, torch.Tensor] | None = None,
+                val_rows: np.ndarray | None = None) -> tuple[list[dict[str, Any]], torch.Tensor]:
     """Per head of ``theta`` (G, C, D), every split's metrics (``probe.records.metrics``),
-    and (G,) which heads collapsed: on validation (``collapsed_heads``), or confidently
-    wrong on the training rows (``confidently_wrong``). ``features``: the splits'
-    preprocessed rows when they are at hand."""
+    and (G,) which heads collapsed: on validation (``collapsed_heads``; on the positions
+    ``val_rows`` of its rows alone when given), or confidently wrong on the training rows
+    (``confidently_wrong``). ``features``: the splits' preprocessed rows when they are at hand."""
     features = features or {}
     preds, confidence, ce = {}, {}, {}
     for name, sp in splits.items():
         preds[name], confidence[name], ce[name] = sp.score(theta, features.get(name))
-    collapsed = collapsed_heads(preds["val"], confidence["val"], splits["val"].y)
+    pred_v, conf_v, y_v = preds["val"], confidence["val"], splits["val"].y.to(preds["val"].device)
+    if val_rows is not None:  # a method that selects on part of validation is judged there
+        idx = torch.as_tensor(val_rows, dtype=torch.long, device=pred_v.device)
+        pred_v, conf_v, y_v = pred_v[:, idx], conf_v[:, idx], y_v[idx]
+    collapsed = collapsed_heads(pred_v, conf_v, y_v)
     collapsed |= confidently_wrong(ce["train"], splits["train"].y, fs.num_classes).to(collapsed.device)
     return metrics_by_head(fs, preds, ce), collapsed
 

@@ -4,6 +4,8 @@ Head g minimises the trainer's full-batch objective (``probe.methods.base``)
 
     f_g(θ) = Σ_i w_i CE(θ_g x̃_i, y_i) + λ_g/2 ‖W_g‖²      (the bias is not penalised)
 
+(x̃ = [x, 1]; a problem whose heads have no bias column, ``Problem.bias`` false, uses x)
+
 with row weights ``w`` summing to 1 (1/N for the pooled CE, 1/(K' n_e) for the
 mean of per-domain means). This is scikit-learn's ``LogisticRegression`` objective
 divided by C·Σs (s its sample weights, w = s/Σs): the same optimum at
@@ -82,6 +84,7 @@ class Problem:
     y: torch.Tensor  # (N,) int64 classes
     w: torch.Tensor  # (N,) row weights summing to 1 (the CE weighting), X's dtype
     num_classes: int
+    bias: bool = True  # heads have a bias column (last, unpenalised); without, θ is (C, d)
 
     def __post_init__(self) -> None:
         # constants of every iteration: y in X's dtype (the one-logit residual σ(u) − y),
@@ -100,7 +103,7 @@ class Problem:
 class Solution:
     """Per head: the final point, its iterations, its fate and its trace."""
 
-    theta: torch.Tensor  # (G, C, d+1) float64, bias last
+    theta: torch.Tensor  # (G, C, d+1) float64, bias last ((G, C, d) without a bias)
     iterations: list[int]
     status: list[str]  # CONVERGED, NOT_CONVERGED or DIVERGED
     grad_max: list[float]  # max|∇f| at the final point
@@ -123,18 +126,21 @@ def preconditioner(pb: Problem, lam: torch.Tensor) -> torch.Tensor:
     # the softmax Hessian at uniform probabilities: 1/C per class row, p(1 − p) = 1/4 for one logit
     second = _second_moment(pb.X.index_select(0, rows), w, owned=True).to(torch.float64)
     second /= 4 if pb.class_rows == 1 else pb.num_classes
+    if not pb.bias:
+        second = second[:d, :d]
+    D = second.shape[0]
     top = second[:d, :d]
     level = float(top.diagonal().mean())
     top.mul_(1 - PRECONDITIONER_SHRINK).diagonal().add_(PRECONDITIONER_SHRINK * level)
-    penalised = torch.ones(d + 1, dtype=torch.float64, device=second.device)
-    penalised[-1] = 0
+    penalised = torch.ones(D, dtype=torch.float64, device=second.device)
+    penalised[d:] = 0  # the bias, when there is one
     jitter = 1e-6 * float(second.diagonal().mean()) + 1e-12
     M = second + torch.diag_embed(lam.view(-1, 1) * penalised + jitter)
     L, info = torch.linalg.cholesky_ex(torch.nan_to_num(M))
     L = L.to(pb.X.dtype)
     if not bool(info.any()):  # the usual case, without two (G, D, D) selections
         return torch.cholesky_inverse(L)
-    ok, eye = (info == 0).view(-1, 1, 1), torch.eye(d + 1, dtype=L.dtype, device=M.device)
+    ok, eye = (info == 0).view(-1, 1, 1), torch.eye(D, dtype=L.dtype, device=M.device)
     # a head whose matrix is not positive definite (non-finite features) goes unpreconditioned
     return torch.where(ok, torch.cholesky_inverse(torch.where(ok, L, eye)), eye)
 
@@ -166,13 +172,14 @@ class _Heads:
         f64 = dict(dtype=torch.float64, device=pb.X.device)
         self.ids = list(range(G))  # the active heads' indices in the grid
         self.lam = lam.to(**f64)
-        self.theta = torch.zeros(G, C, d + 1, **f64)
+        self.d = d
+        self.theta = torch.zeros(G, C, d + int(pb.bias), **f64)
         self.z = torch.zeros(N, G, C, dtype=pb.X.dtype, device=pb.X.device)  # logits at θ
         self.terms = row_terms(self.z)
         # the stored pairs, oldest first (the first ``pairs`` positions); a skipped pair is
         # stored as zeros, so it contributes nothing, as in the two-loop recursion. The
         # compact form reads y only through H₀y and these products, so y itself is not kept
-        self.S = torch.zeros(G, MEMORY, C * (d + 1), **f64)
+        self.S = torch.zeros(G, MEMORY, C * self.theta.shape[-1], **f64)
         self.HY = torch.zeros_like(self.S)  # H₀ without γ applied to each y
         self.SY = torch.zeros(G, MEMORY, MEMORY, **f64)  # s_i·y_j for i ≤ j (R and D read no more)
         self.YHY = torch.zeros_like(self.SY)  # y_i·H₀y_j, without γ
@@ -184,7 +191,7 @@ class _Heads:
 
     @property
     def loss(self) -> torch.Tensor:
-        W = self.theta[..., :-1]
+        W = self.theta[..., : self.d]
         return self.ce + self.lam / 2 * (W * W).sum((1, 2))
 
     def keep(self, mask: list[bool]) -> None:
@@ -261,9 +268,14 @@ class _Heads:
 
 def logits(X: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     """(N, A, C) logits of heads ``theta`` (A, C, D) float64, computed in X's dtype: one pass over X.
-    A one-row head (two classes, module docstring) has one logit, class 1's against a fixed zero."""
+    A one-row head (two classes, module docstring) has one logit, class 1's against a fixed zero.
+    D is d + 1 (bias last) or d (no bias), read off the shapes."""
     A, C, D = theta.shape
-    W, b = theta[..., : D - 1].to(X.dtype).reshape(A * C, D - 1), theta[..., D - 1].to(X.dtype).reshape(A * C)
+    d = X.shape[1]
+    W = theta[..., :d].to(X.dtype).reshape(A * C, d)
+    if D == d:  # no bias column
+        return (X @ W.T).view(-1, A, C)
+    b = theta[..., d].to(X.dtype).reshape(A * C)
     if A * C == 1:  # a matrix-vector product: a third faster than the (N×d)·(d×1) matmul
         return torch.addmv(b, X, W[0]).view(-1, 1, 1)
     return (X @ W.T).view(-1, A, C).add_(b.view(A, C))
@@ -291,9 +303,9 @@ def gradient(pb: Problem, terms: torch.Tensor, theta: torch.Tensor,
         R = terms.exp().scatter_add_(-1, at_y, torch.full_like(terms[..., :1], -1.0)).mul_(w)
         ce = -(terms.gather(-1, at_y).squeeze(-1) * pb.w.unsqueeze(1)).sum(0, dtype=torch.float64)
     gW = (R.view(N, A * C).T @ pb.X).view(A, C, d).to(torch.float64)
-    gb = R.sum(0, dtype=torch.float64)
-    W = theta[..., :d]
-    g = torch.cat([gW + lam.view(A, 1, 1) * W, gb.unsqueeze(-1)], dim=-1)
+    g = gW + lam.view(A, 1, 1) * theta[..., :d]
+    if pb.bias:
+        g = torch.cat([g, R.sum(0, dtype=torch.float64).unsqueeze(-1)], dim=-1)
     return g, ce
 
 
