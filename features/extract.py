@@ -35,6 +35,7 @@ from base.outputs import (
     DEFAULT_RESERVE_BYTES,
     DiskFull,
     SpaceReserve,
+    link_target,
     lock_path,
     no_space_message,
     output_lock,
@@ -294,7 +295,7 @@ def extract(spec: DatasetSpec, encoder: Encoder, out: str | Path, *, batch_size:
     disk is one UserError saying what was kept.
     """
     t0 = time.perf_counter()
-    out = Path(out)
+    out = link_target(out)  # the link stays; the file it names is replaced
     check_settings(batch_size, workers, dtype)
     _check_pair(spec, encoder)
     check_output(out)
