@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from base.errors import UserError
-from probe.study.spec import EXTRACT_KEYS, EXTRACT_REPEATED, EXTRACT_SWITCHES, load_study
+from probe.study.spec import load_study
 from tests.h5craft import write_feature_file
 
 FEATURES = '[[features]]\nname = "a"\nfile = "a.h5"\n'
@@ -104,6 +104,7 @@ def test_extract_option_forms_match_the_extract_command() -> None:
     import typer
 
     from cli.main import app
+    from probe.study.spec import EXTRACT_KEYS, EXTRACT_REPEATED, EXTRACT_SWITCHES
 
     params = {p.name: p for p in typer.main.get_command(app).commands["extract"].params}
     for key in EXTRACT_KEYS:
