@@ -18,7 +18,15 @@ from pathlib import Path
 from typing import Any
 
 from base.errors import UserError
-from base.outputs import STREAMS, DiskFull, descriptor_of, disk_full, no_space_message, special_kind
+from base.outputs import (
+    STREAMS,
+    DiskFull,
+    descriptor_of,
+    disk_full,
+    link_target,
+    no_space_message,
+    special_kind,
+)
 
 
 class NoSpace(DiskFull):
@@ -76,8 +84,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     if kind is not None:
         raise UserError(f"{target}: is {kind}, and probe writes only over regular files: move it away or choose "
                         "another path")
-    if target.is_symlink():
-        target = Path(os.path.realpath(target))
+    target = link_target(target)
     folder = target.parent if str(target.parent) else Path(".")
     check_writable_dir(folder)
     with no_space_names(target):

@@ -205,6 +205,14 @@ def special_kind(path: str | os.PathLike[str]) -> str | None:
     return next((name for test, name in _SPECIAL if test(mode)), None)
 
 
+def link_target(path: str | os.PathLike[str]) -> Path:
+    """The file an atomic write to ``path`` replaces: the one a symbolic link names (the link
+    stays), else ``path``. A special node's path is kept as given: its writer refuses it or
+    writes through it (the link /dev/stdout names whatever file the shell opened)."""
+    p = Path(path)
+    return Path(os.path.realpath(p)) if p.is_symlink() and special_kind(p) is None else p
+
+
 def looks_like_hdf5(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` is an HDF5 file: its signature at offset 0, 512, 1024, 2048, ... (after a user block)."""
     try:

@@ -117,6 +117,7 @@ def extract_cmd(
 
     from base.device import resolve_device
     from base.errors import UserError
+    from base.outputs import link_target
     from base.progress import ignore
     from cli.flags import flag_names
     from cli.interrupts import signal_name
@@ -144,7 +145,7 @@ def extract_cmd(
     if prompts:
         read_templates(prompts)
     shard_spec = parse_shard(shard)
-    out = shard_output_path(out, shard_spec)
+    out = link_target(shard_output_path(out, shard_spec))  # a link stays: the file it names is written
     check_output(out)
     dev = resolve_device(device)
     if dev.type == "cpu":

@@ -6,18 +6,28 @@ cli/extract.py lays out `info`.
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 
 import typer
 
 from cli.app import app
+from probe.domains import REGISTRY, source_names, sources_help
+
+#: `--domain`'s choices: every registered domain source
+DomainChoice = Enum("DomainChoice", {n: n for n in source_names()}, type=str)
+
+
+def _domain_help() -> str:
+    inferred = [n for n in source_names() if REGISTRY[n].inferred]
+    return (f"Where the training domains come from: {sources_help()}."
+            + (f" {', '.join(inferred)} take their default settings." if inferred else ""))
 
 
 @app.command("hull")
 def hull(
     file: Path = typer.Argument(..., metavar="FILE.h5", help="A feature file written by `probe extract`."),
-    domain: str = typer.Option("group", help="Where the training domains come from (the sources that read the "
-                                             "file's columns): group, a or y."),
+    domain: DomainChoice = typer.Option(DomainChoice("group"), help=_domain_help()),
     splits: str = typer.Option("val,test", help="Comma list of evaluation splits to check."),
     threshold: float = typer.Option(0.2, help="Relative residual at or below which a set counts as near the "
                                               "hull (it also does when its residual is within twice its "
@@ -33,20 +43,19 @@ def hull(
     from base.io import json_text
     from features.store import read_features
     from probe.diagnostics.hull import hull_check
-    from probe.domains import get_source, resolve
+    from probe.domains import resolve
 
-    get_source(domain)  # an unknown source is refused before the file is read
-    fs = resolve(read_features(file, allow_incomplete), domain)
+    fs = resolve(read_features(file, allow_incomplete), domain.value)
     fits = hull_check(fs, tuple(s.strip() for s in splits.split(",") if s.strip()), threshold)
     if as_json:
-        typer.echo(json_text({"file": str(file), "domain": domain, "threshold": threshold,
+        typer.echo(json_text({"file": str(file), "domain": domain.value, "threshold": threshold,
                               "sets": [f.to_json() for f in fits]}, indent=2))
         return
     from rich.table import Table
 
     from cli.console import show
 
-    table = Table(title=f"{file}: evaluation sets against the convex hull of the training domains ({domain})",
+    table = Table(title=f"{file}: evaluation sets against the convex hull of the training domains ({domain.value})",
                   caption=f"weights: the mixture of training domains nearest the set's mean and second moment. "
                           f"relative: residual / distance from the pooled training rows. near: relative ≤ "
                           f"{threshold:g}, or residual ≤ 2 × noise (what an exact mixture of this size shows).",

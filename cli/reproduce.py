@@ -33,8 +33,10 @@ def reproduce_cmd(
                                              "end; the numbers mean nothing. Its runs and tables go to OUT/smoke/, "
                                              "apart from the real ones, and the tables say so.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Fit again a run folder that holds another fit (other settings, "
-                                                 "another probe version) instead of refusing it. A complete run "
-                                                 "of this very fit is reused, and an interrupted one resumed, "
+                                                 "another probe version) instead of refusing it, and extract again "
+                                                 "a feature file OUT/<dataset>.h5 of other rows (another encoder). "
+                                                 "A complete run of this very fit (or feature file of this "
+                                                 "extraction) is reused, and an interrupted one resumed, "
                                                  "without it.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or messages.")] = False,
 ) -> None:

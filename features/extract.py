@@ -35,6 +35,7 @@ from base.outputs import (
     DEFAULT_RESERVE_BYTES,
     DiskFull,
     SpaceReserve,
+    link_target,
     lock_path,
     no_space_message,
     output_lock,
@@ -269,9 +270,14 @@ class _Job:
         return np.asarray(self.spec.ids, dtype=object)
 
 
-def _files_changed(path: Path, remedy: str) -> UserError:
-    return UserError(f"{path}: the dataset's files changed since its rows were written (an image's size or "
-                     f"modification time, or a text); {remedy}")
+class OtherExtraction(UserError):
+    """``out`` (or its unfinished file) holds rows other than this extraction would write:
+    refused before anything is encoded; ``overwrite`` replaces it."""
+
+
+def _files_changed(path: Path, remedy: str) -> OtherExtraction:
+    return OtherExtraction(f"{path}: the dataset's files changed since its rows were written (an image's size or "
+                           f"modification time, or a text); {remedy}")
 
 
 def extract(spec: DatasetSpec, encoder: Encoder, out: str | Path, *, batch_size: int | None = None,
@@ -289,7 +295,7 @@ def extract(spec: DatasetSpec, encoder: Encoder, out: str | Path, *, batch_size:
     disk is one UserError saying what was kept.
     """
     t0 = time.perf_counter()
-    out = Path(out)
+    out = link_target(out)  # the link stays; the file it names is replaced
     check_settings(batch_size, workers, dtype)
     _check_pair(spec, encoder)
     check_output(out)
@@ -366,29 +372,29 @@ def _existing_output(job: _Job, t0: float) -> ExtractResult:
     try:
         h5 = open_feature_file(out)
     except UserError as exc:
-        raise UserError(f"{out}: exists and is not a readable feature file; {remedy}") from exc
+        raise OtherExtraction(f"{out}: exists and is not a readable feature file; {remedy}") from exc
     try:
         with h5:
             found = written_identity(h5)
             if found.get("schema") != SCHEMA:
-                raise UserError(f"{out}: exists and is not a probe feature file; {remedy}")
+                raise OtherExtraction(f"{out}: exists and is not a probe feature file; {remedy}")
             msg = _mismatch_message(out, found, expected, remedy)
             if msg:
-                raise UserError(msg)
+                raise OtherExtraction(msg)
             if not bool(found.get("complete", False)):
-                raise UserError(f"{out}: exists but is incomplete; {remedy}")
+                raise OtherExtraction(f"{out}: exists but is incomplete; {remedy}")
             skipped = [str(s) for s in decode_json_attr(found.get("skipped"), [])]
             want = _expected_ids(job.ids, job.bounds, set(skipped))
             n = int(h5["features"].shape[0])
             if n != len(want) or not np.array_equal(_ids_of(h5, n), want):
-                raise UserError(f"{out}: holds other rows than dataset {expected['dataset']!r} gives now; {remedy}")
+                raise OtherExtraction(f"{out}: holds other rows than dataset {expected['dataset']!r} gives now; {remedy}")
             if changed_items(found, ItemsFingerprint(job.spec).add(job.bounds)):
                 raise _files_changed(out, "pass `overwrite` to extract it again")
             dim = int(h5["features"].shape[1])
     except UserError:
         raise
     except (OSError, KeyError, ValueError, TypeError) as exc:
-        raise UserError(f"{out}: exists and cannot be read as a feature file ({exc}); {remedy}") from exc
+        raise OtherExtraction(f"{out}: exists and cannot be read as a feature file ({exc}); {remedy}") from exc
     return ExtractResult(out, "already complete", n, dim, time.perf_counter() - t0, skipped)
 
 
@@ -447,14 +453,14 @@ def _resume_state(job: _Job) -> tuple[FeatureWriter, _State] | None:
                    "batch size (or without `batch_size`), or pass `overwrite` to start again")
         if msg:
             writer.close()
-            raise UserError(msg)
+            raise OtherExtraction(msg)
         rows = writer.rows_written
         done = int(found.get("batches_done", 0))
         skipped = [str(s) for s in decode_json_attr(found.get("skipped"), [])]
         want = _expected_ids(job.ids, job.bounds[:done], set(skipped))
         if done > len(job.bounds) or rows != len(want) or not np.array_equal(_ids_of(writer.h5, rows), want):
             writer.close()
-            raise UserError(f"{partial}: its rows do not line up with this dataset; {remedy}")
+            raise OtherExtraction(f"{partial}: its rows do not line up with this dataset; {remedy}")
         items = ItemsFingerprint(job.spec).add(job.bounds[:done])
         if changed_items(found, items):
             writer.close()

@@ -211,6 +211,8 @@ def summarize(path: str | Path) -> dict[str, Any]:
     group_names = [str(g) for g in attrs.get("group_names", [])]
     check_unique_names(group_names, "group_names", str(path))  # counted by name: a repeat would hide rows
     check_split_codes(split, str(path))  # a row of no split would be counted nowhere
+    if len(group):  # a row of no group would be counted nowhere, and read_features refuses the file
+        _check_codes(path, "group", group, len(group_names), "group_names")
     counts: dict[str, dict[str, int]] = {}
     for code, sname in SPLIT_NAMES.items():
         in_split = split == code

@@ -404,3 +404,20 @@ def test_cli_extract_info_and_errors(tmp_path: Path, capsys: pytest.CaptureFixtu
     res = run_cli(*args, "--out", tmp_path / "nope" / "f.h5")
     assert res.code == 2 and "Traceback" not in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1 and "nope" in res.stderr and "does not exist" in res.stderr
+
+
+def test_out_a_symbolic_link_stays_and_the_file_it_names_is_written(tmp_path: Path, enc: Encoder,
+                                                                     spec: DatasetSpec) -> None:
+    from base.outputs import link_target
+
+    target = tmp_path / "store" / "f.h5"
+    target.parent.mkdir()
+    link = tmp_path / "link.h5"
+    link.symlink_to(target)
+    for overwrite in (False, True):  # written, then replaced
+        assert extract(spec, enc, link, batch_size=8, workers=0, overwrite=overwrite).status == "written"
+        assert link.is_symlink() and link.resolve() == target.resolve() and target.is_file()
+        assert read_features(link).features.shape == (len(spec), enc.dim)
+        assert not partial_path(link).exists() and not partial_path(target).exists()
+    # /dev/stdout is a link too, to whatever the shell opened: kept as it is, to be refused as a descriptor
+    assert link_target("/dev/stdout") == Path("/dev/stdout")

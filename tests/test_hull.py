@@ -100,3 +100,24 @@ def test_probe_hull_command(tmp_path) -> None:
 def test_attribute_domains_need_the_attribute() -> None:
     with pytest.raises(UserError, match="`domain` a"):
         resolve(feature_set(), "a")  # the test set has no attribute
+
+
+def test_hull_domain_choices_and_help_are_the_registry_and_every_source_works(tmp_path) -> None:
+    """`--domain`'s choices and help are the domain-source registry's, and each source
+    resolves as `probe hull` resolves it (no fit settings: an inferred source's defaults)."""
+    import typer
+
+    from cli.hull import DomainChoice
+    from cli.main import app
+    from features.store import read_features
+    from probe.domains import REGISTRY, source_names
+    from tests.h5craft import toy_arrays, write_feature_file
+
+    option = next(p for p in typer.main.get_command(app).commands["hull"].params if p.name == "domain")
+    assert [c.value for c in DomainChoice] == source_names()
+    help_text = " ".join(option.help.split())
+    assert all(REGISTRY[n].help in help_text for n in source_names()), help_text
+    fs = read_features(write_feature_file(tmp_path / "toy.h5", toy_arrays(40, 4)))
+    for name in source_names():
+        fits = hull_check(resolve(fs, name), splits=("test",))
+        assert fits[0].group is None and sum(fits[0].weights.values()) == pytest.approx(1.0), name

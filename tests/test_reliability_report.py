@@ -58,3 +58,18 @@ def test_merge_refuses_a_shard_or_another_file_as_its_output(work: Path) -> None
     res = run_cli("merge", work / "run_a" / "summary.json", shard, "--overwrite", "--quiet")
     assert_user_error(res, "summary.json", "not a feature file", "--overwrite")
     assert snapshot(work) == before
+
+
+def test_report_refuses_to_write_over_a_runs_inferred_domains(work: Path) -> None:
+    """domains.csv is a file of the run folder's format (the training rows' inferred domains):
+    a report never replaces it, of a run it reads or of any other."""
+    from base.errors import UserError
+    from probe.reports.runfolder import check_output_file
+
+    for run in (work / "run_a", work / "run_b"):
+        (run / "domains.csv").write_text("id,domain\nrow0,d0\n")
+    for out, reads in ((work / "run_a" / "domains.csv", [work / "run_a"]),
+                       (work / "run_b" / "domains.csv", [work / "run_a"])):
+        with pytest.raises(UserError, match="domains.csv.* run folder"):
+            check_output_file(out, reads)
+    check_output_file(work / "run_a" / "report.csv", [work / "run_a"])  # the control

@@ -102,3 +102,25 @@ def test_reproduce_smoke_is_kept_apart_marked_resumed_and_never_the_real_table(t
 
 def test_reproduce_needs_a_dataset(tmp_path: Path) -> None:
     assert_user_error(run_cli("reproduce", "--out", tmp_path / "out"), "give at least one dataset")
+
+
+def test_overwrite_reaches_a_feature_file_of_other_rows(tmp_path: Path) -> None:
+    """The refusal of OUT/<dataset>.h5 made with another encoder says to pass `overwrite`:
+    reproduce's --overwrite extracts it again (and keeps one of this very extraction)."""
+    from base.errors import UserError
+    from features.extract import extract
+    from probe.study.reproduce import extract_features
+    from tests.test_extract import image_spec, tiny_encoder
+
+    spec, h5, said = image_spec(tmp_path / "images", n=12), tmp_path / "out.h5", []
+    extract(spec, tiny_encoder(tmp_path, seed=1), h5, batch_size=8, workers=0)
+    other = h5.read_bytes()
+    enc = tiny_encoder(tmp_path, seed=0)
+    with pytest.raises(UserError, match="weights.*`overwrite`"):
+        extract_features(spec, enc, h5, False, None, said.append)
+    assert h5.read_bytes() == other
+    assert extract_features(spec, enc, h5, True, None, said.append).status == "written"
+    assert h5.read_bytes() != other and any("extracting it again" in s for s in said), said
+    again = h5.read_bytes()
+    assert extract_features(spec, enc, h5, True, None, said.append).status == "already complete"
+    assert h5.read_bytes() == again

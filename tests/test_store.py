@@ -152,3 +152,14 @@ def test_long_skipped_list_fits(tmp_path: Path) -> None:
     skipped = [f"images/some/long/folder/name/img{i:06d}.jpg" for i in range(5000)]
     w.finish(skipped=skipped)
     assert decode_json_attr(read_features(path).attrs["skipped"], []) == skipped
+
+
+def test_summarize_refuses_a_group_code_outside_group_names(tmp_path: Path) -> None:
+    """`probe info` counts rows per named group: a row of group 4 of 4 names would be counted
+    nowhere, and read_features refuses the file; info says so too."""
+    arrays = toy_arrays(n_per_group_split=3)
+    arrays["group"][5] = len(GROUP_NAMES)
+    path = _write(tmp_path / "f.h5", arrays)
+    for read in (summarize, read_features):
+        with pytest.raises(UserError, match=r"group=4 at row 5 is outside group_names"):
+            read(path)

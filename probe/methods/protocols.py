@@ -141,6 +141,20 @@ def protocol_names() -> list[str]:
     return sorted(PROTOCOLS)
 
 
+def parse_name(name: str) -> tuple[Protocol, str]:
+    """``PROTOCOL`` or ``PROTOCOL:DATASET`` as (the protocol, the dataset named or "");
+    what can be checked before a feature file is read."""
+    proto, _, named = name.partition(":")
+    if proto not in PROTOCOLS:
+        raise UserError(f"`protocol` {name!r} is unknown; choose from {', '.join(protocol_names())} (or "
+                        "PROTOCOL:DATASET for a dataset's choices)")
+    p = PROTOCOLS[proto]
+    if named and p.aliases.get(named, named) not in p.datasets:
+        raise UserError(f"`protocol` {name}: {proto} has choices for {', '.join([*p.datasets, *p.aliases])}, "
+                        f"not {named!r}")
+    return p, named
+
+
 def resolve(name: str, dataset: str, n_train: int, num_classes: int, given: dict[str, Any] | None = None) -> Resolved:
     """The protocol ``name`` for a feature file of ``dataset`` with ``n_train`` training rows.
 
@@ -150,14 +164,8 @@ def resolve(name: str, dataset: str, n_train: int, num_classes: int, given: dict
     the evaluation interval from the steps, the anneal grid below the steps) are derived
     from the effective values.
     """
-    proto, _, named = name.partition(":")
-    if proto not in PROTOCOLS:
-        raise UserError(f"`protocol` {name!r} is unknown; choose from {', '.join(protocol_names())} (or "
-                        "PROTOCOL:DATASET for a dataset's choices)")
-    p = PROTOCOLS[proto]
-    known = ", ".join([*p.datasets, *p.aliases])
-    if named and p.aliases.get(named, named) not in p.datasets:
-        raise UserError(f"`protocol` {name}: {proto} has choices for {known}, not {named!r}")
+    p, named = parse_name(name)
+    proto, known = p.name, ", ".join([*p.datasets, *p.aliases])
     key = p.aliases.get(named or dataset, named or dataset)
     if key not in p.datasets:
         raise UserError(f"`protocol` {proto} has choices for {known}; this feature file is from dataset "

@@ -17,10 +17,10 @@ from base.errors import UserError
 from base.outputs import STREAMS, looks_like_hdf5, same_file, special_kind
 from probe.records.results import Result, parse_results
 from probe.records.summary import Summary
-from probe.runs.layout import swapping
+from probe.runs.layout import DOMAINS_FILE, HEADS, RUN_FILES, named_files, swapping
 
 # What a run folder holds (docs/results-format.md): what a report reads, and must never write over.
-SUMMARY, RESULTS, HEADS = "summary.json", "results.jsonl", "heads"
+RESULTS, SUMMARY = RUN_FILES
 
 
 @dataclass
@@ -71,14 +71,26 @@ def load_run(path: str | Path, name: str = "") -> RunFolder:
 
 
 def run_folder_of(path: Path) -> Path | None:
-    """The run folder whose summary.json, results.jsonl or head ``path`` is (existing or not), or None."""
-    if path.name in (SUMMARY, RESULTS):
+    """The run folder whose summary.json, results.jsonl, domains.csv or head ``path`` is
+    (existing or not), or None."""
+    if path.name in (*RUN_FILES, DOMAINS_FILE):
         folder = path.parent
     elif path.parent.name == HEADS and path.suffix == ".safetensors":
         folder = path.parent.parent
     else:
         return None
     return folder if any((folder / f).is_file() for f in (SUMMARY, RESULTS)) else None
+
+
+def run_files(run: Path) -> list[Path]:
+    """Every file of the run folder's format (docs/results-format.md) that ``run`` may hold:
+    results, summary, inferred domains, heads, and whatever else its summary names."""
+    try:
+        named = named_files(json.loads((run / SUMMARY).read_text(encoding="utf-8")))
+    except (OSError, ValueError):
+        named = ()
+    return [run / f for f in dict.fromkeys((*RUN_FILES, DOMAINS_FILE, *named))] + sorted(
+        (run / HEADS).glob("*.safetensors"))
 
 
 def check_output_file(out: Path, run_dirs: Sequence[Path]) -> None:
@@ -92,7 +104,7 @@ def check_output_file(out: Path, run_dirs: Sequence[Path]) -> None:
     if kind is not None and kind not in STREAMS:
         raise UserError(f"`out` {out}: is {kind}; write the report to a file, a character device or a FIFO")
     for run in run_dirs:
-        for own in (run / SUMMARY, run / RESULTS, *sorted((run / HEADS).glob("*.safetensors"))):
+        for own in run_files(run):
             if same_file(out, own):
                 raise UserError(f"`out` {out}: is {own.relative_to(run)} of the run folder {run} this report "
                                 f"reads; write the report under another name, e.g. {run / 'report.md'}")

@@ -36,13 +36,9 @@ from probe.records.summary import (
     Summary,
     mean_metrics,
 )
+from probe.runs.layout import DOMAINS_FILE, RUN_FILES, named_files
 from probe.runs.review import annotate
 from probe.runs.selection import by_rule, select
-
-#: the files of a run besides its heads (heads/<method>.safetensors)
-RUN_FILES = ("results.jsonl", "summary.json")
-#: the inferred domain of every training row, written when the fit inferred them
-DOMAINS_FILE = "domains.csv"
 
 
 @dataclass
@@ -67,18 +63,6 @@ class RunState:
     kind: str  # "none", "partial" or "complete"
     fingerprint: str | None = None
     files: tuple[str, ...] = ()  # the head and domain files it names (relative to the folder)
-
-
-def named_files(summary: Any) -> tuple[str, ...]:
-    """The head files and the domains file a summary.json names: the only ones of them a
-    new run may replace or remove."""
-    if not isinstance(summary, dict):
-        return ()
-    methods = summary.get("methods") if isinstance(summary.get("methods"), dict) else {}
-    heads = [e.get("head") for e in methods.values() if isinstance(e, dict)]
-    named = [h for h in heads if isinstance(h, str) and h.startswith("heads/") and "/" not in h[6:]]
-    domains = summary.get("domains") if isinstance(summary.get("domains"), dict) else {}
-    return tuple(named + ([DOMAINS_FILE] if domains.get("file") == DOMAINS_FILE else []))
 
 
 def run_state(out: Path) -> RunState:

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
+import io
 import os
-import re
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -26,7 +26,7 @@ from typing import Any
 from base.errors import UserError
 from base.io import write_json_atomic
 from probe.study.jobs import job_dir, run_job, status, stop_running, write_index
-from probe.study.spec import Job, Study
+from probe.study.spec import Job, Study, check_slurm, memory_gb
 
 #: seconds between looks at jobs that another launch is running
 POLL = 1.0
@@ -133,30 +133,16 @@ def _look_again(study: Study, elsewhere: set[str], states: dict[str, str], todo:
 
 
 def executor_parameters(resources: dict[str, Any], name: str) -> dict[str, Any]:
-    """submitit's parameters for the study's ``[slurm]`` resources (and flags)."""
+    """submitit's parameters for the study's ``[slurm]`` resources (and flags), each checked
+    (:func:`probe.study.spec.check_slurm`)."""
+    check_slurm(resources)
     params: dict[str, Any] = {"name": name, "nodes": 1, "tasks_per_node": 1}
-    if resources.get("time") is not None:
-        params["timeout_min"] = int(resources["time"])
-    if resources.get("gpus") is not None:
-        params["gpus_per_node"] = int(resources["gpus"])
-    if resources.get("cpus") is not None:
-        params["cpus_per_task"] = int(resources["cpus"])
+    renamed = {"time": "timeout_min", "gpus": "gpus_per_node", "cpus": "cpus_per_task",
+               "partition": "slurm_partition", "parallelism": "slurm_array_parallelism"}
+    params.update({renamed[k]: v for k, v in resources.items() if k in renamed and v is not None})
     if resources.get("mem") is not None:
         params["mem_gb"] = memory_gb(resources["mem"])
-    if resources.get("partition"):
-        params["slurm_partition"] = str(resources["partition"])
-    if resources.get("parallelism") is not None:
-        params["slurm_array_parallelism"] = int(resources["parallelism"])
     return params
-
-
-def memory_gb(value: Any) -> int:
-    """``32``, ``"32G"``, ``"32GB"`` or ``"500M"`` as whole gigabytes (at least 1)."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([MGT]?)B?\s*", str(value), re.IGNORECASE)
-    if not m:
-        raise UserError(f"`mem` {value!r}: give gigabytes, e.g. 32 or 32G (or 500M)")
-    scale = {"": 1, "G": 1, "M": 1 / 1024, "T": 1024}[m.group(2).upper()]
-    return max(1, round(float(m.group(1)) * scale))
 
 
 def waves(jobs: list[Job]) -> list[list[Job]]:
@@ -174,21 +160,23 @@ def launch_slurm(study: Study, resources: dict[str, Any], cluster: str = "slurm"
     ``cluster`` is submitit's: ``slurm``, or ``local``/``debug`` (its executors on
     this machine, for tests).
     """
-    if cluster == "slurm" and shutil.which("sbatch") is None:
-        raise UserError("the slurm launcher needs Slurm, and it was not found here (`sbatch` is not on PATH): "
-                        "run `probe study` on the cluster's login node, or choose `launcher` local")
+    missing = [p for p in ("sbatch", "srun") if shutil.which(p) is None] if cluster == "slurm" else []
+    if missing:  # submitit submits with sbatch, and its executor refuses to start without srun
+        raise UserError(f"the slurm launcher needs Slurm, and it was not found here (`{missing[0]}` is not on "
+                        "PATH): run `probe study` on the cluster's login node, or choose `launcher` local")
+    params = executor_parameters({**study.slurm, **resources}, f"probe-{study.out.name}")  # checked first
     import submitit
 
     write_index(study)
     folder = study.out / "slurm"
     executor = submitit.AutoExecutor(folder=str(folder / "%j"), cluster=cluster)
-    executor.update_parameters(**executor_parameters({**study.slurm, **resources}, f"probe-{study.out.name}"))
+    executor.update_parameters(**params)
     for wave in waves(study.jobs):
         todo = [j for j in wave if status(study.out, j).state not in ("done", "running")
                 and all(status(study.out, study_job(study, d)).state == "done" for d in j.deps)]
         if not todo:
             continue
-        submitted = executor.map_array(run_job, [str(study.out)] * len(todo), [j.id for j in todo])
+        submitted = _submit(executor, study, todo)
         for job, sub in zip(todo, submitted, strict=True):
             write_json_atomic(job_dir(study.out, job.id) / "slurm.json",
                               {"job_id": sub.job_id, "stdout": str(sub.paths.stdout), "stderr": str(sub.paths.stderr)})
@@ -212,3 +200,18 @@ def _record_failure(study_dir: Path, job: Job, why: str) -> None:
     path = job_dir(study_dir, job.id) / "state.json"
     if status(study_dir, job).state != "done":
         write_json_atomic(path, {"state": "failed", "error": why})
+
+
+def _submit(executor: Any, study: Study, todo: list[Job]) -> list[Any]:
+    """``todo`` submitted as one job array; sbatch refusing it (an unknown partition, a time
+    over the partition's limit) is a UserError carrying sbatch's own words."""
+    from submitit.core.utils import FailedJobError, FailedSubmissionError
+
+    quiet = io.StringIO()  # submitit prints sbatch's complaint as well: it is in the error, once
+    try:
+        with contextlib.redirect_stderr(quiet):
+            return executor.map_array(run_job, [str(study.out)] * len(todo), [j.id for j in todo])
+    except (FailedJobError, FailedSubmissionError, OSError) as exc:
+        said = " ".join((str(exc) or quiet.getvalue() or type(exc).__name__).split())[:400]
+        raise UserError(f"Slurm refused the jobs of {study.path} ({said}); check the resources asked for "
+                        f"(`partition`, `time`, `gpus`, `cpus`, `mem`: {study.path}'s [slurm] or the flags)") from exc

@@ -28,9 +28,9 @@ from typing import Any
 
 from base.errors import UserError
 from base.io import check_writable_dir, write_text_atomic
-from features.datasets import load_dataset
-from features.encoders import load_encoder
-from features.extract import check_output, choose_encoder, extract
+from features.datasets import DatasetSpec, load_dataset
+from features.encoders import Encoder, load_encoder
+from features.extract import ExtractResult, OtherExtraction, check_output, choose_encoder, extract
 from features.store import read_features
 from probe.pipeline import fit_grid
 from probe.reports import build_report
@@ -59,15 +59,31 @@ class Source:
     options: dict[str, Any] = field(default_factory=dict)  # encoder options (pooling, ...)
 
 
-def _features(src: Source, out: Path, device: Any, progress: Any, notify: Callable[[str], None]) -> Path:
+def _features(src: Source, out: Path, device: Any, progress: Any, notify: Callable[[str], None],
+              overwrite: bool = False) -> Path:
     h5 = out / f"{src.dataset}.h5"
     check_output(h5)
     spec = load_dataset(src.dataset, src.root)
     enc = load_encoder(choose_encoder(src.dataset, spec.modality, src.encoder), weights=src.weights,
                        device=device, modality=spec.modality, **src.options)
-    result = extract(spec, enc, h5, progress=progress, warn=notify, note=notify)
+    result = extract_features(spec, enc, h5, overwrite, progress, notify)
     notify(f"{src.dataset}: {result.path} {result.status} ({result.rows} rows × {result.dim})")
     return h5
+
+
+def extract_features(spec: DatasetSpec, enc: Encoder, h5: Path, overwrite: bool, progress: Any,
+                     notify: Callable[[str], None]) -> ExtractResult:
+    """``spec`` encoded into ``h5``, resumed or kept when it holds this extraction's rows.
+    One of other rows (another encoder, another version of the dataset) is refused as
+    `probe extract` refuses it, and with ``overwrite`` extracted again: the refusal's remedy,
+    `overwrite`, is reproduce's own flag, so it must reach the features too."""
+    try:
+        return extract(spec, enc, h5, progress=progress, warn=notify, note=notify)
+    except OtherExtraction as exc:
+        if not overwrite:
+            raise
+        notify(f"{str(exc).split('; ')[0]}; extracting it again (overwrite)")
+    return extract(spec, enc, h5, overwrite=True, progress=progress, warn=notify, note=notify)
 
 
 def reproduce(sources: list[Source], out: str | Path, *, device: Any = "auto", smoke: bool = False,
@@ -76,7 +92,9 @@ def reproduce(sources: list[Source], out: str | Path, *, device: Any = "auto", s
               notify: Callable[[str], None] = lambda _: None) -> list[Path]:
     """Extract, fit and tabulate ``sources`` into ``out``; returns the table files written.
     ``overwrite`` refits a run folder that holds anything other than this very fit
-    (another fit, other settings, another version of probe) instead of refusing it.
+    (another fit, other settings, another version of probe) instead of refusing it, and
+    extracts again a feature file of other rows (another encoder); a complete one of
+    this extraction is kept either way.
     ``extract_progress(what)`` and ``fit_progress(what)`` give the progress object of one
     extraction (base.progress.Progress) or one fit (fit_grid's); None: silent."""
     from base.device import resolve_device
@@ -94,7 +112,7 @@ def reproduce(sources: list[Source], out: str | Path, *, device: Any = "auto", s
     extra = SMOKE if smoke else {"grid": {}, "settings": {}}
     runs = []
     for src in sorted(sources, key=lambda s: DATASETS.index(s.dataset)):
-        h5 = _features(src, out, dev, extract_progress(src.dataset) if extract_progress else None, notify)
+        h5 = _features(src, out, dev, extract_progress(src.dataset) if extract_progress else None, notify, overwrite)
         run = runs_dir / src.dataset
         fit_grid(read_features(h5), None, extra["grid"], run, overwrite=overwrite, protocol=PROTOCOL,
                  device=str(dev), notify=notify,

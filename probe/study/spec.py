@@ -21,7 +21,7 @@ from base.errors import UserError
 from features.extract import shard_output_path
 from features.schema import FEATURE_DTYPES
 from probe.methods import all_options, all_params, get_method
-from probe.methods.protocols import protocol_names
+from probe.methods.protocols import parse_name
 from probe.train.settings import check_dtype, setting_kind, user_settings
 
 if sys.version_info >= (3, 11):
@@ -36,8 +36,15 @@ FIT_EXTRAS = ("protocol", "device", "dtype", "allow_incomplete")
 #: of ``[[features]]``; ``out`` and ``shard`` the study's)
 EXTRACT_KEYS = ("batch_size", "workers", "dtype", "device", "skip_bad", "prompts", "class_names")
 EXTRACT_KINDS: dict[str, type] = {"batch_size": int, "workers": int, "max_length": int, "skip_bad": bool}
+#: `probe extract` options given once per value (``--prompts A --prompts B``): a list is
+#: not one comma-joined value there
+EXTRACT_REPEATED = ("prompts",)
+#: `probe extract` switches with no ``--no-`` form: false, their default, is said by leaving them out
+EXTRACT_SWITCHES = ("skip_bad",)
 #: the Slurm resources a job asks for (``[slurm]`` or the command line)
 SLURM_KEYS = ("partition", "time", "gpus", "cpus", "mem", "parallelism")
+#: the Slurm resources that are counts: what they count and the least each may be
+SLURM_COUNTS = {"time": ("minutes", 1), "gpus": ("GPUs", 0), "cpus": ("CPUs", 1), "parallelism": ("array jobs", 1)}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
@@ -110,12 +117,59 @@ def load_study(path: str | Path, out: str | Path | None = None) -> Study:
                     str(folder / out_rel), *flags, "--quiet")
             jobs.append(Job(f"fit-{fname}-{gname}", "fit", argv, out_rel, needs,
                             {**labels, "methods": gname}))
+    _distinct_ids(jobs, where)
     workers = head.get("jobs")
     if workers is not None and (not isinstance(workers, int) or isinstance(workers, bool) or workers < 1):
         raise UserError(f"{where} [study]: `jobs` must be a whole number >= 1")
     slurm = _table(data, "slurm", where)
     _only(slurm, SLURM_KEYS, f"{where} [slurm]")
+    check_slurm(slurm, f"{where} [slurm]")
     return Study(p, folder, jobs, str(head.get("launcher", "local")), workers, slurm)
+
+
+def check_slurm(resources: dict[str, Any], where: str = "") -> dict[str, Any]:
+    """``resources`` (``[slurm]``'s or the flags') when each is one Slurm can be asked for:
+    the counts whole numbers (``time`` in minutes), ``mem`` gigabytes (:func:`memory_gb`),
+    ``partition`` a name; else a UserError naming ``where`` (when given) and the key."""
+    for key, value in resources.items():
+        _checked(lambda key=key, value=value: _slurm_value(key, value), where)
+    return resources
+
+
+def _slurm_value(key: str, value: Any) -> None:
+    if key in SLURM_COUNTS:
+        what, least = SLURM_COUNTS[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise UserError(f"`{key}` {value!r}: give a whole number of {what}, at least {least}")
+    elif key == "mem":
+        memory_gb(value)
+    elif key == "partition" and (not isinstance(value, str) or not value or any(c.isspace() for c in value)):
+        raise UserError(f"`partition` {value!r}: give the name of a partition (or a comma list of them)")
+
+
+def memory_gb(value: Any) -> int:
+    """``32``, ``"32G"``, ``"32GB"`` or ``"500M"`` as whole gigabytes (at least 1)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([MGT]?)B?\s*", str(value), re.IGNORECASE)
+    if isinstance(value, bool) or not m:
+        raise UserError(f"`mem` {value!r}: give gigabytes, e.g. 32 or 32G (or 500M)")
+    scale = {"": 1, "G": 1, "M": 1 / 1024, "T": 1024}[m.group(2).upper()]
+    return max(1, round(float(m.group(1)) * scale))
+
+
+def _distinct_ids(jobs: list[Job], where: str) -> None:
+    """Each job has its own folder, named by its id; names with ``-`` can make two alike
+    (features ``wb-clip`` × methods ``erm`` and features ``wb`` × methods ``clip-erm``)."""
+    first: dict[str, Job] = {}
+    for job in jobs:
+        if job.id in first:
+            raise UserError(f"{where}: {_described(first[job.id])} and {_described(job)} would both be job "
+                            f"{job.id!r} (one folder); give one of them another `name`")
+        first[job.id] = job
+
+
+def _described(job: Job) -> str:
+    features = f"[[features]] {job.labels.get('features')!r}"
+    return f"{features} × [[methods]] {job.labels['methods']!r}" if job.kind == "fit" else f"the {job.kind} of {features}"
 
 
 def _only(table: dict[str, Any], allowed: tuple[str, ...] | list[str], where: str) -> None:
@@ -179,7 +233,7 @@ def _features(here: Path, folder: Path, e: dict[str, Any], i: int,
     if not isinstance(options, dict):
         raise UserError(f"{at}: `options` must be a table of `probe extract` flags")
     _check_extraction(here, e, options, at)
-    args += [a for k, v in options.items() for a in _flag(k, v)]
+    args += [a for k, v in options.items() for a in _flag(k, v, EXTRACT_REPEATED, EXTRACT_SWITCHES)]
     labels = {"features": name, "dataset": str(e["dataset"]), "encoder": str(e.get("encoder", "default"))}
     shards = e.get("shards", 1)
     if not isinstance(shards, int) or isinstance(shards, bool) or shards < 1:
@@ -247,10 +301,12 @@ def _check_extraction(here: Path, e: dict[str, Any], options: dict[str, Any], at
 
 
 def _checked(check: Any, where: str) -> Any:
-    """``check()``, its UserError prefixed with where in the study file it arose."""
+    """``check()``, its UserError prefixed with where in the study file it arose (if given)."""
     try:
         return check()
     except UserError as exc:
+        if not where:
+            raise
         raise UserError(f"{where}: {exc}") from exc
 
 
@@ -268,47 +324,54 @@ def _groups(e: dict[str, Any], i: int, shared: dict[str, Any], where: str) -> li
     if not methods and "protocol" not in e and "protocol" not in shared:
         raise UserError(f"{at}: give `method` (or a list `methods`) or a `protocol`")
     own = {k: v for k, v in e.items() if k not in ("name", "method", "methods", "split")}
-    _check_fit({**shared, **own}, at)
+    _check_fit({**shared, **own}, at, [str(m) for m in methods])
     flags = [a for k, v in {**shared, **own}.items() for a in _flag(k, v)]
     if e.get("split", False) is True:
         if not methods:
             raise UserError(f"{at}: `split` needs the methods listed (`methods`)")
         return [(_name({"name": m}, m, at), [m], flags) for m in methods]
-    return [(_name(e, "+".join(methods) or str(e.get("protocol", shared.get("protocol"))), at), methods, flags)]
+    default = "+".join(methods) or str(e.get("protocol", shared.get("protocol"))).replace(":", "-")  # a folder name
+    return [(_name(e, default, at), methods, flags)]
 
 
 def _fit_keys() -> list[str]:
     return [*all_params(), *(f.name for f in user_settings()), *all_options(), *FIT_EXTRAS, "seeds"]
 
 
-def _check_fit(table: dict[str, Any], where: str) -> None:
+def _check_fit(table: dict[str, Any], where: str, methods: list[str] | None = None) -> None:
     """Every key a `probe fit` flag, every value one the fit would take: grid values by
     their declarations' parsers, settings typed as their flags are and checked by
-    :func:`probe.methods.checked_settings`, as `probe fit` checks its flags (without
-    loading torch: a study's launcher only reads and launches)."""
+    :func:`probe.methods.checked_settings`, the protocol's name as `probe fit` parses it,
+    as `probe fit` checks its flags (without loading torch: a study's launcher only reads
+    and launches). With ``methods`` (a [[methods]] group's; none: the protocol's), each
+    method's configurations are made as :func:`probe.pipeline.plan_fit` makes them, so
+    that a grid the fit would refuse (an `anneal` not below `steps`) is refused here."""
     from probe.methods import checked_settings
 
     _only(table, _fit_keys(), where)
     params = all_params()
     kinds = {**{f.name: setting_kind(f) for f in user_settings()}, **{n: p.kind for n, (_, p) in all_options().items()},
              "allow_incomplete": bool}
-    settings = {}
+    settings, grid = {}, {}
     try:
         for key, value in table.items():
             name = "seed" if key == "seeds" else key
             if name in params:
-                params[name][0][1].parse(_text(value))
+                grid[name] = params[name][0][1].parse(_text(value))
             elif key in kinds:
                 settings[key] = _typed(key, value, kinds[key])
         settings.pop("allow_incomplete", None)
         _check_device(str(table.get("device", "auto")))
         check_dtype(str(table.get("dtype", "float32")))
-        checked_settings(**settings)
+        st = checked_settings(**settings)
+        protocol = parse_name(str(table["protocol"]))[0] if "protocol" in table else None
+        # With a protocol and no `steps`, the steps come from the file's training rows: the fit checks them.
+        if methods is not None and (protocol is None or "steps" in table):
+            for m in methods or (protocol.methods if protocol else ()):
+                own = get_method(m).hyperparameters()
+                get_method(m).configs({k: v for k, v in grid.items() if k in own}, st.steps, st.search, st.search_seed)
     except UserError as exc:
         raise UserError(f"{where}: {exc}") from exc
-    if "protocol" in table and table["protocol"] not in protocol_names():
-        raise UserError(f"{where}: protocol {table['protocol']!r} is unknown; choose from "
-                        f"{', '.join(protocol_names())}")
 
 
 def _typed(key: str, value: Any, kind: type) -> Any:
@@ -346,8 +409,12 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-def _flag(key: str, value: Any) -> list[str]:
+def _flag(key: str, value: Any, repeated: tuple[str, ...] = (), switches: tuple[str, ...] = ()) -> list[str]:
+    """The command-line form of one study value: a list of a ``repeated`` option as the flag
+    once per item, a false ``switches`` one (a flag with no ``--no-`` form) left out."""
     flag = "--" + ("seed" if key == "seeds" else key).replace("_", "-")
     if isinstance(value, bool):
-        return [flag if value else f"--no-{flag[2:]}"]
+        return [flag] if value else [] if key in switches else [f"--no-{flag[2:]}"]
+    if key in repeated and isinstance(value, list):
+        return [a for item in value for a in (flag, _text(item))]
     return [flag, _text(value)]
