@@ -38,7 +38,7 @@ def test_bootstrap_intervals_cover_the_true_wga_and_difference_about_95_percent_
     draws, covered, covered_diff = 200, 0, 0
     for i in range(draws):
         out = bootstrap({"base": _draw(rng, ACCURACY)[None], "new": _draw(rng, better)[None]}, groups,
-                        reference="base", resamples=1000, seed=i)
+                        reference="base", resamples=500, seed=i)
         lo, hi = out["base"]["ci95"]["wga"]
         covered += lo <= ACCURACY.min() <= hi
         dlo, dhi = out["new"]["vs_reference"]["ci95"]
