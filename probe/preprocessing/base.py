@@ -100,6 +100,10 @@ class Identity(Kind):
     help = "none (the features as stored)"
     fresh = False
 
+    @classmethod
+    def fit_rows(cls, source, rows, dtype, knobs):
+        return {}  # nothing to fit: the training rows need not be gathered (a copy of all of them)
+
 
 def kind_names() -> tuple[str, ...]:
     """Every registered kind, ``none`` first, then in the order they registered."""
