@@ -2,7 +2,8 @@
 choice, against the fit they describe, on a 3,480-head run of the CMA paper's protocol.
 
 The protocol at Waterbirds size (``benchmarks.paper_grid.synthetic``: 4,795 training rows,
-768-d, PCA to 100; all five rows, five seeds) is fitted for ``--steps`` steps; then, timed
+768-d, PCA to 100; all five rows, five seeds) is fitted for ``--steps`` steps, its anneal
+steps scaled by steps/3,000 so that every one of its 3,480 heads is there; then, timed
 apart on the rows it returned: the selection with every rule's choice
 (``summarize_method``), the budgets and diagnostics (``annotate`` without the data), and the
 intervals (``annotate`` with it: 2,000 resamples per method, paired to the reference). The
@@ -77,6 +78,7 @@ def _rule_checkpoints_cost(fs: Any, steps: int) -> tuple[float, float]:
 
 def main(argv: list[str] | None = None) -> None:
     from probe.api import fit_grid
+    from probe.methods.protocols import resolve as resolve_protocol
     from probe.runs.folder import summarize_method
     from probe.runs.review import annotate
 
@@ -85,10 +87,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--name", default="review_cost")
     args = parser.parse_args(argv)
     fs = synthetic("waterbirds")
+    # The protocol's anneal steps scaled to the shorter run, so that it keeps all 3,480 heads
+    # (at --steps 300 its own list would keep only the anneal steps below 300: 900 heads).
+    full = resolve_protocol("cma-paper", "waterbirds", int((fs.split == 0).sum()), 2)
+    scale = args.steps / full.settings["steps"]
+    annealed = [m for m, g in full.grids.items() if len(g.get("anneal", [])) > 1]
+    anneal = sorted({int(a * scale) for a in full.grids[annealed[0]]["anneal"]})
     t0 = time.perf_counter()
-    run = fit_grid(fs, None, {}, None, protocol="cma-paper", steps=args.steps, device="cpu")
+    rows_by_method = {}
+    for methods, grid in (([m for m in full.grids if m not in annealed], {}), (annealed, {"anneal": anneal})):
+        run = fit_grid(fs, methods, grid, None, protocol="cma-paper", steps=args.steps, device="cpu")
+        rows_by_method.update(run["rows"])
     fit_s = time.perf_counter() - t0
-    rows_by_method = run["rows"]
     heads = sum(len(r) for r in rows_by_method.values())
     settings = {"select": "val_wga", "ties": "sem", "select_checkpoint": "last"}
 
