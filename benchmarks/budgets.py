@@ -20,15 +20,13 @@ Results: benchmarks/results/budgets.{json,md}.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from typing import Any
 
-from benchmarks import tasks
 from benchmarks._common import RESULTS_DIR, write_results
-from benchmarks.defaults import CACHE, features
-from benchmarks.label_free import planted
+from benchmarks.defaults import CACHE
+from benchmarks.label_free import each_task, task_args
 
 METHODS = ("erm", "reweight", "cma")
 WAYS = {"default": {}, "same loop": {"solver": "adam"}, "equal budgets": {"solver": "adam", "search": "random:18"}}
@@ -57,16 +55,9 @@ def compare(task: str, fs: Any, way: str, seeds: list[int]) -> list[dict[str, An
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tasks", default=",".join(["planted", *tasks.TASKS]))
-    parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--name", default="budgets")
-    args = parser.parse_args(argv)
-    seeds = [int(s) for s in args.seeds.split(",")]
-    CACHE.mkdir(exist_ok=True)
+    args, seeds = task_args(argv, __doc__, "0,1,2", "budgets")
     rows: list[dict[str, Any]] = []
-    for task in args.tasks.split(","):
-        fs: Any = planted() if task == "planted" else features(task, quick=False)
+    for task, fs in each_task(args.tasks):
         for way in WAYS:
             rows += compare(task, fs, way, seeds)
     write_results(args.name, rows, ["task", "way", "method", "budget", "candidates", "test_wga", "ci_lo", "ci_hi",

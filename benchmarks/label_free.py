@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -89,17 +90,29 @@ def fit_regime(task: str, fs: Any, regime: str, source: str, methods: tuple[str,
     return rows
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def task_args(argv: list[str] | None, doc: str, seeds: str, name: str) -> tuple[argparse.Namespace, list[int]]:
+    """The command line of a benchmark over the offline tasks and planted data (this one and
+    benchmarks.budgets): ``--tasks``, ``--seeds``, ``--name``."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--tasks", default=",".join(["planted", *tasks.TASKS]))
-    parser.add_argument("--seeds", default="0,1,2,3,4")
-    parser.add_argument("--name", default="label_free")
+    parser.add_argument("--seeds", default=seeds)
+    parser.add_argument("--name", default=name)
     args = parser.parse_args(argv)
-    seeds = [int(s) for s in args.seeds.split(",")]
+    return args, [int(s) for s in args.seeds.split(",")]
+
+
+def each_task(names: str) -> Iterator[tuple[str, Any]]:
+    """(task, its features) for the comma list ``names``: planted data built here, the
+    offline tasks extracted once into benchmarks/.cache."""
     CACHE.mkdir(exist_ok=True)
+    for task in names.split(","):
+        yield task, planted() if task == "planted" else features(task, quick=False)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args, seeds = task_args(argv, __doc__, "0,1,2,3,4", "label_free")
     rows: list[dict[str, Any]] = []
-    for task in args.tasks.split(","):
-        fs: Any = planted() if task == "planted" else features(task, quick=False)
+    for task, fs in each_task(args.tasks):
         for regime, source, methods in PLAN:
             rows += fit_regime(task, fs, regime, source, methods, seeds)
     write_results(args.name, rows, ["task", "regime", "domain", "method", "test_wga", "ci_lo", "ci_hi",
