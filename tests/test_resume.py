@@ -131,7 +131,7 @@ def test_two_fits_into_one_folder_at_once(tmp_path: Path, features: Path) -> Non
 
 def _stop(proc: subprocess.Popen, sig: int) -> tuple[int, str]:
     proc.send_signal(sig)
-    _, err = proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=300)
     assert "Traceback" not in err
     assert len([ln for ln in err.splitlines() if ln.strip()]) == 1, err
     return proc.returncode, err
