@@ -7,6 +7,7 @@ import fcntl
 import functools
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -38,6 +39,19 @@ def _threads_per_worker() -> None:
 
 
 _threads_per_worker()
+
+
+def _deliver_sigint() -> None:
+    """A test run started in the background by a non-interactive shell (``make test &``,
+    ``nohup``, a CI step run that way) inherits SIGINT ignored, and the commands the tests
+    start would keep ignoring it, as `probe` rightly does for a user's own ``nohup probe
+    fit``: the Ctrl-C tests would then wait on a fit that never stops. Each test process
+    takes SIGINT back, so the commands it starts receive it."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+_deliver_sigint()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
